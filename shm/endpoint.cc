@@ -1,0 +1,306 @@
+#include "shm/endpoint.h"
+
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace shmgrpc::shm {
+namespace {
+
+int64_t MonotonicNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+// Deadline as a point on the monotonic clock (int64 max for "never").
+int64_t DeadlineNanos(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  const int64_t remaining =
+      std::max<int64_t>(0, absl::ToInt64Nanoseconds(deadline - absl::Now()));
+  return MonotonicNanos() + remaining;
+}
+
+inline void CpuRelax() { __builtin_ia32_pause(); }
+
+template <typename T>
+T* At(const Arena& arena, size_t offset) {
+  return reinterpret_cast<T*>(const_cast<uint8_t*>(arena.base()) + offset);
+}
+
+}  // namespace
+
+Endpoint::Endpoint(std::unique_ptr<Arena> local,
+                   const SegmentLayout& local_layout,
+                   std::unique_ptr<Arena> peer,
+                   const SegmentLayout& peer_layout, int sock,
+                   const WaitOptions& wait)
+    : local_(std::move(local)),
+      peer_(std::move(peer)),
+      sock_(sock),
+      wait_(wait),
+      peer_data_bytes_(peer_layout.data_bytes),
+      peer_data_(peer_->base() + peer_layout.data_offset),
+      allocator_(local_->mutable_base() + local_layout.data_offset,
+                 local_layout.data_bytes),
+      doorbell_(sock),
+      data_out_(At<RingProducerState>(*local_, local_layout.data_ring_offset),
+                At<const RingConsumerState>(*peer_,
+                                            peer_layout.data_consumer_offset),
+                local_layout.ring_slots),
+      data_in_(At<const RingProducerState>(*peer_,
+                                           peer_layout.data_ring_offset),
+               At<RingConsumerState>(*local_,
+                                     local_layout.data_consumer_offset),
+               peer_layout.ring_slots),
+      release_out_(
+          At<RingProducerState>(*local_, local_layout.release_ring_offset),
+          At<const RingConsumerState>(*peer_,
+                                      peer_layout.release_consumer_offset),
+          local_layout.ring_slots),
+      release_in_(
+          At<const RingProducerState>(*peer_, peer_layout.release_ring_offset),
+          At<RingConsumerState>(*local_,
+                                local_layout.release_consumer_offset),
+          peer_layout.ring_slots),
+      spin_budget_ns_(absl::ToInt64Nanoseconds(wait.max_spin)) {}
+
+Endpoint::~Endpoint() { close(sock_); }
+
+absl::StatusOr<Block> Endpoint::Allocate(size_t payload_bytes,
+                                         uint64_t stream_id) {
+  DrainReleases();
+  return allocator_.Allocate(payload_bytes, stream_id);
+}
+
+absl::Status Endpoint::FreeUnsent(const Block& block) {
+  return allocator_.Free(block.offset);
+}
+
+void Endpoint::DrainReleases() {
+  if (draining_.test_and_set(std::memory_order_acquire)) return;
+  Descriptor release;
+  uint64_t drained = 0;
+  while (release_in_.Pop(&release) == RingReader::Result::kOk) {
+    // A bad offset is counted by the allocator as an invalid free and
+    // otherwise ignored: it cannot touch any block it does not name.
+    allocator_.Free(release.offset).IgnoreError();
+    ++drained;
+  }
+  if (drained > 0) {
+    releases_received_.fetch_add(drained, std::memory_order_relaxed);
+  }
+  draining_.clear(std::memory_order_release);
+}
+
+absl::Status Endpoint::Send(const Descriptor& descriptor,
+                            absl::Time deadline) {
+  int64_t deadline_ns = 0;  // computed on the first full ring only
+  int64_t backoff_us = 1;
+  for (;;) {
+    switch (data_out_.Stage(descriptor)) {
+      case RingWriter::Result::kOk:
+        data_out_.Publish();
+        messages_sent_.Add(1);
+        bytes_sent_.Add(descriptor.length);
+        if (data_out_.ConsumerNeedsDoorbell()) {
+          doorbells_sent_.Add(1);
+          return doorbell_.Ring();
+        }
+        doorbells_suppressed_.Add(1);
+        return absl::OkStatus();
+      case RingWriter::Result::kCorrupt:
+        return absl::DataLossError("peer's ring head is impossible");
+      case RingWriter::Result::kFull:
+        break;
+    }
+    // Backpressure: the consumer frees slots without signalling, so back off
+    // exponentially (1..100 us), bounded by the deadline and by the peer.
+    if (deadline_ns == 0) {
+      ring_full_waits_.Add(1);
+      deadline_ns = DeadlineNanos(deadline);
+    }
+    if (absl::Status peer = doorbell_.CheckPeer(); !peer.ok()) return peer;
+    if (MonotonicNanos() >= deadline_ns) {
+      return absl::DeadlineExceededError(
+          "shared-memory ring stayed full until the deadline");
+    }
+    const timespec nap{0, static_cast<long>(backoff_us * 1000)};
+    nanosleep(&nap, nullptr);
+    backoff_us = std::min<int64_t>(backoff_us * 2, 100);
+  }
+}
+
+Endpoint::PopResult Endpoint::TryPop(ReceivedMessage* out,
+                                     absl::Status* error) {
+  switch (data_in_.Pop(&out->descriptor)) {
+    case RingReader::Result::kEmpty:
+      return PopResult::kEmpty;
+    case RingReader::Result::kCorrupt:
+      *error = absl::DataLossError("peer's ring tail is impossible");
+      return PopResult::kCorrupt;
+    case RingReader::Result::kOk:
+      break;
+  }
+  if (absl::Status valid =
+          ValidateDescriptor(out->descriptor, peer_data_bytes_);
+      !valid.ok()) {
+    invalid_descriptors_.Add(1);
+    *error = std::move(valid);
+    return PopResult::kInvalid;
+  }
+  out->data = out->descriptor.offset == kNoPayload
+                  ? nullptr
+                  : peer_data_ + out->descriptor.offset;
+  messages_received_.Add(1);
+  bytes_received_.Add(out->descriptor.length);
+  return PopResult::kMessage;
+}
+
+void Endpoint::AdaptSpin(int64_t waited_ns) {
+  const int64_t max_ns = absl::ToInt64Nanoseconds(wait_.max_spin);
+  const int64_t min_ns = absl::ToInt64Nanoseconds(wait_.min_spin);
+  spin_budget_ns_ = waited_ns <= max_ns
+                        ? max_ns  // a longer spin would have avoided the sleep
+                        : std::max(min_ns, spin_budget_ns_ / 2);
+}
+
+absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
+  FlushPendingReleases();
+  ReceivedMessage message;
+  absl::Status error;
+  auto done = [&](PopResult result) -> absl::StatusOr<ReceivedMessage> {
+    if (result == PopResult::kMessage) return message;
+    return error;
+  };
+  if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+    return done(r);
+  }
+  const int64_t start_ns = MonotonicNanos();
+  const int64_t deadline_ns = DeadlineNanos(deadline);
+  const int64_t liveness_ns = absl::ToInt64Nanoseconds(wait_.liveness_check);
+  const int64_t spin_ns = wait_.strategy == WaitStrategy::kNotify
+                              ? spin_budget_ns_
+                              : wait_.strategy == WaitStrategy::kPoll
+                                    ? std::numeric_limits<int64_t>::max()
+                                    : 0;
+  // Spin phase (notify: adaptive budget; poll: until the deadline).
+  int64_t now_ns = start_ns;
+  int64_t next_liveness_ns = start_ns + liveness_ns;
+  for (uint32_t i = 1; now_ns - start_ns < spin_ns; ++i) {
+    if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+      return done(r);
+    }
+    CpuRelax();
+    if ((i & 63) != 0) continue;
+    now_ns = MonotonicNanos();
+    if (now_ns >= deadline_ns) {
+      return absl::DeadlineExceededError("no message before the deadline");
+    }
+    if (now_ns >= next_liveness_ns) {
+      next_liveness_ns = now_ns + liveness_ns;
+      DrainReleases();
+      if (absl::Status peer = doorbell_.CheckPeer(); !peer.ok()) {
+        if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+          return done(r);
+        }
+        return peer;
+      }
+    }
+  }
+  // Sleep phase (notify: doorbell; periodic: fixed period).
+  for (;;) {
+    DrainReleases();
+    now_ns = MonotonicNanos();
+    if (now_ns >= deadline_ns) {
+      return absl::DeadlineExceededError("no message before the deadline");
+    }
+    absl::Duration nap = absl::Nanoseconds(deadline_ns - now_ns);
+    const bool notify = wait_.strategy == WaitStrategy::kNotify;
+    if (notify) {
+      data_in_.MarkAsleep();
+      if (!data_in_.Empty()) {
+        data_in_.MarkAwake();
+      } else {
+        absl::Status waited = doorbell_.Wait(nap);
+        data_in_.MarkAwake();
+        wakeups_.Add(1);
+        if (!waited.ok()) {
+          if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+            return done(r);
+          }
+          return waited;
+        }
+      }
+    } else {
+      nap = std::min(nap, wait_.period);
+      // Nothing rings in periodic mode, so this sleeps the period unless the
+      // peer hangs up.
+      absl::Status waited = doorbell_.Wait(nap);
+      wakeups_.Add(1);
+      if (!waited.ok()) {
+        if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+          return done(r);
+        }
+        return waited;
+      }
+    }
+    if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+      if (notify) AdaptSpin(MonotonicNanos() - start_ns);
+      return done(r);
+    }
+  }
+}
+
+void Endpoint::FlushPendingReleases() {
+  while (!pending_releases_.empty()) {
+    if (release_out_.Stage(pending_releases_.front()) !=
+        RingWriter::Result::kOk) {
+      break;
+    }
+    pending_releases_.pop_front();
+  }
+  release_out_.Publish();
+}
+
+void Endpoint::Release(const ReceivedMessage& message) {
+  if (message.descriptor.offset == kNoPayload) return;
+  Descriptor release{};
+  release.offset = message.descriptor.offset;
+  release.length = message.descriptor.length;
+  releases_sent_.Add(1);
+  if (pending_releases_.empty() &&
+      release_out_.Stage(release) == RingWriter::Result::kOk) {
+    release_out_.Publish();
+    return;
+  }
+  pending_releases_.push_back(release);
+  FlushPendingReleases();
+}
+
+uint64_t Endpoint::ReclaimAll() { return allocator_.ReleaseAll(); }
+
+EndpointStats Endpoint::Stats() const {
+  EndpointStats stats;
+  stats.messages_sent = messages_sent_.Get();
+  stats.bytes_sent = bytes_sent_.Get();
+  stats.doorbells_sent = doorbells_sent_.Get();
+  stats.doorbells_suppressed = doorbells_suppressed_.Get();
+  stats.ring_full_waits = ring_full_waits_.Get();
+  stats.messages_received = messages_received_.Get();
+  stats.bytes_received = bytes_received_.Get();
+  stats.wakeups = wakeups_.Get();
+  stats.releases_sent = releases_sent_.Get();
+  stats.releases_received = releases_received_.load(std::memory_order_relaxed);
+  stats.invalid_descriptors = invalid_descriptors_.Get();
+  stats.arena = allocator_.Stats();
+  return stats;
+}
+
+}  // namespace shmgrpc::shm

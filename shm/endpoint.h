@@ -1,0 +1,125 @@
+// Endpoint: one side of a shared-memory connection.
+//
+// An endpoint owns this side's segment (arena, allocator, the rings it
+// produces) and a read-only mapping of the peer's segment, plus the connected
+// unix socket that carries doorbells and shows when the peer is gone.
+//
+//   sender  : Allocate() a block, write the payload in place, Send() a
+//             descriptor naming it. The block now belongs to the peer until
+//             the peer releases it.
+//   receiver: Receive() a message, read the payload in place (read-only,
+//             straight from the peer's arena), then Release() it; the release
+//             travels back on this side's release ring and the owner frees
+//             the block on its next Allocate().
+//
+// Threading: Allocate/FreeUnsent/Stats/ReclaimAll are thread-safe. Send is
+// for one thread at a time; Receive/Release for one (other) thread at a time.
+// Errors: a hostile descriptor is InvalidArgument for that message only (the
+// ring keeps working); a ring whose indices are impossible is DataLoss; a gone
+// peer is Unavailable; a full ring is backpressure until `deadline`, then
+// DeadlineExceeded. Nothing is dropped silently.
+#ifndef SHMGRPC_SHM_ENDPOINT_H_
+#define SHMGRPC_SHM_ENDPOINT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "shm/arena.h"
+#include "shm/block_allocator.h"
+#include "shm/ring.h"
+#include "shm/segment_layout.h"
+#include "shm/stats.h"
+#include "shm/uds.h"
+#include "shm/wait_options.h"
+
+namespace shmgrpc::shm {
+
+// A message as received: a validated descriptor and, unless it carries no
+// payload, a read-only view of `descriptor.length` bytes in the peer's arena.
+struct ReceivedMessage {
+  Descriptor descriptor;
+  const uint8_t* data = nullptr;
+};
+
+class Endpoint {
+ public:
+  // Takes ownership of both arenas and of `sock`. `local_layout` and
+  // `peer_layout` must be the layouts the arenas were created/mapped with.
+  Endpoint(std::unique_ptr<Arena> local, const SegmentLayout& local_layout,
+           std::unique_ptr<Arena> peer, const SegmentLayout& peer_layout,
+           int sock, const WaitOptions& wait);
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+  ~Endpoint();
+
+  // A block in this side's arena, after taking back what the peer released.
+  absl::StatusOr<Block> Allocate(size_t payload_bytes, uint64_t stream_id);
+  // Returns a block that was allocated but never sent.
+  absl::Status FreeUnsent(const Block& block);
+
+  // Publishes `descriptor` (its offset from a Block of this endpoint, or
+  // kNoPayload with length 0) and rings the doorbell only if the peer sleeps.
+  absl::Status Send(const Descriptor& descriptor, absl::Time deadline);
+
+  // Waits per the wait strategy for the next message until `deadline`.
+  absl::StatusOr<ReceivedMessage> Receive(absl::Time deadline);
+  // Gives a received payload back to its owner. Never blocks: when the
+  // release ring is full the release is queued and retried.
+  void Release(const ReceivedMessage& message);
+
+  // After the peer is gone: frees every block of this side's arena (the
+  // peer's unreleased ones included). Returns the number of blocks freed.
+  uint64_t ReclaimAll();
+
+  EndpointStats Stats() const;
+  const WaitOptions& wait_options() const { return wait_; }
+  int socket() const { return sock_; }
+
+ private:
+  enum class PopResult { kMessage, kEmpty, kInvalid, kCorrupt };
+  PopResult TryPop(ReceivedMessage* out, absl::Status* error);
+  void DrainReleases();       // any thread; one drains at a time
+  void FlushPendingReleases();  // receiver thread
+  void AdaptSpin(int64_t waited_ns);
+
+  std::unique_ptr<Arena> local_;
+  std::unique_ptr<Arena> peer_;
+  const int sock_;
+  const WaitOptions wait_;
+  const uint64_t peer_data_bytes_;
+  const uint8_t* const peer_data_;
+  BlockAllocator allocator_;
+  Doorbell doorbell_;
+
+  RingWriter data_out_;     // sender thread
+  RingReader data_in_;      // receiver thread
+  RingWriter release_out_;  // receiver thread
+  RingReader release_in_;   // whoever holds draining_
+  std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
+  std::deque<Descriptor> pending_releases_;  // receiver thread
+  int64_t spin_budget_ns_;                   // receiver thread
+
+  // Single-writer counters (each bumped by one thread, read by Stats()).
+  struct Counter {
+    std::atomic<uint64_t> value{0};
+    void Add(uint64_t n) {
+      value.store(value.load(std::memory_order_relaxed) + n,
+                  std::memory_order_relaxed);
+    }
+    uint64_t Get() const { return value.load(std::memory_order_relaxed); }
+  };
+  Counter messages_sent_, bytes_sent_, doorbells_sent_, doorbells_suppressed_,
+      ring_full_waits_;  // sender thread
+  Counter messages_received_, bytes_received_, wakeups_, releases_sent_,
+      invalid_descriptors_;  // receiver thread
+  std::atomic<uint64_t> releases_received_{0};  // any draining thread
+};
+
+}  // namespace shmgrpc::shm
+
+#endif  // SHMGRPC_SHM_ENDPOINT_H_

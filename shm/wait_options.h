@@ -1,0 +1,41 @@
+// How a consumer waits for messages on its ring. Chosen per session.
+//
+//   notify   (default) spin up to an adaptive budget, then publish "asleep"
+//            and block on the UDS doorbell. The producer rings (1 byte) only
+//            when it sees the consumer asleep, so dense traffic is nearly
+//            syscall-free and a quick reply never pays for a wake-up.
+//   poll     spin forever (with pause); lowest latency, one busy core per
+//            waiting consumer. No doorbells.
+//   periodic sleep `period`, then drain; lowest CPU, latency up to `period`.
+//            No doorbells.
+#ifndef SHMGRPC_SHM_WAIT_OPTIONS_H_
+#define SHMGRPC_SHM_WAIT_OPTIONS_H_
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace shmgrpc::shm {
+
+enum class WaitStrategy { kNotify, kPoll, kPeriodic };
+
+struct WaitOptions {
+  WaitStrategy strategy = WaitStrategy::kNotify;
+  // notify: the spin budget starts at max_spin; it halves (down to min_spin)
+  // each time a message arrives after a sleep that spinning could not have
+  // avoided, and returns to max_spin when it could have.
+  absl::Duration max_spin = absl::Microseconds(20);
+  absl::Duration min_spin = absl::Microseconds(1);
+  // periodic: sleep between drains.
+  absl::Duration period = absl::Microseconds(50);
+  // poll: how often a spinning consumer checks that the peer is still there.
+  absl::Duration liveness_check = absl::Milliseconds(1);
+};
+
+// "notify" | "poll" | "periodic".
+absl::StatusOr<WaitStrategy> ParseWaitStrategy(absl::string_view name);
+absl::string_view WaitStrategyName(WaitStrategy strategy);
+
+}  // namespace shmgrpc::shm
+
+#endif  // SHMGRPC_SHM_WAIT_OPTIONS_H_
