@@ -1,0 +1,319 @@
+// Two real processes, real memfds, a real unix socket: ordered checksummed
+// traffic in every wait strategy, doorbell suppression, hostile descriptors
+// and a peer killed with SIGKILL.
+#include "shm/endpoint.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "gtest/gtest.h"
+#include "shm/ring.h"
+#include "tests/peer_process.h"
+
+namespace shmgrpc::shm {
+namespace {
+
+using ::shmgrpc::testing::Checksum;
+using ::shmgrpc::testing::ConnectEndpoint;
+using ::shmgrpc::testing::EndpointConfig;
+using ::shmgrpc::testing::ExchangeSegments;
+using ::shmgrpc::testing::FillPayload;
+using ::shmgrpc::testing::ForkPeer;
+using ::shmgrpc::testing::WaitPeer;
+
+constexpr uint16_t kDataType = 1;
+constexpr uint16_t kSummaryType = 2;
+
+// Mixed sizes: mostly small, some medium, a few up to 1 MiB, some empty.
+size_t MixedSize(uint64_t seq) {
+  const uint64_t h = (seq * 0x9e3779b97f4a7c15ull) >> 32;
+  const uint64_t bucket = h % 1000;
+  if (bucket < 50) return 0;
+  if (bucket < 650) return h % 256;
+  if (bucket < 970) return 256 + h % 8000;
+  if (bucket < 999) return 8192 + h % 57000;
+  return 65536 + h % (1 << 20);
+}
+
+// Sends `count` messages; retries allocation while the arena is full (the
+// consumer's releases free it). Returns 0 on success, else a failing step.
+int ProduceMixed(Endpoint& endpoint, uint64_t count) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  for (uint64_t seq = 0; seq < count; ++seq) {
+    const size_t size = MixedSize(seq);
+    Descriptor d{kNoPayload, static_cast<uint32_t>(size), kDataType, 0, seq,
+                 0};
+    if (size > 0) {
+      absl::StatusOr<Block> block;
+      while (!(block = endpoint.Allocate(size, seq)).ok()) {
+        if (block.status().code() != absl::StatusCode::kResourceExhausted) {
+          return 2;
+        }
+        usleep(20);
+      }
+      FillPayload(block->data, size, seq);
+      d.offset = block->offset;
+      d.aux = Checksum(block->data, size);
+    }
+    if (absl::Status s = endpoint.Send(d, deadline); !s.ok()) {
+      std::fprintf(stderr, "send %lu: %s\n", static_cast<unsigned long>(seq),
+                   s.ToString().c_str());
+      return 3;
+    }
+  }
+  return 0;
+}
+
+class EndpointTrafficTest : public ::testing::TestWithParam<WaitStrategy> {};
+
+TEST_P(EndpointTrafficTest, MillionMixedMessagesArriveInOrderIntact) {
+  constexpr uint64_t kMessages = 1000000;
+  EndpointConfig config;
+  config.data_bytes = 32ull << 20;
+  config.wait.strategy = GetParam();
+
+  auto peer = ForkPeer([&](int sock) {
+    auto endpoint = ConnectEndpoint(sock, config, "producer");
+    if (!endpoint.ok()) return 1;
+    if (int rc = ProduceMixed(**endpoint, kMessages); rc != 0) return rc;
+    // The consumer answers with what it saw, on the reverse ring.
+    auto summary = (*endpoint)->Receive(absl::Now() + absl::Seconds(60));
+    if (!summary.ok() || summary->descriptor.type != kSummaryType ||
+        summary->descriptor.tag != kMessages) {
+      return 4;
+    }
+    // Everything the consumer got was released back to us.
+    if ((*endpoint)->Allocate(1, 0).ok() &&
+        (*endpoint)->Stats().arena.blocks_in_use != 1) {
+      return 5;
+    }
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  auto endpoint = ConnectEndpoint(peer->sock, config, "consumer");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+
+  uint64_t bad = 0;
+  for (uint64_t seq = 0; seq < kMessages; ++seq) {
+    auto message = (*endpoint)->Receive(absl::Now() + absl::Seconds(60));
+    ASSERT_TRUE(message.ok()) << "seq " << seq << ": " << message.status();
+    const Descriptor& d = message->descriptor;
+    if (d.tag != seq || d.length != MixedSize(seq) ||
+        (d.length > 0 && Checksum(message->data, d.length) != d.aux)) {
+      if (++bad < 5) ADD_FAILURE() << "message " << seq << " is wrong";
+    }
+    (*endpoint)->Release(*message);
+  }
+  EXPECT_EQ(bad, 0u);
+  Descriptor summary{kNoPayload, 0, kSummaryType, 0, kMessages, bad};
+  ASSERT_TRUE((*endpoint)->Send(summary, absl::Now() + absl::Seconds(10)).ok());
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
+
+  const EndpointStats stats = (*endpoint)->Stats();
+  EXPECT_EQ(stats.messages_received, kMessages);
+  EXPECT_EQ(stats.invalid_descriptors, 0u);
+  std::printf("[%s] %s\n", std::string(WaitStrategyName(GetParam())).c_str(),
+              ToString(stats).c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllStrategies, EndpointTrafficTest,
+    ::testing::Values(WaitStrategy::kNotify, WaitStrategy::kPoll,
+                      WaitStrategy::kPeriodic),
+    [](const ::testing::TestParamInfo<WaitStrategy>& info) {
+      return std::string(WaitStrategyName(info.param));
+    });
+
+TEST(EndpointTest, DenseOneWayTrafficRarelyRingsTheDoorbell) {
+  constexpr uint64_t kMessages = 300000;
+  EndpointConfig config;
+  config.data_bytes = 8ull << 20;
+  auto peer = ForkPeer([&](int sock) {
+    auto endpoint = ConnectEndpoint(sock, config, "producer");
+    if (!endpoint.ok()) return 1;
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    for (uint64_t seq = 0; seq < kMessages; ++seq) {
+      absl::StatusOr<Block> block;
+      while (!(block = (*endpoint)->Allocate(64, seq)).ok()) usleep(10);
+      FillPayload(block->data, 64, seq);
+      Descriptor d{block->offset, 64, kDataType, 0, seq,
+                   Checksum(block->data, 64)};
+      if (!(*endpoint)->Send(d, deadline).ok()) return 3;
+    }
+    const EndpointStats stats = (*endpoint)->Stats();
+    // The producer's doorbell counts travel back in a summary message.
+    Descriptor summary{kNoPayload, 0, kSummaryType, 0, stats.doorbells_sent,
+                       stats.doorbells_suppressed};
+    if (!(*endpoint)->Send(summary, deadline).ok()) return 4;
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  auto endpoint = ConnectEndpoint(peer->sock, config, "consumer");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  for (uint64_t seq = 0; seq < kMessages; ++seq) {
+    auto message = (*endpoint)->Receive(absl::Now() + absl::Seconds(60));
+    ASSERT_TRUE(message.ok()) << message.status();
+    ASSERT_EQ(message->descriptor.tag, seq);
+    ASSERT_EQ(Checksum(message->data, 64), message->descriptor.aux);
+    (*endpoint)->Release(*message);
+  }
+  auto summary = (*endpoint)->Receive(absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_EQ(summary->descriptor.type, kSummaryType);
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
+  const uint64_t doorbells = summary->descriptor.tag;
+  const uint64_t suppressed = summary->descriptor.aux;
+  EXPECT_EQ(doorbells + suppressed, kMessages);
+  const double per_message = static_cast<double>(doorbells) / kMessages;
+  std::printf("doorbells sent %lu, suppressed %lu: %.5f per message\n",
+              static_cast<unsigned long>(doorbells),
+              static_cast<unsigned long>(suppressed), per_message);
+  EXPECT_LT(per_message, 0.05);
+}
+
+// The child plays a hostile producer: it writes descriptors straight into its
+// own ring, bypassing Endpoint::Send.
+TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
+  EndpointConfig config;
+  config.data_bytes = 1 << 20;
+  config.ring_slots = 64;
+  const uint64_t data_bytes = config.data_bytes;
+  const Descriptor hostile[] = {
+      {data_bytes, 16, kDataType, 0, 100, 0},                // past the end
+      {data_bytes - 64, 4096, kDataType, 0, 101, 0},         // overruns end
+      {~uint64_t{0} - 31, 64, kDataType, 0, 102, 0},         // wraps around
+      {64, UINT32_MAX, kDataType, 0, 103, 0},                // length overflow
+      {48, 16, kDataType, 0, 104, 0},                        // misaligned
+      {kNoPayload, 1, kDataType, 0, 105, 0},                 // no payload + len
+  };
+  auto peer = ForkPeer([&](int sock) {
+    auto segments = ExchangeSegments(sock, config, "hostile");
+    if (!segments.ok()) return 1;
+    auto* producer = reinterpret_cast<RingProducerState*>(
+        segments->local->mutable_base() +
+        segments->local_layout.data_ring_offset);
+    RingWriter writer(
+        producer,
+        reinterpret_cast<const RingConsumerState*>(
+            segments->peer->base() + segments->peer_layout.data_consumer_offset),
+        segments->local_layout.ring_slots);
+    for (const Descriptor& d : hostile) {
+      if (writer.Stage(d) != RingWriter::Result::kOk) return 2;
+    }
+    // Then one honest message.
+    uint8_t* data =
+        segments->local->mutable_base() + segments->local_layout.data_offset;
+    std::memcpy(data + 64, "honest", 6);
+    if (writer.Stage({64, 6, kDataType, 0, 200, 0}) != RingWriter::Result::kOk) {
+      return 3;
+    }
+    writer.Publish();
+    Doorbell(sock).Ring().IgnoreError();
+    // Wait until the consumer has taken everything, then lie about the tail.
+    while (segments->peer->base() != nullptr &&
+           reinterpret_cast<const RingConsumerState*>(
+               segments->peer->base() +
+               segments->peer_layout.data_consumer_offset)
+                   ->head.load() != writer.published()) {
+      usleep(100);
+    }
+    producer->tail.store(writer.published() + 1000);
+    Doorbell(sock).Ring().IgnoreError();
+    char byte;
+    read(sock, &byte, 1);  // until the consumer closes
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  auto endpoint = ConnectEndpoint(peer->sock, config, "victim");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  for (const Descriptor& d : hostile) {
+    auto message = (*endpoint)->Receive(absl::Now() + absl::Seconds(10));
+    ASSERT_FALSE(message.ok()) << "tag " << d.tag << " was accepted";
+    EXPECT_EQ(message.status().code(), absl::StatusCode::kInvalidArgument)
+        << message.status();
+  }
+  auto honest = (*endpoint)->Receive(absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(honest.ok()) << honest.status();
+  EXPECT_EQ(honest->descriptor.tag, 200u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(honest->data), 6),
+            "honest");
+  EXPECT_EQ((*endpoint)->Stats().invalid_descriptors, 6u);
+
+  auto corrupt = (*endpoint)->Receive(absl::Now() + absl::Seconds(10));
+  ASSERT_FALSE(corrupt.ok());
+  EXPECT_EQ(corrupt.status().code(), absl::StatusCode::kDataLoss)
+      << corrupt.status();
+  endpoint->reset();  // closes the socket; the child exits
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
+}
+
+TEST(EndpointTest, PeerKilledMidTrafficIsSeenAndEveryBlockReclaimed) {
+  EndpointConfig config;
+  config.data_bytes = 4ull << 20;
+  config.ring_slots = 256;
+  config.wait.strategy = WaitStrategy::kPoll;  // the victim spins, no syscalls
+  auto peer = ForkPeer([&](int sock) {
+    auto endpoint = ConnectEndpoint(sock, config, "victim");
+    if (!endpoint.ok()) return 1;
+    // Hold every message (never release): its blocks stay in use.
+    for (;;) {
+      if (!(*endpoint)->Receive(absl::InfiniteFuture()).ok()) return 2;
+    }
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  config.wait.strategy = WaitStrategy::kNotify;
+  auto endpoint = ConnectEndpoint(peer->sock, config, "survivor");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+
+  uint64_t sent = 0;
+  absl::Status send_status;
+  const absl::Time start = absl::Now();
+  for (;;) {
+    absl::StatusOr<Block> block = (*endpoint)->Allocate(1000, sent);
+    if (!block.ok()) {
+      // Arena full of unreleased blocks: the peer holds them all.
+      EXPECT_EQ(block.status().code(), absl::StatusCode::kResourceExhausted);
+      usleep(1000);
+      block = (*endpoint)->Allocate(100, sent);
+      if (!block.ok()) break;
+    }
+    Descriptor d{block->offset, 1000, kDataType, 0, sent, 0};
+    send_status = (*endpoint)->Send(d, absl::Now() + absl::Seconds(10));
+    if (!send_status.ok()) {
+      ASSERT_TRUE((*endpoint)->FreeUnsent(*block).ok());
+      break;
+    }
+    if (++sent == 200) kill(peer->pid, SIGKILL);  // mid-traffic
+  }
+  ASSERT_GE(sent, 200u);
+  EXPECT_EQ(WaitPeer(peer->pid), 128 + SIGKILL);
+  // The survivor sees the socket close: receive and send both fail fast.
+  auto message = (*endpoint)->Receive(absl::Now() + absl::Seconds(10));
+  ASSERT_FALSE(message.ok());
+  EXPECT_EQ(message.status().code(), absl::StatusCode::kUnavailable)
+      << message.status();
+  Descriptor more{kNoPayload, 0, kDataType, 0, 0, 0};
+  absl::Status status;
+  for (int i = 0; i < 1000 && status.ok(); ++i) {
+    status = (*endpoint)->Send(more, absl::Now() + absl::Seconds(10));
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+
+  const EndpointStats before = (*endpoint)->Stats();
+  EXPECT_GT(before.arena.blocks_in_use, 0u);
+  EXPECT_EQ((*endpoint)->ReclaimAll(), before.arena.blocks_in_use);
+  const EndpointStats after = (*endpoint)->Stats();
+  EXPECT_EQ(after.arena.blocks_in_use, 0u);
+  EXPECT_EQ(after.arena.bytes_in_use, 0u);
+  std::printf("sent %lu before the kill; reclaimed %lu blocks\n",
+              static_cast<unsigned long>(sent),
+              static_cast<unsigned long>(before.arena.blocks_in_use));
+}
+
+}  // namespace
+}  // namespace shmgrpc::shm
