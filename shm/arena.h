@@ -4,7 +4,8 @@
 //  - Arena::Create() makes a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING), sizes it
 //    with ftruncate, reserves every page with posix_fallocate (so a full tmpfs
 //    or memory cgroup is an error here, never a SIGBUS later), maps it
-//    read-write, then seals it F_SEAL_SHRINK | F_SEAL_GROW |
+//    read-write (pre-faulted with MAP_POPULATE, so the first message does
+//    not pay for page faults), then seals it F_SEAL_SHRINK | F_SEAL_GROW |
 //    F_SEAL_FUTURE_WRITE | F_SEAL_SEAL. After that only the owner's existing
 //    mapping can write: a peer holding the fd can map it read-only and nothing
 //    else (no write mapping, no resize).

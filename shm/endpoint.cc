@@ -164,10 +164,16 @@ Endpoint::PopResult Endpoint::TryPop(ReceivedMessage* out,
 }
 
 void Endpoint::AdaptSpin(int64_t waited_ns) {
+  // A wait of a few spin budgets is a near miss: the peer answered quickly
+  // but paid a wake-up because this side (and so, soon, the peer) slept.
+  // Spinning fully again lets both sides fall back into the no-syscall
+  // regime; halving on near misses would lock both into sleeping. Only waits
+  // well past that (a slow handler, an idle link) shrink the budget.
+  constexpr int64_t kNearMissFactor = 4;
   const int64_t max_ns = absl::ToInt64Nanoseconds(wait_.max_spin);
   const int64_t min_ns = absl::ToInt64Nanoseconds(wait_.min_spin);
-  spin_budget_ns_ = waited_ns <= max_ns
-                        ? max_ns  // a longer spin would have avoided the sleep
+  spin_budget_ns_ = waited_ns <= kNearMissFactor * max_ns
+                        ? max_ns
                         : std::max(min_ns, spin_budget_ns_ / 2);
 }
 

@@ -21,10 +21,10 @@ enum class WaitStrategy { kNotify, kPoll, kPeriodic };
 
 struct WaitOptions {
   WaitStrategy strategy = WaitStrategy::kNotify;
-  // notify: the spin budget starts at max_spin; it halves (down to min_spin)
-  // each time a message arrives after a sleep that spinning could not have
-  // avoided, and returns to max_spin when it could have.
-  absl::Duration max_spin = absl::Microseconds(20);
+  // notify: the spin budget starts at max_spin. After a sleep it returns to
+  // max_spin if the message came within a few budgets (a near miss), and
+  // halves (down to min_spin) when it came much later (slow peer, idle link).
+  absl::Duration max_spin = absl::Microseconds(100);
   absl::Duration min_spin = absl::Microseconds(1);
   // periodic: sleep between drains.
   absl::Duration period = absl::Microseconds(50);
