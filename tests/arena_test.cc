@@ -4,6 +4,8 @@
 #include "shm/arena.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -119,6 +121,27 @@ TEST(ArenaTest, WrongSizeIsRefused) {
   EXPECT_EQ(mapped.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(mapped.status().message().find("expected 4096"),
             std::string::npos);
+}
+
+// A size the process may not have is refused at set-up with a status, in a
+// child whose file-size limit is 1 MiB (tmpfs enforces RLIMIT_FSIZE), instead
+// of mapping memory that would SIGBUS on first touch.
+TEST(ArenaTest, SizeBeyondLimitsIsAnErrorAtSetUp) {
+  auto peer = ForkPeer([](int) {
+    signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{1 << 20, 1 << 20};
+    if (setrlimit(RLIMIT_FSIZE, &limit) != 0) return 1;
+    auto arena = Arena::Create("too_big", 16 << 20);
+    if (arena.ok()) return 2;
+    if (arena.status().code() != absl::StatusCode::kResourceExhausted) return 3;
+    auto fits = Arena::Create("fits", 512 << 10);
+    if (!fits.ok()) return 4;
+    (*fits)->mutable_base()[(512 << 10) - 1] = 1;  // every page is backed
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  close(peer->sock);
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
 }
 
 TEST(ArenaTest, ZeroSizeIsAnError) {
