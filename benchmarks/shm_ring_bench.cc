@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -230,6 +232,33 @@ double Percentile(std::vector<double> v, double p) {
   return v[index];
 }
 
+// The machine's floor for anything crossing cores: two threads bouncing one
+// cache line (median round trip, ns). Printed with the conditions because on a
+// shared VM it moves with the host's vCPU placement, and every shm number
+// above 64 B scales with it.
+double CoreToCoreRoundTripNanos() {
+  alignas(64) std::atomic<uint64_t> ball{0};
+  constexpr uint64_t kTrips = 200000;
+  std::thread partner([&ball] {
+    for (uint64_t i = 1; i <= kTrips; ++i) {
+      while (ball.load(std::memory_order_acquire) != 2 * i - 1) {
+      }
+      ball.store(2 * i, std::memory_order_release);
+    }
+  });
+  const Clock::time_point start = Clock::now();
+  for (uint64_t i = 1; i <= kTrips; ++i) {
+    ball.store(2 * i - 1, std::memory_order_release);
+    while (ball.load(std::memory_order_acquire) != 2 * i) {
+    }
+  }
+  const double ns =
+      std::chrono::duration<double, std::nano>(Clock::now() - start).count() /
+      kTrips;
+  partner.join();
+  return ns;
+}
+
 double AllocFreeNanos(uint64_t pairs) {
   auto arena = shm::Arena::Create("alloc_bench", 16 << 20);
   if (!arena.ok()) Die("arena");
@@ -413,6 +442,7 @@ int Main(int argc, char** argv) {
   }
   std::fprintf(stderr, "\ralloc+free...                  ");
   const double alloc_free_ns = AllocFreeNanos(flags.quick ? 2000000 : 10000000);
+  const double core_to_core_ns = CoreToCoreRoundTripNanos();
   std::fprintf(stderr, "\rdone.                          \n");
   close(h.control);
   int status = testing::WaitPeer(child);
@@ -436,11 +466,12 @@ int Main(int argc, char** argv) {
       "conditions: %ld CPUs, arena 64 MiB/side, ring 4096 slots, notify spin "
       "%s..%s adaptive, periodic %s, glibc malloc defaults, sender copies the "
       "payload in (memcpy / write), receiver checksums every byte (in place / "
-      "after read), echo copies request to reply\n\n",
+      "after read), echo copies request to reply\n"
+      "machine floor: core-to-core cache-line round trip %.0f ns\n\n",
       flags.rounds, flags.quick ? " (--quick)" : "", sysconf(_SC_NPROCESSORS_ONLN),
       absl::FormatDuration(wait.min_spin).c_str(),
       absl::FormatDuration(wait.max_spin).c_str(),
-      absl::FormatDuration(wait.period).c_str());
+      absl::FormatDuration(wait.period).c_str(), core_to_core_ns);
   std::printf("%-8s %-9s %10s %10s %11s %11s %8s %8s\n", "size", "mode",
               "p50_us", "p99_us", "uds_p50_us", "uds_p99_us", "ratio",
               "sleeps/rt");
@@ -483,8 +514,10 @@ int Main(int argc, char** argv) {
                    r.mode.c_str(), r.size, r.msgs_per_s, r.uds_msgs_per_s,
                    r.msgs_per_s / r.uds_msgs_per_s, r.doorbells_per_msg);
     }
-    std::fprintf(out, "  {\"kind\": \"alloc_free\", \"size\": 64, \"ns\": %.2f}\n]\n",
-                 alloc_free_ns);
+    std::fprintf(out,
+                 "  {\"kind\": \"alloc_free\", \"size\": 64, \"ns\": %.2f},\n"
+                 "  {\"kind\": \"core_to_core_round_trip\", \"ns\": %.1f}\n]\n",
+                 alloc_free_ns, core_to_core_ns);
     std::fclose(out);
   }
   return status == 0 ? 0 : 1;
