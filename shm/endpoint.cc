@@ -101,6 +101,7 @@ void Endpoint::DrainReleases() {
 
 absl::Status Endpoint::Send(const Descriptor& descriptor,
                             absl::Time deadline) {
+  std::lock_guard<std::mutex> lock(send_mu_);
   int64_t deadline_ns = 0;  // computed on the first full ring only
   int64_t backoff_us = 1;
   for (;;) {
@@ -265,6 +266,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
 }
 
 void Endpoint::FlushPendingReleases() {
+  std::lock_guard<std::mutex> lock(release_mu_);
   while (!pending_releases_.empty()) {
     if (release_out_.Stage(pending_releases_.front()) !=
         RingWriter::Result::kOk) {
@@ -280,6 +282,7 @@ void Endpoint::Release(const ReceivedMessage& message) {
   Descriptor release{};
   release.offset = message.descriptor.offset;
   release.length = message.descriptor.length;
+  std::lock_guard<std::mutex> lock(release_mu_);
   releases_sent_.Add(1);
   if (pending_releases_.empty() &&
       release_out_.Stage(release) == RingWriter::Result::kOk) {
@@ -287,7 +290,12 @@ void Endpoint::Release(const ReceivedMessage& message) {
     return;
   }
   pending_releases_.push_back(release);
-  FlushPendingReleases();
+  while (!pending_releases_.empty() &&
+         release_out_.Stage(pending_releases_.front()) ==
+             RingWriter::Result::kOk) {
+    pending_releases_.pop_front();
+  }
+  release_out_.Publish();
 }
 
 uint64_t Endpoint::ReclaimAll() { return allocator_.ReleaseAll(); }

@@ -12,8 +12,9 @@
 //             travels back on this side's release ring and the owner frees
 //             the block on its next Allocate().
 //
-// Threading: Allocate/FreeUnsent/Stats/ReclaimAll are thread-safe. Send is
-// for one thread at a time; Receive/Release for one (other) thread at a time.
+// Threading: Allocate, FreeUnsent, Send, Release, Stats and ReclaimAll are
+// thread-safe (Send and Release each serialize on their own small lock).
+// Receive is for one thread at a time.
 // Errors: a hostile descriptor is InvalidArgument for that message only (the
 // ring keeps working); a ring whose indices are impossible is DataLoss; a gone
 // peer is Unavailable; a full ring is backpressure until `deadline`, then
@@ -25,6 +26,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -84,7 +86,7 @@ class Endpoint {
   enum class PopResult { kMessage, kEmpty, kInvalid, kCorrupt };
   PopResult TryPop(ReceivedMessage* out, absl::Status* error);
   void DrainReleases();       // any thread; one drains at a time
-  void FlushPendingReleases();  // receiver thread
+  void FlushPendingReleases();  // takes release_mu_
   void AdaptSpin(int64_t waited_ns);
 
   std::unique_ptr<Arena> local_;
@@ -96,13 +98,15 @@ class Endpoint {
   BlockAllocator allocator_;
   Doorbell doorbell_;
 
-  RingWriter data_out_;     // sender thread
-  RingReader data_in_;      // receiver thread
-  RingWriter release_out_;  // receiver thread
-  RingReader release_in_;   // whoever holds draining_
+  std::mutex send_mu_;
+  RingWriter data_out_;  // guarded by send_mu_
+  RingReader data_in_;   // receiver thread
+  std::mutex release_mu_;
+  RingWriter release_out_;                   // guarded by release_mu_
+  std::deque<Descriptor> pending_releases_;  // guarded by release_mu_
+  RingReader release_in_;  // whoever holds draining_
   std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
-  std::deque<Descriptor> pending_releases_;  // receiver thread
-  int64_t spin_budget_ns_;                   // receiver thread
+  int64_t spin_budget_ns_;  // receiver thread
 
   // Single-writer counters (each bumped by one thread, read by Stats()).
   struct Counter {
@@ -114,8 +118,9 @@ class Endpoint {
     uint64_t Get() const { return value.load(std::memory_order_relaxed); }
   };
   Counter messages_sent_, bytes_sent_, doorbells_sent_, doorbells_suppressed_,
-      ring_full_waits_;  // sender thread
-  Counter messages_received_, bytes_received_, wakeups_, releases_sent_,
+      ring_full_waits_;  // under send_mu_
+  Counter releases_sent_;  // under release_mu_
+  Counter messages_received_, bytes_received_, wakeups_,
       invalid_descriptors_;  // receiver thread
   std::atomic<uint64_t> releases_received_{0};  // any draining thread
 };
