@@ -79,6 +79,8 @@ class Endpoint {
   uint64_t ReclaimAll();
 
   EndpointStats Stats() const;
+  // Largest payload one block of this side's arena can carry.
+  size_t max_payload_bytes() const { return allocator_.max_payload_bytes(); }
   const WaitOptions& wait_options() const { return wait_; }
   int socket() const { return sock_; }
 

@@ -1,0 +1,31 @@
+// The frames a gRPC call is made of, as they travel in descriptor rings.
+//
+// A frame is one shm::Descriptor: `type` is a FrameType, `tag` the stream id
+// (chosen by the client, unique per session), and the payload (if any) an
+// arena block. The payloads' encodings are in call_frames.h; a kMessage
+// payload is the serialized protobuf message itself.
+#ifndef SHMGRPC_CODEC_FRAME_TYPE_H_
+#define SHMGRPC_CODEC_FRAME_TYPE_H_
+
+#include <cstdint>
+
+namespace shmgrpc::codec {
+
+enum class FrameType : uint16_t {
+  kCallHeaders = 1,      // client -> server: method, authority, deadline, md
+  kInitialMetadata = 2,  // server -> client
+  kMessage = 3,          // both ways: one serialized message
+  kHalfClose = 4,        // client -> server: no more requests
+  kStatus = 5,           // server -> client: status + trailing metadata
+  kCancel = 6,           // client -> server: the client gave up
+};
+
+// True for the values above; anything else from a peer is a protocol error.
+inline bool IsKnownFrameType(uint16_t type) {
+  return type >= static_cast<uint16_t>(FrameType::kCallHeaders) &&
+         type <= static_cast<uint16_t>(FrameType::kCancel);
+}
+
+}  // namespace shmgrpc::codec
+
+#endif  // SHMGRPC_CODEC_FRAME_TYPE_H_

@@ -1,0 +1,410 @@
+#include "transport/client_call.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "codec/frame_type.h"
+#include "codec/message_codec.h"
+#include "google/protobuf/message_lite.h"
+
+namespace shmgrpc::transport {
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+using Hook = InterceptionHookPoints;
+
+// Set by a forward pass around its Hijack()/Proceed(): gRPC runs the recv
+// pass of the same batch synchronously inside that call, on this thread.
+thread_local const ClientCall* tls_recv_pass_of = nullptr;
+
+bool Has(grpc::experimental::InterceptorBatchMethods* m, Hook hook) {
+  return m->QueryInterceptionHookPoint(hook);
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kResourceExhausted:
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          std::string(status.message()));
+    case absl::StatusCode::kDeadlineExceeded:
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "Deadline Exceeded");
+    default:
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("shm transport: ", status.message()));
+  }
+}
+
+}  // namespace
+
+ClientCall::ClientCall(std::shared_ptr<ClientCore> core,
+                       grpc::experimental::ClientRpcInfo* info)
+    : core_(std::move(core)), info_(info) {}
+
+ClientCall::~ClientCall() {
+  // Normally Finish() already ran; this covers a call never hijacked.
+  std::deque<shm::ReceivedMessage> held;
+  held.swap(messages_);
+  ReleaseAll(held);
+}
+
+void ClientCall::Intercept(Batch* m) {
+  if (tls_recv_pass_of == this) {
+    tls_recv_pass_of = nullptr;
+    RecvPass(m);
+    return;
+  }
+  bool first_batch = false;
+  {
+    std::lock_guard<std::mutex> lock(decide_mu_);
+    if (!decided_) {
+      decided_ = true;
+      first_batch = true;
+      hijacked_.store(DecideHijack(m), std::memory_order_release);
+    }
+  }
+  if (!hijacked_.load(std::memory_order_acquire)) {
+    m->Proceed();
+    return;
+  }
+  if (Has(m, Hook::PRE_SEND_CANCEL)) {
+    // Proceed is a no-op for cancel batches; returning continues them.
+    Abort(grpc::Status(grpc::StatusCode::CANCELLED, "Cancelled"),
+          /*tell_server=*/true);
+    return;
+  }
+  const bool forward_pass =
+      Has(m, Hook::PRE_SEND_INITIAL_METADATA) ||
+      Has(m, Hook::PRE_SEND_MESSAGE) || Has(m, Hook::PRE_SEND_CLOSE) ||
+      Has(m, Hook::PRE_RECV_INITIAL_METADATA) ||
+      Has(m, Hook::PRE_RECV_MESSAGE) || Has(m, Hook::PRE_RECV_STATUS);
+  if (!forward_pass && !first_batch) {
+    m->Proceed();  // POST pass: everything was filled in the recv pass
+    return;
+  }
+  SendPass(m);
+  tls_recv_pass_of = this;
+  if (first_batch) {
+    m->Hijack();
+  } else {
+    m->Proceed();
+  }
+  tls_recv_pass_of = nullptr;
+}
+
+bool ClientCall::DecideHijack(Batch* m) {
+  std::shared_ptr<Session> session = core_->session();
+  if (!session) {
+    core_->CountPlain(ClientCore::PlainReason::kNoSession);
+    return false;
+  }
+  if (!core_->IsProtobufMethod(info_->method())) {
+    core_->CountPlain(ClientCore::PlainReason::kNotProtobuf);
+    return false;
+  }
+  if (Has(m, Hook::PRE_SEND_MESSAGE)) {
+    size_t size;
+    if (const void* message = m->GetSendMessage(); message != nullptr) {
+      size = codec::SerializedSize(
+          *static_cast<const google::protobuf::MessageLite*>(message));
+    } else {
+      size = m->GetSerializedSendMessage()->Length();
+    }
+    if (size > session->max_payload_bytes()) {
+      core_->CountPlain(ClientCore::PlainReason::kTooLarge);
+      return false;
+    }
+  }
+  session_ = std::move(session);
+  const auto deadline = info_->client_context()->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    deadline_ = absl::FromChrono(deadline);
+  }
+  stream_id_ = core_->Register(shared_from_this());
+  core_->CountShm();
+  return true;
+}
+
+void ClientCall::SendPass(Batch* m) {
+  if (Has(m, Hook::PRE_SEND_INITIAL_METADATA) && !headers_sent_) {
+    headers_sent_ = true;
+    SendHeaders(m);
+  }
+  if (Has(m, Hook::PRE_SEND_MESSAGE)) SendMessage(m);
+  if (Has(m, Hook::PRE_SEND_CLOSE)) {
+    absl::Status sent = session_->SendFrame(codec::FrameType::kHalfClose,
+                                            stream_id_, "", deadline_);
+    if (!sent.ok()) Abort(ToGrpc(sent), /*tell_server=*/false);
+  }
+}
+
+void ClientCall::SendHeaders(Batch* m) {
+  codec::CallHeaders headers;
+  headers.method = info_->method();
+  // ClientContext::authority() is private in gRPC 1.51, so a per-call
+  // authority override is not forwarded; the server sees its own default.
+  if (deadline_ != absl::InfiniteFuture()) {
+    headers.deadline_unix_nanos = absl::ToUnixNanos(deadline_);
+  }
+  for (const auto& [key, value] : *m->GetSendInitialMetadata()) {
+    headers.metadata.emplace_back(key, value);
+  }
+  absl::Status sent =
+      session_->SendFrame(codec::FrameType::kCallHeaders, stream_id_,
+                          codec::EncodeCallHeaders(headers), deadline_);
+  if (!sent.ok()) {
+    Abort(ToGrpc(sent), /*tell_server=*/false);
+    return;
+  }
+  if (deadline_ != absl::InfiniteFuture()) {
+    std::weak_ptr<ClientCall> weak = weak_from_this();
+    alarm_ = std::make_unique<grpc::Alarm>();
+    alarm_->Set(absl::ToChronoTime(deadline_), [weak](bool fired) {
+      if (!fired) return;  // cancelled: the call ended first
+      if (auto call = weak.lock()) {
+        call->Abort(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                 "Deadline Exceeded"),
+                    /*tell_server=*/true);
+      }
+    });
+  }
+}
+
+void ClientCall::FailSend(Batch* m, const absl::Status& why) {
+  m->FailHijackedSendMessage();
+  Abort(ToGrpc(why), /*tell_server=*/true);
+}
+
+void ClientCall::SendMessage(Batch* m) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) {
+      m->FailHijackedSendMessage();
+      return;
+    }
+  }
+  const size_t max_bytes = core_->options().max_message_bytes;
+  absl::Status sent;
+  if (const void* raw = m->GetSendMessage(); raw != nullptr) {
+    const auto& message = *static_cast<const google::protobuf::MessageLite*>(raw);
+    const size_t size = codec::SerializedSize(message);
+    if (size > max_bytes) {
+      return FailSend(m, absl::ResourceExhaustedError(absl::StrCat(
+                             "Sent message larger than max (", size, " vs. ",
+                             max_bytes, ")")));
+    }
+    sent = session_->SendMessage(stream_id_, message, deadline_);
+  } else {
+    const grpc::ByteBuffer* buffer = m->GetSerializedSendMessage();
+    if (buffer->Length() > max_bytes) {
+      return FailSend(m, absl::ResourceExhaustedError(absl::StrCat(
+                             "Sent message larger than max (",
+                             buffer->Length(), " vs. ", max_bytes, ")")));
+    }
+    sent = session_->SendByteBuffer(stream_id_, *buffer, deadline_);
+  }
+  if (!sent.ok()) FailSend(m, sent);
+}
+
+void ClientCall::RecvPass(Batch* m) {
+  PendingRecv recv{m, Has(m, Hook::PRE_RECV_INITIAL_METADATA),
+                   Has(m, Hook::PRE_RECV_MESSAGE),
+                   Has(m, Hook::PRE_RECV_STATUS)};
+  if (!recv.initial_metadata && !recv.message && !recv.status) {
+    m->Proceed();
+    return;
+  }
+  std::vector<Completion> ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(recv);
+    TakeReadyLocked(&ready);
+  }
+  Complete(ready);
+}
+
+void ClientCall::TakeReadyLocked(std::vector<Completion>* ready) {
+  auto it = pending_.begin();
+  while (it != pending_.end()) {
+    const PendingRecv& recv = *it;
+    const bool can_complete =
+        finished_ ||
+        ((!recv.initial_metadata || got_initial_metadata_) &&
+         (!recv.message || !messages_.empty()) && !recv.status);
+    if (!can_complete) {
+      ++it;
+      continue;
+    }
+    Completion completion{recv};
+    if (recv.message && !messages_.empty()) {
+      completion.have_message = true;
+      completion.message = messages_.front();
+      messages_.pop_front();
+    }
+    ready->push_back(completion);
+    it = pending_.erase(it);
+  }
+}
+
+void ClientCall::Complete(std::vector<Completion>& ready) {
+  for (Completion& c : ready) {
+    Batch* m = c.recv.methods;
+    // Read under no lock: these fields are fixed once their flag is set,
+    // and the flag was seen set under mu_ before this completion was taken.
+    if (c.recv.initial_metadata) {
+      auto* map = m->GetRecvInitialMetadata();
+      for (const auto& [key, value] : initial_metadata_) {
+        map->emplace(grpc::string_ref(key), grpc::string_ref(value));
+      }
+    }
+    grpc::Status parse_error;
+    if (c.recv.message) {
+      if (c.have_message) {
+        auto* out = static_cast<google::protobuf::MessageLite*>(
+            m->GetRecvMessage());
+        absl::Status parsed = codec::ParseFrom(
+            c.message.data, c.message.descriptor.length, out);
+        session_->Release(c.message);
+        if (!parsed.ok()) {
+          parse_error = grpc::Status(grpc::StatusCode::INTERNAL,
+                                     std::string(parsed.message()));
+          m->FailHijackedRecvMessage();
+        }
+      } else {
+        m->FailHijackedRecvMessage();  // end of stream
+      }
+    }
+    if (c.recv.status) {
+      *m->GetRecvStatus() = parse_error.ok() ? status_ : parse_error;
+      auto* map = m->GetRecvTrailingMetadata();
+      for (const auto& [key, value] : trailing_metadata_) {
+        map->emplace(grpc::string_ref(key), grpc::string_ref(value));
+      }
+    }
+    m->Proceed();
+  }
+}
+
+void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
+  const auto type = static_cast<codec::FrameType>(message.descriptor.type);
+  const absl::string_view payload(
+      reinterpret_cast<const char*>(message.data), message.descriptor.length);
+  std::vector<Completion> ready;
+  switch (type) {
+    case codec::FrameType::kMessage: {
+      const size_t max_bytes = core_->options().max_message_bytes;
+      if (message.descriptor.length > max_bytes) {
+        session_->Release(message);
+        Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           absl::StrCat("Received message larger than max (",
+                                        message.descriptor.length, " vs. ",
+                                        max_bytes, ")")),
+              /*tell_server=*/true);
+        return;
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      if (finished_) {
+        lock.unlock();
+        session_->Release(message);
+        return;
+      }
+      messages_.push_back(message);
+      TakeReadyLocked(&ready);
+      break;
+    }
+    case codec::FrameType::kInitialMetadata: {
+      absl::StatusOr<codec::Metadata> metadata = codec::DecodeMetadata(payload);
+      session_->Release(message);
+      if (!metadata.ok()) {
+        Abort(grpc::Status(grpc::StatusCode::INTERNAL,
+                           std::string(metadata.status().message())),
+              /*tell_server=*/true);
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!got_initial_metadata_ && !finished_) {
+        initial_metadata_ = std::move(*metadata);
+        got_initial_metadata_ = true;
+      }
+      TakeReadyLocked(&ready);
+      break;
+    }
+    case codec::FrameType::kStatus: {
+      absl::StatusOr<codec::CallStatus> status =
+          codec::DecodeCallStatus(payload);
+      session_->Release(message);
+      if (!status.ok()) {
+        Abort(grpc::Status(grpc::StatusCode::INTERNAL,
+                           std::string(status.status().message())),
+              /*tell_server=*/false);
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!finished_) {
+        finished_ = true;
+        status_ = grpc::Status(static_cast<grpc::StatusCode>(status->code),
+                               status->message, status->details);
+        trailing_metadata_ = std::move(status->trailing_metadata);
+      }
+      TakeReadyLocked(&ready);
+      break;
+    }
+    default:  // not a server-to-client frame
+      session_->Release(message);
+      return;
+  }
+  Complete(ready);
+}
+
+void ClientCall::Abort(const grpc::Status& status, bool tell_server) {
+  std::vector<Completion> ready;
+  std::deque<shm::ReceivedMessage> unread;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    finished_ = true;
+    status_ = status;
+    unread.swap(messages_);
+    TakeReadyLocked(&ready);
+  }
+  ReleaseAll(unread);
+  if (tell_server && session_) {
+    session_
+        ->SendFrame(codec::FrameType::kCancel, stream_id_, "",
+                    absl::Now() + absl::Seconds(1))
+        .IgnoreError();  // a gone session cancels the server side anyway
+  }
+  Complete(ready);
+}
+
+void ClientCall::ReleaseAll(std::deque<shm::ReceivedMessage>& messages) {
+  for (const shm::ReceivedMessage& message : messages) {
+    if (session_) session_->Release(message);
+  }
+  messages.clear();
+}
+
+void ClientCall::Finish() {
+  if (alarm_) alarm_->Cancel();
+  if (!hijacked_.load(std::memory_order_acquire)) return;
+  std::deque<shm::ReceivedMessage> unread;
+  bool tell_server = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ended_) return;
+    ended_ = true;
+    unread.swap(messages_);
+    tell_server = !finished_;  // the app dropped a live call
+    finished_ = true;
+  }
+  ReleaseAll(unread);
+  if (tell_server && session_) {
+    session_
+        ->SendFrame(codec::FrameType::kCancel, stream_id_, "",
+                    absl::Now() + absl::Seconds(1))
+        .IgnoreError();
+  }
+  core_->Unregister(stream_id_);
+}
+
+}  // namespace shmgrpc::transport

@@ -1,0 +1,117 @@
+// ClientCall: one RPC carried over a shm session by hijacking it in a client
+// interceptor (gRPC 1.51 public API).
+//
+// How gRPC drives it (see docs/ARCHITECTURE.md, "client interceptor"): each
+// batch of ops reaches Intercept() up to three times: a forward pass (send
+// hooks, and recv hooks for information), a recv pass that must fill the
+// recv hooks (run by gRPC inside our own Hijack()/Proceed() call, which is
+// how it is told apart, via a thread-local), and a POST pass. The first batch
+// decides: hijack (protobuf method, live session, request fits) or proceed
+// over the plain channel, untouched.
+//
+// A recv pass is held until what it needs has arrived (initial metadata, a
+// message or end of stream, status) and is completed, outside any lock, from
+// whichever thread made it ready. Deadlines are enforced with a grpc::Alarm
+// and forwarded to the server; TryCancel, a gone session, an oversize
+// message all end the call with the matching status and tell the server.
+#ifndef SHMGRPC_TRANSPORT_CLIENT_CALL_H_
+#define SHMGRPC_TRANSPORT_CLIENT_CALL_H_
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "codec/call_frames.h"
+#include "grpcpp/alarm.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/client_interceptor.h"
+#include "grpcpp/support/interceptor.h"
+#include "grpcpp/support/status.h"
+#include "shm/endpoint.h"
+#include "transport/client_core.h"
+
+namespace shmgrpc::transport {
+
+class ClientCall : public std::enable_shared_from_this<ClientCall> {
+ public:
+  ClientCall(std::shared_ptr<ClientCore> core,
+             grpc::experimental::ClientRpcInfo* info);
+  ~ClientCall();
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods);
+  // A frame for this call (session thread). Takes ownership of `message`.
+  void OnFrame(const shm::ReceivedMessage& message);
+  // Ends the call locally with `status` unless it already has one.
+  void Abort(const grpc::Status& status, bool tell_server);
+  // gRPC destroyed the RPC: stop timers, unregister, return held blocks.
+  void Finish();
+
+ private:
+  using Batch = grpc::experimental::InterceptorBatchMethods;
+
+  struct PendingRecv {
+    Batch* methods;
+    bool initial_metadata;
+    bool message;
+    bool status;
+  };
+  struct Completion {
+    PendingRecv recv;
+    bool have_message = false;
+    shm::ReceivedMessage message;
+  };
+
+  bool DecideHijack(Batch* methods);
+  void SendPass(Batch* methods);
+  void SendHeaders(Batch* methods);
+  void SendMessage(Batch* methods);
+  void RecvPass(Batch* methods);
+  // Moves every pending recv that can complete now into `ready` (mu_ held).
+  void TakeReadyLocked(std::vector<Completion>* ready);
+  void Complete(std::vector<Completion>& ready);
+  void ReleaseAll(std::deque<shm::ReceivedMessage>& messages);
+  void FailSend(Batch* methods, const absl::Status& why);
+
+  const std::shared_ptr<ClientCore> core_;
+  grpc::experimental::ClientRpcInfo* const info_;
+  std::shared_ptr<Session> session_;  // set when hijacked
+  uint64_t stream_id_ = 0;
+  absl::Time deadline_ = absl::InfiniteFuture();
+
+  std::mutex decide_mu_;
+  bool decided_ = false;
+  std::atomic<bool> hijacked_{false};
+  bool headers_sent_ = false;  // forward passes are not concurrent for sends
+  std::unique_ptr<grpc::Alarm> alarm_;
+
+  std::mutex mu_;
+  std::deque<shm::ReceivedMessage> messages_;  // received, not yet read
+  std::vector<PendingRecv> pending_;
+  bool got_initial_metadata_ = false;
+  codec::Metadata initial_metadata_;  // fixed once got_initial_metadata_
+  bool finished_ = false;             // status_ is final
+  grpc::Status status_;
+  codec::Metadata trailing_metadata_;  // fixed once finished_
+  bool ended_ = false;                 // Finish() ran
+};
+
+// The interceptor gRPC owns; forwards to the shared ClientCall.
+class ClientCallInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit ClientCallInterceptor(std::shared_ptr<ClientCall> call)
+      : call_(std::move(call)) {}
+  ~ClientCallInterceptor() override { call_->Finish(); }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    call_->Intercept(methods);
+  }
+
+ private:
+  std::shared_ptr<ClientCall> call_;
+};
+
+}  // namespace shmgrpc::transport
+
+#endif  // SHMGRPC_TRANSPORT_CLIENT_CALL_H_

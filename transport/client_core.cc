@@ -1,0 +1,153 @@
+#include "transport/client_core.h"
+
+#include <unistd.h>
+
+#include <vector>
+
+#include "google/protobuf/descriptor.h"
+#include "transport/client_call.h"
+#include "transport/log.h"
+
+namespace shmgrpc::transport {
+
+ClientCore::ClientCore(std::string shm_path, Options options)
+    : shm_path_(std::move(shm_path)), options_(std::move(options)) {}
+
+ClientCore::~ClientCore() {
+  std::shared_ptr<Session> session;
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    session = std::move(session_);
+  }
+  if (session) session->Shutdown();
+}
+
+absl::Status ClientCore::Connect() {
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    if (session_ && session_->alive()) return absl::OkStatus();
+  }
+  absl::StatusOr<int> sock = ConnectUnix(shm_path_);
+  if (!sock.ok()) return sock.status();
+  absl::StatusOr<Handshaken> handshaken = ClientHandshake(*sock, options_);
+  if (!handshaken.ok()) {
+    close(*sock);
+    return handshaken.status();
+  }
+  std::weak_ptr<ClientCore> weak = weak_from_this();
+  std::shared_ptr<Session> session = Session::Start(
+      std::move(*handshaken),
+      [weak](const shm::ReceivedMessage& message) {
+        if (auto core = weak.lock()) core->OnFrame(message);
+      },
+      [weak](const absl::Status& status) {
+        if (auto core = weak.lock()) core->OnClosed(status);
+      });
+  std::shared_ptr<Session> replaced;
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    replaced = std::exchange(session_, session);
+  }
+  if (replaced) replaced->Shutdown();
+  return absl::OkStatus();
+}
+
+std::shared_ptr<Session> ClientCore::session() {
+  std::lock_guard<std::mutex> lock(session_mu_);
+  if (session_ && session_->alive()) return session_;
+  return nullptr;
+}
+
+bool ClientCore::IsProtobufMethod(const char* method) {
+  std::lock_guard<std::mutex> lock(methods_mu_);
+  auto it = protobuf_methods_.find(method);
+  if (it != protobuf_methods_.end()) return it->second;
+  // "/package.Service/Method" -> "package.Service.Method"
+  std::string name = method[0] == '/' ? method + 1 : method;
+  const size_t slash = name.rfind('/');
+  bool known = false;
+  if (slash != std::string::npos) {
+    name[slash] = '.';
+    known = google::protobuf::DescriptorPool::generated_pool()
+                ->FindMethodByName(name) != nullptr;
+  }
+  protobuf_methods_.emplace(method, known);
+  return known;
+}
+
+uint64_t ClientCore::Register(const std::shared_ptr<ClientCall>& call) {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  const uint64_t id = next_stream_id_++;
+  calls_.emplace(id, call);
+  return id;
+}
+
+void ClientCore::Unregister(uint64_t stream_id) {
+  std::shared_ptr<ClientCall> call;
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  auto it = calls_.find(stream_id);
+  if (it == calls_.end()) return;
+  call = std::move(it->second);  // destroyed after the lock is released
+  calls_.erase(it);
+}
+
+void ClientCore::OnFrame(const shm::ReceivedMessage& message) {
+  std::shared_ptr<ClientCall> call;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    auto it = calls_.find(message.descriptor.tag);
+    if (it != calls_.end()) call = it->second;
+  }
+  if (call) {
+    call->OnFrame(message);
+    return;
+  }
+  // The call already ended (cancelled, deadline): nothing waits for this.
+  if (std::shared_ptr<Session> s = session()) s->Release(message);
+}
+
+void ClientCore::OnClosed(const absl::Status& status) {
+  ShmLog("client session to ", shm_path_, " closed: ", status.ToString());
+  std::vector<std::shared_ptr<ClientCall>> calls;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    for (auto& [id, call] : calls_) calls.push_back(call);
+  }
+  for (auto& call : calls) {
+    call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                             "shm session to the server closed"),
+                /*tell_server=*/false);
+  }
+}
+
+void ClientCore::CountPlain(PlainReason reason) {
+  switch (reason) {
+    case PlainReason::kNoSession:
+      plain_no_session_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case PlainReason::kNotProtobuf:
+      plain_not_protobuf_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case PlainReason::kTooLarge:
+      plain_too_large_.fetch_add(1, std::memory_order_relaxed);
+      break;
+  }
+}
+
+ClientStats ClientCore::Stats() {
+  ClientStats stats;
+  stats.calls_on_shm = calls_on_shm_.load(std::memory_order_relaxed);
+  stats.calls_plain_no_session =
+      plain_no_session_.load(std::memory_order_relaxed);
+  stats.calls_plain_not_protobuf =
+      plain_not_protobuf_.load(std::memory_order_relaxed);
+  stats.calls_plain_too_large =
+      plain_too_large_.load(std::memory_order_relaxed);
+  if (std::shared_ptr<Session> s = session()) {
+    stats.session_alive = true;
+    stats.session = s->Stats();
+  }
+  return stats;
+}
+
+}  // namespace shmgrpc::transport

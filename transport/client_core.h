@@ -1,0 +1,83 @@
+// ClientCore: what one shm channel shares across its calls.
+//
+// It owns the channel's session to the server's handshake socket (if one
+// could be opened), routes incoming frames to calls by stream id, decides
+// which methods may be hijacked (only methods the generated protobuf
+// descriptor pool knows, so a GenericStub's ByteBuffer call never is), and
+// counts what went where. Thread-safe.
+#ifndef SHMGRPC_TRANSPORT_CLIENT_CORE_H_
+#define SHMGRPC_TRANSPORT_CLIENT_CORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "transport/options.h"
+#include "transport/session.h"
+
+namespace shmgrpc::transport {
+
+class ClientCall;
+
+struct ClientStats {
+  uint64_t calls_on_shm = 0;
+  uint64_t calls_plain_no_session = 0;
+  uint64_t calls_plain_not_protobuf = 0;
+  uint64_t calls_plain_too_large = 0;
+  bool session_alive = false;
+  shm::EndpointStats session;  // zero when there is no session
+};
+
+class ClientCore : public std::enable_shared_from_this<ClientCore> {
+ public:
+  ClientCore(std::string shm_path, Options options);
+  ~ClientCore();
+
+  // Opens a session unless one is alive. Unavailable when the server has no
+  // shm socket (the channel then works over plain gRPC).
+  absl::Status Connect();
+  // The live session, or nullptr.
+  std::shared_ptr<Session> session();
+
+  bool IsProtobufMethod(const char* method);
+
+  // Calls register once hijacked and unregister when they end.
+  uint64_t Register(const std::shared_ptr<ClientCall>& call);
+  void Unregister(uint64_t stream_id);
+
+  enum class PlainReason { kNoSession, kNotProtobuf, kTooLarge };
+  void CountPlain(PlainReason reason);
+  void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
+
+  const Options& options() const { return options_; }
+  ClientStats Stats();
+
+ private:
+  void OnFrame(const shm::ReceivedMessage& message);
+  void OnClosed(const absl::Status& status);
+
+  const std::string shm_path_;
+  const Options options_;
+
+  std::mutex session_mu_;
+  std::shared_ptr<Session> session_;
+
+  std::mutex calls_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<ClientCall>> calls_;
+  uint64_t next_stream_id_ = 1;
+
+  std::mutex methods_mu_;
+  std::map<std::string, bool> protobuf_methods_;
+
+  std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
+      plain_not_protobuf_{0}, plain_too_large_{0};
+};
+
+}  // namespace shmgrpc::transport
+
+#endif  // SHMGRPC_TRANSPORT_CLIENT_CORE_H_

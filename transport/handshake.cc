@@ -1,0 +1,204 @@
+#include "transport/handshake.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "shm/segment_layout.h"
+#include "shm/uds.h"
+
+namespace shmgrpc::transport {
+namespace {
+
+absl::StatusOr<PeerCredentials> ReadPeerCredentials(int sock) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return absl::InternalError(
+        absl::StrCat("SO_PEERCRED: ", strerror(errno)));
+  }
+  return PeerCredentials{cred.pid, cred.uid, cred.gid};
+}
+
+absl::Status CheckPolicy(const PeerCredentials& peer, const Options& options) {
+  if (options.peer_uid_policy == PeerUidPolicy::kSameUid &&
+      peer.uid != getuid()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "peer pid ", peer.pid, " runs as uid ", peer.uid, ", not ", getuid()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Duration Remaining(absl::Time deadline) {
+  return std::max(absl::ZeroDuration(), deadline - absl::Now());
+}
+
+// Builds this side's segment from the options.
+absl::StatusOr<std::pair<std::unique_ptr<shm::Arena>, shm::SegmentLayout>>
+MakeLocalSegment(const Options& options, const char* name) {
+  absl::StatusOr<shm::SegmentLayout> layout =
+      shm::SegmentLayout::Compute(options.arena_bytes, options.ring_slots);
+  if (!layout.ok()) return layout.status();
+  absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
+      shm::CreateSegment(name, *layout);
+  if (!arena.ok()) return arena.status();
+  return std::make_pair(std::move(*arena), *layout);
+}
+
+// Maps the peer's announced segment; takes ownership of `fd`.
+absl::StatusOr<std::pair<std::unique_ptr<shm::Arena>, shm::SegmentLayout>>
+MapPeer(int fd, uint64_t data_bytes, uint32_t ring_slots) {
+  absl::StatusOr<shm::SegmentLayout> layout =
+      shm::SegmentLayout::Compute(data_bytes, ring_slots);
+  if (!layout.ok() || layout->data_bytes != data_bytes) {
+    if (fd >= 0) close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "peer announced an invalid segment (", data_bytes, " bytes, ",
+        ring_slots, " slots)"));
+  }
+  absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
+      shm::MapPeerSegment(fd, *layout);
+  if (!arena.ok()) return arena.status();
+  return std::make_pair(std::move(*arena), *layout);
+}
+
+}  // namespace
+
+absl::StatusOr<int> ConnectUnix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path too long: ", path));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) {
+    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  }
+  if (connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int err = errno;
+    close(sock);
+    return absl::UnavailableError(
+        absl::StrCat("connect ", path, ": ", strerror(err)));
+  }
+  return sock;
+}
+
+absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options) {
+  const absl::Time deadline = absl::Now() + options.handshake_timeout;
+  auto local = MakeLocalSegment(options, "shmgrpc-client");
+  if (!local.ok()) return local.status();
+  const Hello hello{kHandshakeMagic, kMinProtocolVersion, kMaxProtocolVersion,
+                    0, local->second.ring_slots, local->second.data_bytes};
+  if (absl::Status s =
+          shm::SendWithFd(sock, &hello, sizeof(hello), local->first->fd());
+      !s.ok()) {
+    return s;
+  }
+  Welcome welcome;
+  int peer_fd = -1;
+  if (absl::Status s = shm::RecvWithFd(sock, &welcome, sizeof(welcome),
+                                       &peer_fd, Remaining(deadline));
+      !s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("shm handshake: no welcome: ", s.message()));
+  }
+  if (welcome.magic != kHandshakeMagic) {
+    if (peer_fd >= 0) close(peer_fd);
+    return absl::UnavailableError("shm handshake: server is not shmgrpc");
+  }
+  if (welcome.result != kAccepted) {
+    if (peer_fd >= 0) close(peer_fd);
+    return absl::UnavailableError(absl::StrCat(
+        "shm handshake: server refused (reason ", welcome.result, ")"));
+  }
+  if (welcome.version < kMinProtocolVersion ||
+      welcome.version > kMaxProtocolVersion) {
+    if (peer_fd >= 0) close(peer_fd);
+    return absl::UnavailableError(absl::StrCat(
+        "shm handshake: server chose unsupported version ", welcome.version));
+  }
+  auto peer = MapPeer(peer_fd, welcome.data_bytes, welcome.ring_slots);
+  if (!peer.ok()) return peer.status();
+  absl::StatusOr<PeerCredentials> credentials = ReadPeerCredentials(sock);
+  if (!credentials.ok()) return credentials.status();
+  if (absl::Status s = CheckPolicy(*credentials, options); !s.ok()) return s;
+  Handshaken result;
+  result.peer = *credentials;
+  result.version = welcome.version;
+  result.endpoint = std::make_unique<shm::Endpoint>(
+      std::move(local->first), local->second, std::move(peer->first),
+      peer->second, sock, options.wait);
+  return result;
+}
+
+absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
+  const absl::Time deadline = absl::Now() + options.handshake_timeout;
+  Welcome refusal{kHandshakeMagic, 0, kAccepted, 0, 0, 0};
+  auto refuse = [&](HandshakeRefusal reason, absl::Status why) {
+    refusal.result = reason;
+    shm::SendWithFd(sock, &refusal, sizeof(refusal), -1).IgnoreError();
+    return why;
+  };
+  absl::StatusOr<PeerCredentials> credentials = ReadPeerCredentials(sock);
+  if (!credentials.ok()) return credentials.status();
+  if (absl::Status s = CheckPolicy(*credentials, options); !s.ok()) {
+    return refuse(kPeerNotAllowed, s);
+  }
+  Hello hello;
+  int peer_fd = -1;
+  if (absl::Status s = shm::RecvWithFd(sock, &hello, sizeof(hello), &peer_fd,
+                                       Remaining(deadline));
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("reading hello from pid ",
+                                               credentials->pid, ": ",
+                                               s.message()));
+  }
+  if (hello.magic != kHandshakeMagic) {
+    if (peer_fd >= 0) close(peer_fd);
+    return refuse(kBadMagic, absl::InvalidArgumentError(absl::StrCat(
+                                 "bad hello magic 0x", absl::Hex(hello.magic),
+                                 " from pid ", credentials->pid)));
+  }
+  const uint16_t version = std::min(hello.max_version, kMaxProtocolVersion);
+  if (hello.min_version > hello.max_version ||
+      version < std::max(hello.min_version, kMinProtocolVersion)) {
+    if (peer_fd >= 0) close(peer_fd);
+    return refuse(kNoCommonVersion,
+                  absl::FailedPreconditionError(absl::StrCat(
+                      "no common protocol version: client speaks ",
+                      hello.min_version, "..", hello.max_version, ", server ",
+                      kMinProtocolVersion, "..", kMaxProtocolVersion)));
+  }
+  if (peer_fd < 0) {
+    return refuse(kBadSegment,
+                  absl::InvalidArgumentError("hello carried no segment fd"));
+  }
+  auto peer = MapPeer(peer_fd, hello.data_bytes, hello.ring_slots);
+  if (!peer.ok()) return refuse(kBadSegment, peer.status());
+  auto local = MakeLocalSegment(options, "shmgrpc-server");
+  if (!local.ok()) return local.status();
+  const Welcome welcome{kHandshakeMagic, version, kAccepted, 0,
+                        local->second.ring_slots, local->second.data_bytes};
+  if (absl::Status s = shm::SendWithFd(sock, &welcome, sizeof(welcome),
+                                       local->first->fd());
+      !s.ok()) {
+    return s;
+  }
+  Handshaken result;
+  result.peer = *credentials;
+  result.version = version;
+  result.endpoint = std::make_unique<shm::Endpoint>(
+      std::move(local->first), local->second, std::move(peer->first),
+      peer->second, sock, options.wait);
+  return result;
+}
+
+}  // namespace shmgrpc::transport

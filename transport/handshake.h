@@ -1,0 +1,86 @@
+// The shm session handshake over a unix socket.
+//
+//   client -> server: Hello {magic, min/max version, features, data_bytes,
+//                     ring_slots} + the client's segment fd (SCM_RIGHTS)
+//   server -> client: Welcome {magic, version, result, features, data_bytes,
+//                     ring_slots} + the server's segment fd, or a refusal
+//                     (result != 0, no fd) and close.
+//
+// Both sides verify the other's fd (seals, size, header) before use; the
+// server checks SO_PEERCRED against the uid policy before answering; versions
+// negotiate to the highest both speak. The whole exchange is bounded by
+// Options::handshake_timeout. On any failure the caller closes the socket;
+// the returned status says why (logged by the server).
+#ifndef SHMGRPC_TRANSPORT_HANDSHAKE_H_
+#define SHMGRPC_TRANSPORT_HANDSHAKE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "shm/endpoint.h"
+#include "transport/options.h"
+
+namespace shmgrpc::transport {
+
+inline constexpr uint32_t kHandshakeMagic = 0x31475353;  // "SSG1"
+inline constexpr uint16_t kMinProtocolVersion = 1;
+inline constexpr uint16_t kMaxProtocolVersion = 1;
+
+// Wire structs (fixed size, little-endian, no padding surprises).
+struct Hello {
+  uint32_t magic;
+  uint16_t min_version;
+  uint16_t max_version;
+  uint32_t features;
+  uint32_t ring_slots;
+  uint64_t data_bytes;
+};
+static_assert(sizeof(Hello) == 24);
+
+struct Welcome {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t result;  // 0: accepted; else a HandshakeRefusal
+  uint32_t features;
+  uint32_t ring_slots;
+  uint64_t data_bytes;
+};
+static_assert(sizeof(Welcome) == 24);
+
+enum HandshakeRefusal : uint16_t {
+  kAccepted = 0,
+  kBadMagic = 1,
+  kNoCommonVersion = 2,
+  kPeerNotAllowed = 3,
+  kBadSegment = 4,
+};
+
+// The verified identity of the process on the other end (SO_PEERCRED).
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+struct Handshaken {
+  std::unique_ptr<shm::Endpoint> endpoint;  // owns the socket
+  PeerCredentials peer;
+  uint16_t version = 0;
+};
+
+// Client side, on a connected socket (ownership passes to the endpoint on
+// success; on failure the caller still owns and closes it).
+absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options);
+
+// Server side, on an accepted socket (same ownership rule).
+absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
+
+// Connects a SOCK_STREAM unix socket to `path` (CLOEXEC).
+absl::StatusOr<int> ConnectUnix(const std::string& path);
+
+}  // namespace shmgrpc::transport
+
+#endif  // SHMGRPC_TRANSPORT_HANDSHAKE_H_

@@ -1,0 +1,93 @@
+// InjectedCall: one shm stream replayed into the unchanged grpc::Server
+// through its in-process channel, with the generic completion-queue API
+// driven by the ShmServer's own threads.
+//
+// Requests enter zero-copy: each message is a grpc::Slice over the client's
+// arena, released back to the client when gRPC drops the slice (right after
+// the handler parsed it). Responses are copied once from gRPC's buffer into
+// this side's arena. The client's metadata and deadline are forwarded; the
+// verified peer identity is added as x-shmgrpc-peer-{pid,uid,gid} (any such
+// keys the client sent are dropped, so handlers can trust them). A kCancel
+// frame or a dead session cancels the call (the handler sees IsCancelled).
+//
+// Thread-safety: frames arrive on the session thread, completions on CQ
+// threads; all state is under mu_, and no gRPC call is made under it except
+// the non-blocking op starts.
+#ifndef SHMGRPC_TRANSPORT_SERVER_CALL_H_
+#define SHMGRPC_TRANSPORT_SERVER_CALL_H_
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "grpcpp/client_context.h"
+#include "grpcpp/completion_queue.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "shm/endpoint.h"
+#include "transport/session.h"
+
+namespace shmgrpc::transport {
+
+class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
+ public:
+  enum class Op { kStart, kInitialMetadata, kRead, kWrite, kFinish };
+  // A completion-queue tag: the call and which of its ops completed.
+  struct Tag {
+    InjectedCall* call;
+    Op op;
+  };
+
+  // `on_done` runs once, after the status went out and every op completed.
+  InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
+               grpc::GenericStub* stub, grpc::CompletionQueue* cq,
+               std::function<void(uint64_t)> on_done);
+  ~InjectedCall();
+
+  // Session thread. Takes ownership of `message`.
+  void OnFrame(const shm::ReceivedMessage& message);
+  // CQ thread.
+  void OnCompletion(Op op, bool ok);
+  // The client is gone or asked to cancel.
+  void Cancel();
+
+ private:
+  // False when the headers are malformed (status_ then says why).
+  bool StartLocked(const shm::ReceivedMessage& headers);
+  void MaybeWriteLocked();
+  void MaybeDoneLocked();
+  void SendStatusAndFinish();
+
+  const std::shared_ptr<Session> session_;
+  const uint64_t stream_id_;
+  grpc::GenericStub* const stub_;
+  grpc::CompletionQueue* const cq_;
+  std::function<void(uint64_t)> on_done_;
+
+  Tag start_tag_{this, Op::kStart};
+  Tag metadata_tag_{this, Op::kInitialMetadata};
+  Tag read_tag_{this, Op::kRead};
+  Tag write_tag_{this, Op::kWrite};
+  Tag finish_tag_{this, Op::kFinish};
+
+  std::mutex mu_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  std::shared_ptr<InjectedCall> self_;  // alive while ops are outstanding
+  int outstanding_ops_ = 0;
+  bool started_ = false;
+  bool writing_ = false;
+  bool half_closed_ = false;     // client sent kHalfClose
+  bool writes_done_sent_ = false;
+  bool write_failed_ = false;
+  bool finished_ = false;        // Finish completed
+  bool done_ = false;
+  std::deque<shm::ReceivedMessage> requests_;  // not yet written
+  grpc::ByteBuffer response_;
+  grpc::Status status_;
+};
+
+}  // namespace shmgrpc::transport
+
+#endif  // SHMGRPC_TRANSPORT_SERVER_CALL_H_

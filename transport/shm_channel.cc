@@ -1,0 +1,83 @@
+#include "transport/shm_channel.h"
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/client_interceptor.h"
+#include "transport/client_call.h"
+
+namespace shmgrpc {
+namespace {
+
+class InterceptorFactory
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit InterceptorFactory(std::shared_ptr<transport::ClientCore> core)
+      : core_(std::move(core)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* info) override {
+    return new transport::ClientCallInterceptor(
+        std::make_shared<transport::ClientCall>(core_, info));
+  }
+
+ private:
+  std::shared_ptr<transport::ClientCore> core_;
+};
+
+// Channels made here -> their cores, for GetChannelStats.
+std::mutex registry_mu;
+std::map<const grpc::Channel*, std::weak_ptr<transport::ClientCore>>&
+Registry() {
+  static auto* registry =
+      new std::map<const grpc::Channel*, std::weak_ptr<transport::ClientCore>>;
+  return *registry;
+}
+
+}  // namespace
+
+std::string UnixPathOf(const std::string& target) {
+  if (absl::StartsWith(target, "unix://")) return target.substr(7);
+  if (absl::StartsWith(target, "unix:")) return target.substr(5);
+  return "";
+}
+
+std::shared_ptr<grpc::Channel> CreateChannel(const std::string& target,
+                                             const Options& options,
+                                             const grpc::ChannelArguments& args) {
+  const std::string path = UnixPathOf(target);
+  auto core = std::make_shared<transport::ClientCore>(
+      path.empty() ? "" : path + ".shm", options);
+  if (!path.empty()) {
+    core->Connect().IgnoreError();  // no shm: every call goes plain
+  }
+  std::vector<
+      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+      factories;
+  factories.push_back(std::make_unique<InterceptorFactory>(core));
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::experimental::CreateCustomChannelWithInterceptors(
+          target, grpc::InsecureChannelCredentials(), args,
+          std::move(factories));
+  std::lock_guard<std::mutex> lock(registry_mu);
+  auto& registry = Registry();
+  for (auto it = registry.begin(); it != registry.end();) {
+    it = it->second.expired() ? registry.erase(it) : std::next(it);
+  }
+  registry[channel.get()] = core;
+  return channel;
+}
+
+std::optional<ClientStats> GetChannelStats(const grpc::Channel* channel) {
+  std::lock_guard<std::mutex> lock(registry_mu);
+  auto it = Registry().find(channel);
+  if (it == Registry().end()) return std::nullopt;
+  std::shared_ptr<transport::ClientCore> core = it->second.lock();
+  if (!core) return std::nullopt;
+  return core->Stats();
+}
+
+}  // namespace shmgrpc

@@ -1,0 +1,36 @@
+// CreateChannel: a grpc::Channel whose calls travel over shared memory when
+// the server offers it, and over plain gRPC on the same target when not.
+#ifndef SHMGRPC_TRANSPORT_SHM_CHANNEL_H_
+#define SHMGRPC_TRANSPORT_SHM_CHANNEL_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "grpcpp/channel.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "transport/client_core.h"
+#include "transport/options.h"
+
+namespace shmgrpc {
+
+// `target` is the server's plain gRPC address, "unix:/path" (or
+// "unix:///path"); the shm handshake socket is "/path.shm". Protobuf calls
+// are hijacked onto a shm session when one is up; everything else (no
+// session, non-protobuf methods such as a GenericStub's, requests too large
+// for the arena) goes to `target` unchanged. `args` configure the plain
+// channel as usual.
+std::shared_ptr<grpc::Channel> CreateChannel(
+    const std::string& target, const Options& options = Options(),
+    const grpc::ChannelArguments& args = grpc::ChannelArguments());
+
+using transport::ClientStats;
+// Counters of a channel made by CreateChannel (nullopt for other channels).
+std::optional<ClientStats> GetChannelStats(const grpc::Channel* channel);
+
+// "unix:/p" or "unix:///p" -> "/p"; empty when `target` is not a unix one.
+std::string UnixPathOf(const std::string& target);
+
+}  // namespace shmgrpc
+
+#endif  // SHMGRPC_TRANSPORT_SHM_CHANNEL_H_

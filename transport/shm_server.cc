@@ -1,0 +1,241 @@
+#include "transport/shm_server.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "codec/frame_type.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "transport/handshake.h"
+#include "transport/log.h"
+#include "transport/shm_channel.h"
+
+namespace shmgrpc {
+
+using transport::Handshaken;
+using transport::InjectedCall;
+using transport::Session;
+using transport::ShmLog;
+
+struct ShmServer::ServerSession {
+  std::shared_ptr<Session> session;
+  std::mutex mu;
+  std::map<uint64_t, std::shared_ptr<InjectedCall>> calls;
+  bool closed = false;
+};
+
+absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
+    grpc::Server* server, const std::string& target, const Options& options) {
+  const std::string path = UnixPathOf(target);
+  if (path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shm needs a unix: target (got '", target, "')"));
+  }
+  const std::string shm_path = path + ".shm";
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (shm_path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path too long: ", shm_path));
+  }
+  std::memcpy(addr.sun_path, shm_path.c_str(), shm_path.size() + 1);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  }
+  unlink(shm_path.c_str());  // a stale socket from a previous run
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(fd, 128) != 0) {
+    const int err = errno;
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("listen on ", shm_path, ": ", strerror(err)));
+  }
+  return std::unique_ptr<ShmServer>(
+      new ShmServer(server, shm_path, fd, options));
+}
+
+ShmServer::ShmServer(grpc::Server* server, std::string shm_path,
+                     int listen_fd, const Options& options)
+    : shm_path_(std::move(shm_path)), options_(options), listen_fd_(listen_fd) {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  inproc_channel_ = server->InProcessChannel(args);
+  stub_ = std::make_unique<grpc::GenericStub>(inproc_channel_);
+  cq_ = std::make_unique<grpc::CompletionQueue>();
+  cq_threads_.emplace_back([this] { DrainCompletionQueue(); });
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
+}
+
+ShmServer::~ShmServer() { Shutdown(); }
+
+void ShmServer::DrainCompletionQueue() {
+  void* tag;
+  bool ok;
+  while (cq_->Next(&tag, &ok)) {
+    auto* t = static_cast<InjectedCall::Tag*>(tag);
+    t->call->OnCompletion(t->op, ok);
+  }
+}
+
+void ShmServer::AcceptLoop() {
+  for (;;) {
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      ShmLog("accept loop: poll: ", strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    const int sock = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (sock < 0) continue;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutting_down_) {
+      close(sock);
+      return;
+    }
+    // Reap finished handshake threads (they leave themselves joinable).
+    handshake_threads_.emplace_back([this, sock] { Handshake(sock); });
+  }
+}
+
+void ShmServer::Handshake(int sock) {
+  absl::StatusOr<Handshaken> handshaken =
+      transport::ServerHandshake(sock, options_);
+  if (!handshaken.ok()) {
+    handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
+    ShmLog("refused shm connection on ", shm_path_, ": ",
+           handshaken.status().ToString());
+    close(sock);
+    return;
+  }
+  auto server_session = std::make_shared<ServerSession>();
+  std::weak_ptr<ServerSession> weak = server_session;
+  server_session->session = Session::Start(
+      std::move(*handshaken),
+      [this, weak](const shm::ReceivedMessage& message) {
+        if (auto s = weak.lock()) OnFrame(s, message);
+      },
+      [this, weak](const absl::Status&) {
+        if (auto s = weak.lock()) OnClosed(s);
+      });
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shutting_down_) {
+    server_session->session->Shutdown();
+    return;
+  }
+  sessions_.push_back(server_session);
+  sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
+                        const shm::ReceivedMessage& message) {
+  const uint64_t stream_id = message.descriptor.tag;
+  std::shared_ptr<InjectedCall> call;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    auto it = s->calls.find(stream_id);
+    if (it != s->calls.end()) {
+      call = it->second;
+    } else if (message.descriptor.type ==
+                   static_cast<uint16_t>(codec::FrameType::kCallHeaders) &&
+               !s->closed) {
+      std::weak_ptr<ServerSession> weak = s;
+      call = std::make_shared<InjectedCall>(
+          s->session, stream_id, stub_.get(), cq_.get(),
+          [weak](uint64_t id) {
+            if (auto session = weak.lock()) {
+              std::shared_ptr<InjectedCall> done;
+              std::lock_guard<std::mutex> lock(session->mu);
+              auto it = session->calls.find(id);
+              if (it != session->calls.end()) {
+                done = std::move(it->second);
+                session->calls.erase(it);
+              }
+            }
+          });
+      s->calls.emplace(stream_id, call);
+      calls_injected_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  if (call) {
+    call->OnFrame(message);
+  } else {
+    s->session->Release(message);  // a frame for a call that already ended
+  }
+}
+
+void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
+  std::vector<std::shared_ptr<InjectedCall>> calls;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->closed = true;
+    for (auto& [id, call] : s->calls) calls.push_back(call);
+  }
+  for (auto& call : calls) call->Cancel();
+}
+
+void ShmServer::Shutdown() {
+  std::vector<std::shared_ptr<ServerSession>> sessions;
+  std::list<std::thread> handshakes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutting_down_) return;
+    shutting_down_ = true;
+  }
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof(one)) < 0) {
+    ShmLog("shutdown: cannot wake the accept loop: ", strerror(errno));
+  }
+  accept_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    handshakes.swap(handshake_threads_);
+  }
+  for (std::thread& t : handshakes) t.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sessions.swap(sessions_);
+  }
+  for (auto& s : sessions) s->session->Shutdown();  // cancels their calls
+  // Wait for injected calls to send their status and complete every op.
+  for (auto& s : sessions) {
+    for (int i = 0; i < 5000; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(s->mu);
+        if (s->calls.empty()) break;
+      }
+      usleep(1000);
+    }
+  }
+  cq_->Shutdown();
+  for (std::thread& t : cq_threads_) t.join();
+  close(listen_fd_);
+  close(wake_fd_);
+  unlink(shm_path_.c_str());
+}
+
+ServerStats ShmServer::Stats() {
+  ServerStats stats;
+  stats.sessions_accepted = sessions_accepted_.load();
+  stats.handshakes_refused = handshakes_refused_.load();
+  stats.calls_injected = calls_injected_.load();
+  stats.blocks_reclaimed = blocks_reclaimed_.load();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& s : sessions_) {
+    if (s->session->alive()) ++stats.sessions_open;
+    std::lock_guard<std::mutex> session_lock(s->mu);
+    stats.calls_active += s->calls.size();
+  }
+  return stats;
+}
+
+}  // namespace shmgrpc

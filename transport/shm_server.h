@@ -1,0 +1,90 @@
+// ShmServer: attaches shared memory to an unchanged, started grpc::Server.
+//
+//   auto server = builder.BuildAndStart();           // listens on unix:/p
+//   auto shm = shmgrpc::ShmServer::Start(server.get(), "unix:/p", options);
+//   ...
+//   shm->Shutdown();   // before the grpc::Server is destroyed
+//
+// It listens on "/p.shm", handshakes each client (one thread per handshake,
+// bounded by the handshake timeout; a bad or slow client costs only its own
+// connection, with a logged reason), runs one session per client, and
+// injects each stream into the server through its in-process channel on its
+// own completion-queue threads.
+#ifndef SHMGRPC_TRANSPORT_SHM_SERVER_H_
+#define SHMGRPC_TRANSPORT_SHM_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/completion_queue.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/server.h"
+#include "transport/options.h"
+#include "transport/server_call.h"
+#include "transport/session.h"
+
+namespace shmgrpc {
+
+struct ServerStats {
+  uint64_t sessions_accepted = 0;
+  uint64_t handshakes_refused = 0;  // junk, timeouts, versions, policy
+  uint64_t sessions_open = 0;
+  uint64_t calls_injected = 0;
+  uint64_t calls_active = 0;
+  uint64_t blocks_reclaimed = 0;  // freed after a client died holding them
+};
+
+class ShmServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<ShmServer>> Start(
+      grpc::Server* server, const std::string& target,
+      const Options& options = Options());
+  ~ShmServer();
+
+  // Stops accepting, cancels injected calls, closes every session. Idempotent.
+  void Shutdown();
+  ServerStats Stats();
+  const std::string& shm_path() const { return shm_path_; }
+
+ private:
+  struct ServerSession;
+
+  ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
+            const Options& options);
+  void AcceptLoop();
+  void Handshake(int sock);
+  void OnFrame(const std::shared_ptr<ServerSession>& session,
+               const shm::ReceivedMessage& message);
+  void OnClosed(const std::shared_ptr<ServerSession>& session);
+  void DrainCompletionQueue();
+
+  const std::string shm_path_;
+  const Options options_;
+  const int listen_fd_;
+  int wake_fd_ = -1;  // eventfd that stops the accept loop
+  std::shared_ptr<grpc::Channel> inproc_channel_;
+  std::unique_ptr<grpc::GenericStub> stub_;
+  std::unique_ptr<grpc::CompletionQueue> cq_;
+  std::vector<std::thread> cq_threads_;
+  std::thread accept_thread_;
+
+  std::mutex mu_;
+  bool shutting_down_ = false;
+  std::list<std::thread> handshake_threads_;
+  std::vector<std::shared_ptr<ServerSession>> sessions_;
+
+  std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
+      calls_injected_{0}, blocks_reclaimed_{0};
+};
+
+}  // namespace shmgrpc
+
+#endif  // SHMGRPC_TRANSPORT_SHM_SERVER_H_
