@@ -1,0 +1,158 @@
+#include "tests/echo_logic.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "tests/peer_process.h"
+
+namespace shmgrpc::test {
+namespace {
+
+std::atomic<int> cancellations_seen{0};
+
+std::string PayloadFor(size_t size, int64_t seq) {
+  std::string payload(size, '\0');
+  testing::FillPayload(reinterpret_cast<uint8_t*>(payload.data()), size,
+                       static_cast<uint64_t>(seq));
+  return payload;
+}
+
+uint64_t ChecksumOf(const std::string& bytes) {
+  return testing::Checksum(reinterpret_cast<const uint8_t*>(bytes.data()),
+                           bytes.size());
+}
+
+}  // namespace
+
+void FillRequest(EchoRequest* request, size_t size, int64_t seq) {
+  request->set_payload(PayloadFor(size, seq));
+  request->set_seq(seq);
+  request->set_checksum(ChecksumOf(request->payload()));
+}
+
+bool PayloadIntact(const EchoRequest& request) {
+  return ChecksumOf(request.payload()) == request.checksum();
+}
+
+bool PayloadIntact(const EchoResponse& response) {
+  return ChecksumOf(response.payload()) == response.checksum();
+}
+
+EchoResponse ReplyFor(grpc::ServerContextBase* context,
+                      const EchoRequest& request, int index) {
+  EchoResponse response;
+  if (request.reply_bytes() > 0) {
+    response.set_payload(PayloadFor(request.reply_bytes(), request.seq()));
+  } else {
+    response.set_payload(request.payload());
+  }
+  response.set_seq(request.seq() + index);
+  response.set_checksum(ChecksumOf(response.payload()));
+  for (const auto& [key, value] : context->client_metadata()) {
+    const std::string k(key.data(), key.size());
+    if (absl::StartsWith(k, ":")) continue;
+    if (request.add_metadata()) {
+      (*response.mutable_request_metadata())[k] =
+          std::string(value.data(), value.size());
+    }
+    if (k == "x-shmgrpc-peer-pid") {
+      response.set_peer_pid(std::string(value.data(), value.size()));
+    }
+  }
+  const auto deadline = context->deadline();
+  response.set_deadline_remaining_ms(
+      deadline == std::chrono::system_clock::time_point::max()
+          ? -1
+          : std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::system_clock::now())
+                .count());
+  response.set_cancellations_seen(cancellations_seen.load());
+  return response;
+}
+
+grpc::Status HandleUnary(grpc::ServerContextBase* context,
+                         const EchoRequest& request, EchoResponse* response) {
+  if (request.hang()) {
+    for (int i = 0; i < 30000 && !context->IsCancelled(); ++i) usleep(1000);
+    if (context->IsCancelled()) cancellations_seen.fetch_add(1);
+    return grpc::Status(grpc::StatusCode::CANCELLED, "handler saw cancel");
+  }
+  if (request.delay_ms() > 0) usleep(request.delay_ms() * 1000);
+  if (request.error_code() != 0) {
+    return grpc::Status(static_cast<grpc::StatusCode>(request.error_code()),
+                        request.error_message(), request.error_details());
+  }
+  if (request.add_metadata()) {
+    context->AddInitialMetadata("x-echo-initial", "initial-value");
+    context->AddInitialMetadata("x-echo-initial-bin", std::string("\0\1\2", 3));
+    context->AddTrailingMetadata("x-echo-trailing", "trailing-value");
+    context->AddTrailingMetadata("x-echo-trailing-bin",
+                                 std::string("\xff\0\xfe", 3));
+  }
+  *response = ReplyFor(context, request, 0);
+  return grpc::Status::OK;
+}
+
+// ---- async style -------------------------------------------------------------
+
+namespace {
+
+// One outstanding Unary request on the CQ; re-arms itself when it gets one.
+class UnaryHandler {
+ public:
+  UnaryHandler(AsyncEchoServer::Service* service,
+               grpc::ServerCompletionQueue* cq)
+      : service_(service), cq_(cq), responder_(&context_) {
+    service_->RequestUnary(&context_, &request_, &responder_, cq_, cq_, this);
+  }
+  // `ok` false: the server is shutting down (or the finish failed).
+  void OnEvent(bool ok) {
+    if (finishing_ || !ok) {
+      delete this;
+      return;
+    }
+    new UnaryHandler(service_, cq_);
+    finishing_ = true;
+    const grpc::Status status = HandleUnary(&context_, request_, &response_);
+    if (status.ok()) {
+      responder_.Finish(response_, status, this);
+    } else {
+      responder_.FinishWithError(status, this);
+    }
+  }
+
+ private:
+  AsyncEchoServer::Service* service_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::ServerContext context_;
+  EchoRequest request_;
+  EchoResponse response_;
+  grpc::ServerAsyncResponseWriter<EchoResponse> responder_;
+  bool finishing_ = false;
+};
+
+}  // namespace
+
+AsyncEchoServer::AsyncEchoServer(grpc::ServerBuilder* builder) {
+  builder->RegisterService(&service_);
+  cq_ = builder->AddCompletionQueue();
+}
+
+void AsyncEchoServer::Run() {
+  new UnaryHandler(&service_, cq_.get());
+  thread_ = std::thread([this] {
+    void* tag;
+    bool ok;
+    while (cq_->Next(&tag, &ok)) static_cast<UnaryHandler*>(tag)->OnEvent(ok);
+  });
+}
+
+void AsyncEchoServer::Stop() {
+  cq_->Shutdown();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace shmgrpc::test

@@ -1,0 +1,214 @@
+// The EchoService behaviour shared by every server style in echo_server.
+#ifndef SHMGRPC_TESTS_ECHO_LOGIC_H_
+#define SHMGRPC_TESTS_ECHO_LOGIC_H_
+
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "grpcpp/grpcpp.h"
+#include "tests/echo.grpc.pb.h"
+
+namespace shmgrpc::test {
+
+// Unary semantics: hang until cancelled, delay, fail with a given status, or
+// answer with ReplyFor() plus initial/trailing metadata when asked.
+grpc::Status HandleUnary(grpc::ServerContextBase* context,
+                         const EchoRequest& request, EchoResponse* response);
+
+// The reply to one request: payload (echoed or reply_bytes long, with its
+// checksum), seq + index, and what the server saw (metadata, deadline, peer).
+EchoResponse ReplyFor(grpc::ServerContextBase* context,
+                      const EchoRequest& request, int index);
+
+bool PayloadIntact(const EchoRequest& request);
+
+// Fills a request with `size` payload bytes derived from `seq`.
+void FillRequest(EchoRequest* request, size_t size, int64_t seq);
+bool PayloadIntact(const EchoResponse& response);
+
+class SyncEchoService : public EchoService::Service {
+ public:
+  grpc::Status Unary(grpc::ServerContext* context, const EchoRequest* request,
+                     EchoResponse* response) override {
+    return HandleUnary(context, *request, response);
+  }
+  grpc::Status ServerStream(grpc::ServerContext* context,
+                            const EchoRequest* request,
+                            grpc::ServerWriter<EchoResponse>* writer) override {
+    for (int i = 0; i < request->reply_count(); ++i) {
+      EchoResponse response = ReplyFor(context, *request, i);
+      if (!writer->Write(response)) break;
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status ClientStream(grpc::ServerContext* context,
+                            grpc::ServerReader<EchoRequest>* reader,
+                            EchoResponse* response) override {
+    EchoRequest request;
+    int seen = 0;
+    uint64_t combined = 0;
+    while (reader->Read(&request)) {
+      if (!PayloadIntact(request)) {
+        return grpc::Status(grpc::StatusCode::DATA_LOSS, "bad checksum");
+      }
+      combined = combined * 31 + request.checksum();
+      ++seen;
+    }
+    *response = ReplyFor(context, request, 0);
+    response->set_messages_seen(seen);
+    response->set_checksum(combined);
+    return grpc::Status::OK;
+  }
+  grpc::Status Bidi(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<EchoResponse, EchoRequest>* stream) override {
+    EchoRequest request;
+    int seen = 0;
+    while (stream->Read(&request)) {
+      if (!PayloadIntact(request)) {
+        return grpc::Status(grpc::StatusCode::DATA_LOSS, "bad checksum");
+      }
+      EchoResponse response = ReplyFor(context, request, 0);
+      response.set_messages_seen(++seen);
+      if (!stream->Write(response)) break;
+    }
+    return grpc::Status::OK;
+  }
+};
+
+
+class CallbackEchoService final : public EchoService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
+                                  const EchoRequest* request,
+                                  EchoResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    if (request->hang() || request->delay_ms() > 0) {
+      // Blocking waits belong off the callback threads.
+      std::thread([context, request, response, reactor] {
+        reactor->Finish(HandleUnary(context, *request, response));
+      }).detach();
+      return reactor;
+    }
+    reactor->Finish(HandleUnary(context, *request, response));
+    return reactor;
+  }
+
+  grpc::ServerWriteReactor<EchoResponse>* ServerStream(
+      grpc::CallbackServerContext* context,
+      const EchoRequest* request) override {
+    class Writer : public grpc::ServerWriteReactor<EchoResponse> {
+     public:
+      Writer(grpc::CallbackServerContext* context, const EchoRequest* request)
+          : context_(context), request_(request) {
+        Next();
+      }
+      void OnWriteDone(bool ok) override {
+        if (!ok) return Finish(grpc::Status::OK);
+        Next();
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      void Next() {
+        if (sent_ == request_->reply_count()) return Finish(grpc::Status::OK);
+        response_ = ReplyFor(context_, *request_, sent_++);
+        StartWrite(&response_);
+      }
+      grpc::CallbackServerContext* context_;
+      const EchoRequest* request_;
+      EchoResponse response_;
+      int sent_ = 0;
+    };
+    return new Writer(context, request);
+  }
+
+  grpc::ServerReadReactor<EchoRequest>* ClientStream(
+      grpc::CallbackServerContext* context, EchoResponse* response) override {
+    class Reader : public grpc::ServerReadReactor<EchoRequest> {
+     public:
+      Reader(grpc::CallbackServerContext* context, EchoResponse* response)
+          : context_(context), response_(response) {
+        StartRead(&request_);
+      }
+      void OnReadDone(bool ok) override {
+        if (!ok) {
+          *response_ = ReplyFor(context_, last_, 0);
+          response_->set_messages_seen(seen_);
+          response_->set_checksum(combined_);
+          return Finish(grpc::Status::OK);
+        }
+        if (!PayloadIntact(request_)) {
+          return Finish(
+              grpc::Status(grpc::StatusCode::DATA_LOSS, "bad checksum"));
+        }
+        combined_ = combined_ * 31 + request_.checksum();
+        ++seen_;
+        last_ = request_;
+        StartRead(&request_);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      grpc::CallbackServerContext* context_;
+      EchoResponse* response_;
+      EchoRequest request_, last_;
+      int seen_ = 0;
+      uint64_t combined_ = 0;
+    };
+    return new Reader(context, response);
+  }
+
+  grpc::ServerBidiReactor<EchoRequest, EchoResponse>* Bidi(
+      grpc::CallbackServerContext* context) override {
+    class Stream : public grpc::ServerBidiReactor<EchoRequest, EchoResponse> {
+     public:
+      explicit Stream(grpc::CallbackServerContext* context)
+          : context_(context) {
+        StartRead(&request_);
+      }
+      void OnReadDone(bool ok) override {
+        if (!ok) return Finish(grpc::Status::OK);
+        if (!PayloadIntact(request_)) {
+          return Finish(
+              grpc::Status(grpc::StatusCode::DATA_LOSS, "bad checksum"));
+        }
+        response_ = ReplyFor(context_, request_, 0);
+        response_.set_messages_seen(++seen_);
+        StartWrite(&response_);
+      }
+      void OnWriteDone(bool ok) override {
+        if (!ok) return Finish(grpc::Status::OK);
+        StartRead(&request_);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      grpc::CallbackServerContext* context_;
+      EchoRequest request_;
+      EchoResponse response_;
+      int seen_ = 0;
+    };
+    return new Stream(context);
+  }
+};
+
+// Async style: Unary served through the completion-queue API on one thread;
+// the streaming methods stay synchronous (gRPC allows mixing per method).
+class AsyncEchoServer {
+ public:
+  using Service = EchoService::WithAsyncMethod_Unary<SyncEchoService>;
+  explicit AsyncEchoServer(grpc::ServerBuilder* builder);
+  void Run();   // after BuildAndStart
+  void Stop();  // after Server::Shutdown
+
+ private:
+  Service service_;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq_;
+  std::thread thread_;
+};
+
+}  // namespace shmgrpc::test
+
+#endif  // SHMGRPC_TESTS_ECHO_LOGIC_H_

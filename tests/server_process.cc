@@ -1,0 +1,100 @@
+#include "tests/server_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "tests/peer_process.h"
+
+namespace shmgrpc::testing {
+namespace {
+
+std::atomic<int> next_socket{0};
+
+}  // namespace
+
+std::string RunfilePath(const std::string& relative) {
+  if (const char* srcdir = std::getenv("TEST_SRCDIR")) {
+    const char* workspace = std::getenv("TEST_WORKSPACE");
+    return absl::StrCat(srcdir, "/", workspace ? workspace : "shmgrpc", "/",
+                        relative);
+  }
+  return relative;
+}
+
+ServerProcess::ServerProcess(const std::string& style,
+                             std::vector<std::string> extra_args) {
+  // Unix socket paths are short (108 bytes), so not under TEST_TMPDIR.
+  socket_path_ = absl::StrCat("/tmp/shmgrpc-", getpid(), "-",
+                              next_socket.fetch_add(1), ".sock");
+  std::vector<std::string> args = {RunfilePath("tests/echo_server"),
+                                   "--socket=" + socket_path_,
+                                   "--style=" + style};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    status_ = absl::InternalError("pipe");
+    return;
+  }
+  pid_ = fork();
+  if (pid_ == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  std::string seen;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (seen.find("ready\n") == std::string::npos) {
+    pollfd pfd{out[0], POLLIN, 0};
+    const int left = static_cast<int>(
+        absl::ToInt64Milliseconds(deadline - absl::Now()));
+    if (left <= 0 || poll(&pfd, 1, left) <= 0) {
+      status_ = absl::DeadlineExceededError("echo_server did not get ready");
+      break;
+    }
+    char buf[64];
+    const ssize_t n = read(out[0], buf, sizeof(buf));
+    if (n <= 0) {
+      status_ = absl::UnavailableError(
+          absl::StrCat("echo_server exited early: ", args[0]));
+      break;
+    }
+    seen.append(buf, n);
+  }
+  close(out[0]);
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Stop();
+}
+
+int ServerProcess::Kill() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGKILL);
+  const int code = WaitPeer(pid_);
+  pid_ = -1;
+  return code;
+}
+
+int ServerProcess::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  const int code = WaitPeer(pid_);
+  pid_ = -1;
+  unlink(socket_path_.c_str());
+  return code;
+}
+
+}  // namespace shmgrpc::testing
