@@ -73,14 +73,24 @@ void ClientCall::Intercept(Batch* m) {
           /*tell_server=*/true);
     return;
   }
-  const bool forward_pass =
-      Has(m, Hook::PRE_SEND_INITIAL_METADATA) ||
-      Has(m, Hook::PRE_SEND_MESSAGE) || Has(m, Hook::PRE_SEND_CLOSE) ||
-      Has(m, Hook::PRE_RECV_INITIAL_METADATA) ||
-      Has(m, Hook::PRE_RECV_MESSAGE) || Has(m, Hook::PRE_RECV_STATUS);
-  if (!forward_pass && !first_batch) {
-    m->Proceed();  // POST pass: everything was filled in the recv pass
-    return;
+  if (!first_batch) {
+    // Forward and POST passes cannot be told apart by their hooks (a forward
+    // pass of a recv-only batch has none, and neither has the POST pass of a
+    // send-close batch), but the batch object is the same in all three
+    // passes: the first sighting is the forward pass, the next the POST pass.
+    bool post_pass;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      post_pass = forwarded_batches_.erase(m) > 0;
+      if (!post_pass) forwarded_batches_.insert(m);
+    }
+    if (post_pass) {
+      m->Proceed();
+      return;
+    }
+  } else {
+    std::lock_guard<std::mutex> lock(mu_);
+    forwarded_batches_.insert(m);
   }
   SendPass(m);
   tls_recv_pass_of = this;

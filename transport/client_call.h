@@ -2,12 +2,13 @@
 // interceptor (gRPC 1.51 public API).
 //
 // How gRPC drives it (see docs/ARCHITECTURE.md, "client interceptor"): each
-// batch of ops reaches Intercept() up to three times: a forward pass (send
-// hooks, and recv hooks for information), a recv pass that must fill the
-// recv hooks (run by gRPC inside our own Hijack()/Proceed() call, which is
-// how it is told apart, via a thread-local), and a POST pass. The first batch
-// decides: hijack (protobuf method, live session, request fits) or proceed
-// over the plain channel, untouched.
+// batch of ops reaches Intercept() three times: a forward pass (send hooks
+// only; a recv-only batch has no hooks at all), a recv pass that must fill
+// the PRE_RECV_* hooks (run by gRPC inside our own Hijack()/Proceed() call,
+// which is how it is told apart, via a thread-local), and a POST pass (told
+// apart from a forward pass by having seen the batch object before). The
+// first batch decides: hijack (protobuf method, live session, request fits)
+// or proceed over the plain channel, untouched.
 //
 // A recv pass is held until what it needs has arrived (initial metadata, a
 // message or end of stream, status) and is completed, outside any lock, from
@@ -21,6 +22,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -90,6 +92,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   std::mutex mu_;
   std::deque<shm::ReceivedMessage> messages_;  // received, not yet read
   std::vector<PendingRecv> pending_;
+  std::unordered_set<const Batch*> forwarded_batches_;  // awaiting POST pass
   bool got_initial_metadata_ = false;
   codec::Metadata initial_metadata_;  // fixed once got_initial_metadata_
   bool finished_ = false;             // status_ is final

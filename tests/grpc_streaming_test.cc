@@ -1,0 +1,174 @@
+// Streaming calls over shm between two real processes: server, client and
+// bidi streaming with the sync API, and a callback bidi reactor (corked
+// initial metadata too), against sync and callback servers.
+#include <condition_variable>
+#include <mutex>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "shmgrpc.h"
+#include "tests/echo.grpc.pb.h"
+#include "tests/echo_logic.h"
+#include "tests/server_process.h"
+
+namespace shmgrpc::test {
+namespace {
+
+using ::shmgrpc::testing::ServerProcess;
+
+class StreamingTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>(GetParam());
+    ASSERT_TRUE(server_->status().ok()) << server_->status();
+    channel_ = CreateChannel(server_->target());
+    stub_ = EchoService::NewStub(channel_);
+  }
+  uint64_t CallsOnShm() {
+    return GetChannelStats(channel_.get())->calls_on_shm;
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<EchoService::Stub> stub_;
+};
+
+TEST_P(StreamingTest, ServerStreamingInOrder) {
+  EchoRequest request;
+  FillRequest(&request, 4096, 100);
+  request.set_reply_count(200);
+  grpc::ClientContext context;
+  auto reader = stub_->ServerStream(&context, request);
+  EchoResponse response;
+  int received = 0;
+  while (reader->Read(&response)) {
+    ASSERT_EQ(response.seq(), 100 + received);
+    ASSERT_TRUE(PayloadIntact(response));
+    ++received;
+  }
+  grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(received, 200);
+  EXPECT_EQ(CallsOnShm(), 1u);
+}
+
+TEST_P(StreamingTest, ClientStreamingCountsAndChecksums) {
+  grpc::ClientContext context;
+  EchoResponse response;
+  auto writer = stub_->ClientStream(&context, &response);
+  uint64_t combined = 0;
+  for (int i = 0; i < 300; ++i) {
+    EchoRequest request;
+    FillRequest(&request, (i * 997) % 70000, i);
+    combined = combined * 31 + request.checksum();
+    ASSERT_TRUE(writer->Write(request)) << i;
+  }
+  ASSERT_TRUE(writer->WritesDone());
+  grpc::Status status = writer->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.messages_seen(), 300);
+  EXPECT_EQ(response.checksum(), combined);
+  EXPECT_EQ(CallsOnShm(), 1u);
+}
+
+TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
+  grpc::ClientContext context;
+  auto stream = stub_->Bidi(&context);
+  for (int i = 0; i < 1000; ++i) {
+    EchoRequest request;
+    FillRequest(&request, i % 5 == 0 ? 65536 : 64, i);
+    ASSERT_TRUE(stream->Write(request)) << i;
+    EchoResponse response;
+    ASSERT_TRUE(stream->Read(&response)) << i;
+    ASSERT_EQ(response.seq(), i);
+    ASSERT_EQ(response.messages_seen(), i + 1);
+    ASSERT_TRUE(PayloadIntact(response));
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  EchoResponse extra;
+  EXPECT_FALSE(stream->Read(&extra));
+  grpc::Status status = stream->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(CallsOnShm(), 1u);
+}
+
+// A callback bidi reactor: writes N, reads N, then half-closes.
+class BidiReactor : public grpc::ClientBidiReactor<EchoRequest, EchoResponse> {
+ public:
+  BidiReactor(EchoService::Stub* stub, int messages, bool corked)
+      : messages_(messages) {
+    if (corked) context_.set_initial_metadata_corked(true);
+    stub->async()->Bidi(&context_, this);
+    StartRead(&response_);
+    NextWrite();
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) return;
+    NextWrite();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    if (response_.seq() != received_ || !PayloadIntact(response_)) {
+      ++errors_;
+    }
+    if (++received_ < messages_) StartRead(&response_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    done_ = true;
+    cv_.notify_one();
+  }
+  bool Await(grpc::Status* status, int* received, int* errors) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(20), [&] { return done_; })) {
+      return false;
+    }
+    *status = status_;
+    *received = received_;
+    *errors = errors_;
+    return true;
+  }
+
+ private:
+  void NextWrite() {
+    if (sent_ == messages_) {
+      StartWritesDone();
+      return;
+    }
+    FillRequest(&request_, 100 + sent_ % 3000, sent_);
+    ++sent_;
+    StartWrite(&request_);
+  }
+  grpc::ClientContext context_;
+  EchoRequest request_;
+  EchoResponse response_;
+  const int messages_;
+  int sent_ = 0, received_ = 0, errors_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  grpc::Status status_;
+};
+
+TEST_P(StreamingTest, CallbackBidiReactor) {
+  for (bool corked : {false, true}) {
+    BidiReactor reactor(stub_.get(), 500, corked);
+    grpc::Status status;
+    int received, errors;
+    ASSERT_TRUE(reactor.Await(&status, &received, &errors))
+        << "reactor hung, corked=" << corked;
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(received, 500);
+    EXPECT_EQ(errors, 0);
+  }
+  EXPECT_EQ(CallsOnShm(), 2u);
+}
+
+INSTANTIATE_TEST_SUITE_P(ServerStyles, StreamingTest,
+                         ::testing::Values("sync", "callback"));
+
+}  // namespace
+}  // namespace shmgrpc::test
