@@ -1,5 +1,6 @@
 #include "transport/client_core.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <vector>
@@ -58,7 +59,22 @@ std::shared_ptr<Session> ClientCore::session() {
   return nullptr;
 }
 
+namespace {
+
+// Generated stubs name their methods with string literals from the generated
+// code (static storage inside a loaded image); a GenericStub passes
+// std::string::c_str() (heap or stack). The descriptor pool alone cannot
+// tell them apart when the process links the .proto, and hijacking a
+// GenericStub call would hand gRPC's ByteBuffer to protobuf.
+bool NamedByGeneratedStub(const char* method) {
+  Dl_info info;
+  return dladdr(method, &info) != 0 && info.dli_fname != nullptr;
+}
+
+}  // namespace
+
 bool ClientCore::IsProtobufMethod(const char* method) {
+  if (!NamedByGeneratedStub(method)) return false;
   std::lock_guard<std::mutex> lock(methods_mu_);
   auto it = protobuf_methods_.find(method);
   if (it != protobuf_methods_.end()) return it->second;

@@ -2,9 +2,9 @@
 //
 // It owns the channel's session to the server's handshake socket (if one
 // could be opened), routes incoming frames to calls by stream id, decides
-// which methods may be hijacked (only methods the generated protobuf
-// descriptor pool knows, so a GenericStub's ByteBuffer call never is), and
-// counts what went where. Thread-safe.
+// which methods may be hijacked (only methods named by a generated stub and
+// known to the generated protobuf descriptor pool, so a GenericStub's
+// ByteBuffer call never is), and counts what went where. Thread-safe.
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CORE_H_
 #define SHMGRPC_TRANSPORT_CLIENT_CORE_H_
 
@@ -44,6 +44,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // The live session, or nullptr.
   std::shared_ptr<Session> session();
 
+  // `method` as ClientRpcInfo::method() gives it (the pointer matters).
   bool IsProtobufMethod(const char* method);
 
   // Calls register once hijacked and unregister when they end.

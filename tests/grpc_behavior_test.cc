@@ -1,0 +1,348 @@
+// gRPC semantics over shm, two real processes: metadata, status details,
+// deadlines, cancellation, size limits, concurrency, several client
+// processes, non-protobuf calls, and hostile handshakes against a live server.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "shmgrpc.h"
+#include "tests/echo.grpc.pb.h"
+#include "tests/echo_logic.h"
+#include "tests/peer_process.h"
+#include "tests/server_process.h"
+#include "transport/handshake.h"
+
+namespace shmgrpc::test {
+namespace {
+
+using ::shmgrpc::testing::ServerProcess;
+
+class BehaviorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>("sync");
+    ASSERT_TRUE(server_->status().ok()) << server_->status();
+    channel_ = CreateChannel(server_->target());
+    stub_ = EchoService::NewStub(channel_);
+  }
+  ClientStats Stats() { return *GetChannelStats(channel_.get()); }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<EchoService::Stub> stub_;
+};
+
+TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
+  EchoRequest request;
+  FillRequest(&request, 10, 1);
+  request.set_add_metadata(true);
+  EchoResponse response;
+  grpc::ClientContext context;
+  const std::string binary("\x00\xff\x10", 3);
+  context.AddMetadata("x-client-text", "hello");
+  context.AddMetadata("x-client-bin", binary);
+  grpc::Status status = stub_->Unary(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.request_metadata().at("x-client-text"), "hello");
+  EXPECT_EQ(response.request_metadata().at("x-client-bin"), binary);
+  const auto& initial = context.GetServerInitialMetadata();
+  const auto& trailing = context.GetServerTrailingMetadata();
+  ASSERT_EQ(initial.count("x-echo-initial"), 1u);
+  EXPECT_EQ(initial.find("x-echo-initial")->second, "initial-value");
+  EXPECT_EQ(initial.find("x-echo-initial-bin")->second,
+            grpc::string_ref("\0\1\2", 3));
+  ASSERT_EQ(trailing.count("x-echo-trailing"), 1u);
+  EXPECT_EQ(trailing.find("x-echo-trailing")->second, "trailing-value");
+  EXPECT_EQ(trailing.find("x-echo-trailing-bin")->second,
+            grpc::string_ref("\xff\0\xfe", 3));
+  EXPECT_EQ(Stats().calls_on_shm, 1u);
+}
+
+TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
+  EchoRequest request;
+  request.set_add_metadata(true);
+  EchoResponse response;
+  grpc::ClientContext context;
+  context.AddMetadata("x-shmgrpc-peer-pid", "1");
+  ASSERT_TRUE(stub_->Unary(&context, request, &response).ok());
+  EXPECT_EQ(response.peer_pid(), std::to_string(getpid()));
+  EXPECT_EQ(response.request_metadata().at("x-shmgrpc-peer-uid"),
+            std::to_string(getuid()));
+}
+
+TEST_F(BehaviorTest, ErrorStatusWithDetails) {
+  EchoRequest request;
+  request.set_error_code(grpc::StatusCode::FAILED_PRECONDITION);
+  request.set_error_message("not today");
+  request.set_error_details(std::string("\x08\x09\x00binary", 9));
+  EchoResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub_->Unary(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(status.error_message(), "not today");
+  EXPECT_EQ(status.error_details(), std::string("\x08\x09\x00binary", 9));
+  EXPECT_EQ(Stats().calls_on_shm, 1u);
+}
+
+TEST_F(BehaviorTest, DeadlineExceededOnTimeWhileHandlerHangs) {
+  EchoRequest request;
+  request.set_hang(true);
+  EchoResponse response;
+  grpc::ClientContext context;
+  const auto start = std::chrono::steady_clock::now();
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(200));
+  grpc::Status status = stub_->Unary(&context, request, &response);
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_GE(took, std::chrono::milliseconds(195));
+  EXPECT_LT(took, std::chrono::milliseconds(250));
+  EXPECT_EQ(Stats().calls_on_shm, 1u);
+}
+
+TEST_F(BehaviorTest, DeadlineIsForwardedToTheHandler) {
+  EchoRequest request;
+  EchoResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(5));
+  ASSERT_TRUE(stub_->Unary(&context, request, &response).ok());
+  EXPECT_GT(response.deadline_remaining_ms(), 4000);
+  EXPECT_LE(response.deadline_remaining_ms(), 5000);
+}
+
+TEST_F(BehaviorTest, TryCancelReachesTheHandler) {
+  EchoRequest query;
+  query.set_report_cancellations(true);
+  EchoResponse before;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub_->Unary(&context, query, &before).ok());
+  }
+  grpc::ClientContext context;
+  EchoRequest request;
+  request.set_hang(true);
+  EchoResponse response;
+  std::thread canceller([&context] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    context.TryCancel();
+  });
+  grpc::Status status = stub_->Unary(&context, request, &response);
+  canceller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // The handler notices within its 1 ms poll.
+  int seen = before.cancellations_seen();
+  for (int i = 0; i < 100 && seen == before.cancellations_seen(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    grpc::ClientContext c;
+    EchoResponse after;
+    ASSERT_TRUE(stub_->Unary(&c, query, &after).ok());
+    seen = after.cancellations_seen();
+  }
+  EXPECT_EQ(seen, before.cancellations_seen() + 1);
+}
+
+TEST_F(BehaviorTest, OversizeMessageIsResourceExhausted) {
+  EchoRequest request;
+  FillRequest(&request, 5 << 20, 1);
+  EchoResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub_->Unary(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << status.error_message();
+  // A reply over the limit is refused on receipt the same way.
+  EchoRequest small;
+  small.set_reply_bytes(5 << 20);
+  grpc::ClientContext context2;
+  status = stub_->Unary(&context2, small, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << status.error_message();
+  // And the channel still works.
+  grpc::ClientContext context3;
+  EXPECT_TRUE(stub_->Unary(&context3, EchoRequest(), &response).ok());
+}
+
+TEST_F(BehaviorTest, SixtyFourConcurrentCallsFromEightThreads) {
+  std::atomic<int> ok{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 8; ++i) {
+        // Each thread keeps 8 async calls in flight at once.
+      }
+      grpc::CompletionQueue cq;
+      struct Call {
+        grpc::ClientContext context;
+        EchoRequest request;
+        EchoResponse response;
+        grpc::Status status;
+        std::unique_ptr<grpc::ClientAsyncResponseReader<EchoResponse>> reader;
+      };
+      std::vector<std::unique_ptr<Call>> calls;
+      for (int i = 0; i < 8; ++i) {
+        auto call = std::make_unique<Call>();
+        FillRequest(&call->request, 1000 + 100 * i, t * 100 + i);
+        call->request.set_delay_ms(20);  // so all 64 overlap
+        call->reader = stub_->AsyncUnary(&call->context, call->request, &cq);
+        call->reader->Finish(&call->response, &call->status, call.get());
+        calls.push_back(std::move(call));
+      }
+      for (int i = 0; i < 8; ++i) {
+        void* tag;
+        bool got;
+        if (!cq.Next(&tag, &got)) break;
+        auto* call = static_cast<Call*>(tag);
+        if (got && call->status.ok() && PayloadIntact(call->response) &&
+            call->response.seq() == call->request.seq()) {
+          ++ok;
+        } else {
+          ++bad;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 64);
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(Stats().calls_on_shm, 64u);
+}
+
+TEST_F(BehaviorTest, TwoClientProcessesAtOnce) {
+  // Separate executables (fork after gRPC started is unsupported by gRPC).
+  std::vector<pid_t> children;
+  for (int c = 0; c < 2; ++c) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const std::string binary = testing::RunfilePath("tests/echo_client");
+      const std::string target = "--target=" + server_->target();
+      execl(binary.c_str(), binary.c_str(), target.c_str(), "--calls=300",
+            "--size=3000", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) EXPECT_EQ(testing::WaitPeer(pid), 0);
+}
+
+TEST_F(BehaviorTest, GenericStubCallGoesOverThePlainPath) {
+  grpc::GenericStub generic(channel_);
+  EchoRequest request;
+  FillRequest(&request, 100, 5);
+  grpc::ByteBuffer request_bytes;
+  bool own;
+  ASSERT_TRUE(grpc::SerializationTraits<EchoRequest>::Serialize(
+                  request, &request_bytes, &own)
+                  .ok());
+  grpc::ClientContext context;
+  grpc::ByteBuffer reply_bytes;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status result;
+  generic.UnaryCall(&context, "/shmgrpc.test.EchoService/Unary",
+                    grpc::StubOptions(), &request_bytes, &reply_bytes,
+                    [&](grpc::Status status) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      result = status;
+                      done = true;
+                      cv.notify_one();
+                    });
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
+  ASSERT_TRUE(result.ok()) << result.error_message();
+  EchoResponse response;
+  ASSERT_TRUE(grpc::SerializationTraits<EchoResponse>::Deserialize(
+                  &reply_bytes, &response)
+                  .ok());
+  EXPECT_TRUE(PayloadIntact(response));
+  EXPECT_EQ(response.seq(), 5);
+  // Not hijacked: over UDS, so the server saw no shm peer identity.
+  EXPECT_EQ(response.peer_pid(), "");
+  EXPECT_EQ(Stats().calls_on_shm, 0u);
+}
+
+// Raw connections to the handshake socket of a live server.
+int RawConnect(const std::string& path) {
+  absl::StatusOr<int> sock = transport::ConnectUnix(path);
+  return sock.ok() ? *sock : -1;
+}
+
+// True when the server closed the connection within 3 s.
+bool ClosedByServer(int sock) {
+  timeval tv{3, 0};
+  setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[64];
+  for (;;) {
+    const ssize_t n = read(sock, buf, sizeof(buf));
+    if (n == 0) return true;
+    if (n < 0) return false;  // timeout: still open
+  }
+}
+
+TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
+  const std::string shm_path = server_->socket_path() + ".shm";
+  // Junk bytes.
+  int junk = RawConnect(shm_path);
+  ASSERT_GE(junk, 0);
+  ASSERT_EQ(write(junk, "GET / HTTP/1.1\r\n\r\n\0\0\0\0\0\0", 24), 24);
+  EXPECT_TRUE(ClosedByServer(junk));
+  close(junk);
+  // A wrong protocol version, with a valid-looking hello and no fd.
+  int old = RawConnect(shm_path);
+  ASSERT_GE(old, 0);
+  transport::Hello hello{transport::kHandshakeMagic, 7, 9, 0, 4096, 1 << 20};
+  ASSERT_EQ(write(old, &hello, sizeof(hello)), sizeof(hello));
+  transport::Welcome welcome{};
+  ASSERT_EQ(read(old, &welcome, sizeof(welcome)), sizeof(welcome));
+  EXPECT_EQ(welcome.result, transport::kNoCommonVersion);
+  EXPECT_TRUE(ClosedByServer(old));
+  close(old);
+  // A short read, then silence past the handshake timeout (1 s).
+  int slow = RawConnect(shm_path);
+  ASSERT_GE(slow, 0);
+  ASSERT_EQ(write(slow, "SSG", 3), 3);
+  EXPECT_TRUE(ClosedByServer(slow));
+  close(slow);
+  // A hello without the fd.
+  int no_fd = RawConnect(shm_path);
+  ASSERT_GE(no_fd, 0);
+  transport::Hello good{transport::kHandshakeMagic, 1, 1, 0, 4096, 1 << 20};
+  ASSERT_EQ(write(no_fd, &good, sizeof(good)), sizeof(good));
+  EXPECT_TRUE(ClosedByServer(no_fd));
+  close(no_fd);
+  // Meanwhile and afterwards the server serves shm clients.
+  auto channel = CreateChannel(server_->target());
+  auto stub = EchoService::NewStub(channel);
+  EchoResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->Unary(&context, EchoRequest(), &response).ok());
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+}
+
+TEST(NoShmServerTest, ChannelFallsBackToPlainGrpc) {
+  ServerProcess server("sync", {"--no-shm"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());
+  auto stub = EchoService::NewStub(channel);
+  EchoRequest request;
+  FillRequest(&request, 4096, 3);
+  EchoResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->Unary(&context, request, &response).ok());
+  EXPECT_TRUE(PayloadIntact(response));
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 0u);
+  EXPECT_EQ(stats.calls_plain_no_session, 1u);
+}
+
+}  // namespace
+}  // namespace shmgrpc::test
