@@ -126,6 +126,14 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
 }
 
 void InjectedCall::MaybeWriteLocked() {
+  if (finished_) {
+    // The call is over: nothing more goes in.
+    for (const shm::ReceivedMessage& request : requests_) {
+      session_->Release(request);
+    }
+    requests_.clear();
+    return;
+  }
   if (!started_ || writing_ || writes_done_sent_) return;
   if (!requests_.empty() && !write_failed_) {
     shm::ReceivedMessage request = requests_.front();
@@ -146,7 +154,7 @@ void InjectedCall::MaybeWriteLocked() {
 
 void InjectedCall::OnCompletion(Op op, bool ok) {
   bool send_status = false;
-  std::shared_ptr<InjectedCall> keep_alive;
+  std::shared_ptr<InjectedCall> done;  // released after the lock
   {
     std::lock_guard<std::mutex> lock(mu_);
     --outstanding_ops_;
@@ -217,16 +225,9 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         send_status = true;
         break;
     }
-    if (outstanding_ops_ == 0 && finished_) {
-      keep_alive = std::move(self_);
-    }
+    done = TakeIfDoneLocked();
   }
-  if (send_status) {
-    SendStatusAndFinish();
-  } else if (keep_alive) {
-    std::lock_guard<std::mutex> lock(mu_);
-    MaybeDoneLocked();
-  }
+  if (send_status) SendStatusAndFinish();
 }
 
 void InjectedCall::SendStatusAndFinish() {
@@ -234,26 +235,38 @@ void InjectedCall::SendStatusAndFinish() {
   status.code = static_cast<int32_t>(status_.error_code());
   status.message = status_.error_message();
   status.details = status_.error_details();
-  for (const auto& [key, value] : context_.GetServerTrailingMetadata()) {
-    status.trailing_metadata.emplace_back(std::string(key.data(), key.size()),
-                                          std::string(value.data(), value.size()));
+  if (call_ != nullptr) {
+    for (const auto& [key, value] : context_.GetServerTrailingMetadata()) {
+      status.trailing_metadata.emplace_back(
+          std::string(key.data(), key.size()),
+          std::string(value.data(), value.size()));
+    }
   }
   session_
       ->SendFrame(codec::FrameType::kStatus, stream_id_,
                   codec::EncodeCallStatus(status), absl::InfiniteFuture())
-      .IgnoreError();
-  std::shared_ptr<InjectedCall> keep_alive;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (outstanding_ops_ == 0) keep_alive = std::move(self_);
-    MaybeDoneLocked();
-  }
+      .IgnoreError();  // a gone client needs no status
+  std::shared_ptr<InjectedCall> done;  // released after the lock
+  std::lock_guard<std::mutex> lock(mu_);
+  status_sent_ = true;
+  done = TakeIfDoneLocked();
 }
 
-void InjectedCall::MaybeDoneLocked() {
-  if (done_ || !finished_ || outstanding_ops_ != 0) return;
+std::shared_ptr<InjectedCall> InjectedCall::TakeIfDoneLocked() {
+  if (done_ || !status_sent_ || outstanding_ops_ != 0) return nullptr;
   done_ = true;
   on_done_(stream_id_);
+  return std::move(self_);
+}
+
+std::string InjectedCall::DebugString() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return absl::StrCat("stream ", stream_id_, ": started=", started_,
+                      " outstanding_ops=", outstanding_ops_,
+                      " writing=", writing_, " half_closed=", half_closed_,
+                      " writes_done=", writes_done_sent_,
+                      " finished=", finished_, " status_sent=", status_sent_,
+                      " done=", done_, " queued_requests=", requests_.size());
 }
 
 void InjectedCall::Cancel() {

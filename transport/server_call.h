@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
@@ -51,12 +52,16 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void OnCompletion(Op op, bool ok);
   // The client is gone or asked to cancel.
   void Cancel();
+  // One line of state, for shutdown diagnostics.
+  std::string DebugString();
 
  private:
   // False when the headers are malformed (status_ then says why).
   bool StartLocked(const shm::ReceivedMessage& headers);
   void MaybeWriteLocked();
-  void MaybeDoneLocked();
+  // Once the status is out and no op is outstanding: reports the call done
+  // and hands back the self-reference, to be dropped after unlocking.
+  std::shared_ptr<InjectedCall> TakeIfDoneLocked();
   void SendStatusAndFinish();
 
   const std::shared_ptr<Session> session_;
@@ -74,18 +79,20 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::mutex mu_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
-  std::shared_ptr<InjectedCall> self_;  // alive while ops are outstanding
+  std::shared_ptr<InjectedCall> self_;  // alive until done
   int outstanding_ops_ = 0;
   bool started_ = false;
   bool writing_ = false;
   bool half_closed_ = false;     // client sent kHalfClose
   bool writes_done_sent_ = false;
   bool write_failed_ = false;
-  bool finished_ = false;        // Finish completed
+  bool finished_ = false;        // Finish completed (or never started)
+  bool status_sent_ = false;
   bool done_ = false;
   std::deque<shm::ReceivedMessage> requests_;  // not yet written
   grpc::ByteBuffer response_;
   grpc::Status status_;
+  std::string trace_;
 };
 
 }  // namespace shmgrpc::transport

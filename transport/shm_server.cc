@@ -208,12 +208,18 @@ void ShmServer::Shutdown() {
   for (auto& s : sessions) s->session->Shutdown();  // cancels their calls
   // Wait for injected calls to send their status and complete every op.
   for (auto& s : sessions) {
-    for (int i = 0; i < 5000; ++i) {
-      {
-        std::lock_guard<std::mutex> lock(s->mu);
-        if (s->calls.empty()) break;
+    for (int i = 0;; ++i) {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->calls.empty()) break;
+      if (i == 5000) {
+        for (auto& [id, call] : s->calls) {
+          ShmLog("shutdown: call did not end in 5 s: ", call->DebugString());
+        }
+        break;
       }
+      s->mu.unlock();
       usleep(1000);
+      s->mu.lock();
     }
   }
   cq_->Shutdown();
