@@ -20,6 +20,9 @@ enum class FrameType : uint16_t {
   kCancel = 6,           // client -> server: the client gave up
 };
 
+// Descriptor flags on a kCallHeaders frame.
+inline constexpr uint16_t kUnaryCallFlag = 1;  // one request, then half-close
+
 // True for the values above; anything else from a peer is a protocol error.
 inline bool IsKnownFrameType(uint16_t type) {
   return type >= static_cast<uint16_t>(FrameType::kCallHeaders) &&

@@ -27,6 +27,19 @@ std::string RunfilePath(const std::string& relative) {
     return absl::StrCat(srcdir, "/", workspace ? workspace : "shmgrpc", "/",
                         relative);
   }
+  // `bazel run` or a direct ./bazel-bin/<pkg>/<binary> invocation.
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    const std::string exe(self);
+    const std::string in_runfiles = exe + ".runfiles/shmgrpc/" + relative;
+    if (access(in_runfiles.c_str(), X_OK) == 0) return in_runfiles;
+    const std::string dir = exe.substr(0, exe.rfind('/'));
+    const std::string sibling =
+        dir.substr(0, dir.rfind('/')) + "/" + relative;
+    if (access(sibling.c_str(), X_OK) == 0) return sibling;
+  }
   return relative;
 }
 

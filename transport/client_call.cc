@@ -159,9 +159,13 @@ void ClientCall::SendHeaders(Batch* m) {
   for (const auto& [key, value] : *m->GetSendInitialMetadata()) {
     headers.metadata.emplace_back(key, value);
   }
+  const uint16_t flags =
+      info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY
+          ? codec::kUnaryCallFlag
+          : 0;
   absl::Status sent =
       session_->SendFrame(codec::FrameType::kCallHeaders, stream_id_,
-                          codec::EncodeCallHeaders(headers), deadline_);
+                          codec::EncodeCallHeaders(headers), deadline_, flags);
   if (!sent.ok()) {
     Abort(ToGrpc(sent), /*tell_server=*/false);
     return;

@@ -58,34 +58,75 @@ InjectedCall::~InjectedCall() {
 
 void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
   std::unique_lock<std::mutex> lock(mu_);
+  bool send_status = false;
   switch (static_cast<codec::FrameType>(message.descriptor.type)) {
     case codec::FrameType::kCallHeaders:
-      if (call_ == nullptr && !finished_) {
-        if (!StartLocked(message)) {
-          lock.unlock();
-          SendStatusAndFinish();
-        }
-        return;
+      if (call_ == nullptr && !unary_ && !finished_) {
+        unary_ = (message.descriptor.flags & codec::kUnaryCallFlag) != 0;
+        send_status = !StartLocked(message);
+        break;
       }
+      session_->Release(message);
       break;
     case codec::FrameType::kMessage:
-      if (call_ != nullptr && !half_closed_ && !write_failed_) {
+      if (unary_ && !have_unary_request_ && !half_closed_) {
+        unary_request_ = message;
+        have_unary_request_ = true;
+      } else if (call_ != nullptr && !half_closed_ && !write_failed_) {
         requests_.push_back(message);
         MaybeWriteLocked();
-        return;
+      } else {
+        session_->Release(message);  // a protocol error, or after the end
       }
       break;
     case codec::FrameType::kHalfClose:
       half_closed_ = true;
-      MaybeWriteLocked();
+      if (unary_ && unary_call_ == nullptr && !finished_) {
+        send_status = !StartUnaryLocked();
+      } else {
+        MaybeWriteLocked();
+      }
       break;
     case codec::FrameType::kCancel:
-      context_.TryCancel();
+      if (unary_ && unary_call_ == nullptr && !finished_) {
+        send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
+                                            "Cancelled by the client");
+      } else {
+        context_.TryCancel();
+      }
       break;
     default:
+      session_->Release(message);
       break;
   }
-  session_->Release(message);
+  lock.unlock();
+  if (send_status) SendStatusAndFinish();
+}
+
+bool InjectedCall::FinishUnstartedLocked(grpc::StatusCode code,
+                                         const char* why) {
+  if (have_unary_request_) {
+    session_->Release(unary_request_);
+    have_unary_request_ = false;
+  }
+  status_ = grpc::Status(code, why);
+  finished_ = true;
+  return true;
+}
+
+bool InjectedCall::StartUnaryLocked() {
+  if (!have_unary_request_) {
+    FinishUnstartedLocked(grpc::StatusCode::INTERNAL,
+                          "unary call half-closed without a request");
+    return false;
+  }
+  grpc::ByteBuffer request = WrapRequest(session_, unary_request_);
+  have_unary_request_ = false;
+  unary_call_ = stub_->PrepareUnaryCall(&context_, method_, request, cq_);
+  unary_call_->StartCall();
+  ++outstanding_ops_;
+  unary_call_->Finish(&response_, &status_, &finish_tag_);
+  return true;
 }
 
 bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
@@ -102,6 +143,7 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
     self_ = shared_from_this();
     return false;
   }
+  self_ = shared_from_this();
   if (headers->deadline_unix_nanos != 0) {
     context_.set_deadline(
         absl::ToChronoTime(absl::FromUnixNanos(headers->deadline_unix_nanos)));
@@ -118,8 +160,11 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
                        absl::StrCat(peer.uid));
   context_.AddMetadata(absl::StrCat(kPeerMetadataPrefix, "gid"),
                        absl::StrCat(peer.gid));
+  if (unary_) {
+    method_ = std::move(headers->method);
+    return true;  // waits for the request and half-close
+  }
   call_ = stub_->PrepareCall(&context_, headers->method, cq_);
-  self_ = shared_from_this();
   ++outstanding_ops_;
   call_->StartCall(&start_tag_);
   return true;
@@ -223,6 +268,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
       case Op::kFinish:
         finished_ = true;
         send_status = true;
+        if (unary_) SendUnaryReplyLocked();
         break;
     }
     done = TakeIfDoneLocked();
@@ -230,12 +276,33 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
   if (send_status) SendStatusAndFinish();
 }
 
+void InjectedCall::SendUnaryReplyLocked() {
+  codec::Metadata metadata;
+  for (const auto& [key, value] : context_.GetServerInitialMetadata()) {
+    metadata.emplace_back(std::string(key.data(), key.size()),
+                          std::string(value.data(), value.size()));
+  }
+  session_
+      ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
+                  codec::EncodeMetadata(metadata), absl::InfiniteFuture())
+      .IgnoreError();  // a gone client needs no reply
+  if (status_.ok()) {
+    absl::Status sent =
+        session_->SendByteBuffer(stream_id_, response_, absl::InfiniteFuture());
+    if (!sent.ok()) {
+      status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             std::string(sent.message()));
+    }
+  }
+  response_.Clear();
+}
+
 void InjectedCall::SendStatusAndFinish() {
   codec::CallStatus status;
   status.code = static_cast<int32_t>(status_.error_code());
   status.message = status_.error_message();
   status.details = status_.error_details();
-  if (call_ != nullptr) {
+  if (call_ != nullptr || unary_call_ != nullptr) {
     for (const auto& [key, value] : context_.GetServerTrailingMetadata()) {
       status.trailing_metadata.emplace_back(
           std::string(key.data(), key.size()),
@@ -270,7 +337,13 @@ std::string InjectedCall::DebugString() {
 }
 
 void InjectedCall::Cancel() {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (unary_ && unary_call_ == nullptr && !finished_) {
+    FinishUnstartedLocked(grpc::StatusCode::CANCELLED, "client went away");
+    lock.unlock();
+    SendStatusAndFinish();
+    return;
+  }
   context_.TryCancel();
 }
 

@@ -2,6 +2,11 @@
 // through its in-process channel, with the generic completion-queue API
 // driven by the ShmServer's own threads.
 //
+// Unary calls (flagged by the client) take a fast path: once the request and
+// half-close are in, one PrepareUnaryCall + Finish batch runs the handler,
+// so the call costs one completion instead of seven. Streams use the full
+// reader-writer.
+//
 // Requests enter zero-copy: each message is a grpc::Slice over the client's
 // arena, released back to the client when gRPC drops the slice (right after
 // the handler parsed it). Responses are copied once from gRPC's buffer into
@@ -58,11 +63,18 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
  private:
   // False when the headers are malformed (status_ then says why).
   bool StartLocked(const shm::ReceivedMessage& headers);
+  // Unary: the request and half-close are in; run the call as one batch.
+  // False when there is no request (status_ then says why).
+  bool StartUnaryLocked();
+  // Unary: ends the call before it started (cancel, gone client).
+  bool FinishUnstartedLocked(grpc::StatusCode code, const char* why);
   void MaybeWriteLocked();
   // Once the status is out and no op is outstanding: reports the call done
   // and hands back the self-reference, to be dropped after unlocking.
   std::shared_ptr<InjectedCall> TakeIfDoneLocked();
   void SendStatusAndFinish();
+  // Unary: initial metadata and (if OK) the response, before the status.
+  void SendUnaryReplyLocked();
 
   const std::shared_ptr<Session> session_;
   const uint64_t stream_id_;
@@ -79,6 +91,12 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::mutex mu_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  // Unary fast path.
+  bool unary_ = false;
+  std::string method_;
+  bool have_unary_request_ = false;
+  shm::ReceivedMessage unary_request_;
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> unary_call_;
   std::shared_ptr<InjectedCall> self_;  // alive until done
   int outstanding_ops_ = 0;
   bool started_ = false;
@@ -90,7 +108,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool status_sent_ = false;
   bool done_ = false;
   std::deque<shm::ReceivedMessage> requests_;  // not yet written
-  grpc::ByteBuffer response_;
+  grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;
   std::string trace_;
 };

@@ -74,10 +74,11 @@ size_t Session::max_payload_bytes() const {
 
 template <typename Fill>
 absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
-                                 size_t size, absl::Time deadline, Fill fill) {
+                                 size_t size, absl::Time deadline,
+                                 uint16_t flags, Fill fill) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
   shm::Descriptor descriptor{shm::kNoPayload, 0,
-                             static_cast<uint16_t>(type), 0, stream, 0};
+                             static_cast<uint16_t>(type), flags, stream, 0};
   shm::Block block;
   if (size > 0) {
     absl::StatusOr<shm::Block> allocated = endpoint_->Allocate(size, stream);
@@ -99,7 +100,7 @@ absl::Status Session::SendMessage(uint64_t stream,
                                   const google::protobuf::MessageLite& message,
                                   absl::Time deadline) {
   const size_t size = codec::SerializedSize(message);
-  return SendFilled(codec::FrameType::kMessage, stream, size, deadline,
+  return SendFilled(codec::FrameType::kMessage, stream, size, deadline, 0,
                     [&](uint8_t* out) {
                       codec::SerializeInto(message, size, out);
                       return absl::OkStatus();
@@ -110,14 +111,16 @@ absl::Status Session::SendByteBuffer(uint64_t stream,
                                      const grpc::ByteBuffer& buffer,
                                      absl::Time deadline) {
   return SendFilled(codec::FrameType::kMessage, stream, buffer.Length(),
-                    deadline, [&](uint8_t* out) {
+                    deadline, 0, [&](uint8_t* out) {
                       return codec::CopyByteBuffer(buffer, out);
                     });
 }
 
 absl::Status Session::SendFrame(codec::FrameType type, uint64_t stream,
-                                absl::string_view bytes, absl::Time deadline) {
-  return SendFilled(type, stream, bytes.size(), deadline, [&](uint8_t* out) {
+                                absl::string_view bytes, absl::Time deadline,
+                                uint16_t flags) {
+  return SendFilled(type, stream, bytes.size(), deadline, flags,
+                    [&](uint8_t* out) {
     std::memcpy(out, bytes.data(), bytes.size());
     return absl::OkStatus();
   });

@@ -49,7 +49,8 @@ class Session {
                               absl::Time deadline);
   // A frame whose payload is `bytes` (copied into a block), or none if empty.
   absl::Status SendFrame(codec::FrameType type, uint64_t stream,
-                         absl::string_view bytes, absl::Time deadline);
+                         absl::string_view bytes, absl::Time deadline,
+                         uint16_t flags = 0);
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
@@ -71,7 +72,7 @@ class Session {
   // Allocates, lets `fill` write `size` bytes, and sends.
   template <typename Fill>
   absl::Status SendFilled(codec::FrameType type, uint64_t stream, size_t size,
-                          absl::Time deadline, Fill fill);
+                          absl::Time deadline, uint16_t flags, Fill fill);
 
   std::unique_ptr<shm::Endpoint> endpoint_;
   const PeerCredentials peer_;
