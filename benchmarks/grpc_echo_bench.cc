@@ -174,11 +174,13 @@ int Main(int argc, char** argv) {
       "grpc_echo_bench: sync unary echo, %d interleaved rounds%s\n"
       "conditions: %ld CPUs; shm and uds: client and echo_server in two "
       "processes; inproc: same service in this process; glibc malloc defaults "
-      "for all; shm wait notify (spin 100us adaptive); server checksums and "
+      "for all; shm session wait %s (spin up to %s); server checksums and "
       "echoes the payload\n"
       "shm calls on shared memory: %lu, plain: %lu\n\n",
       flags.rounds, flags.quick ? " (--quick)" : "",
       sysconf(_SC_NPROCESSORS_ONLN),
+      std::string(shm::WaitStrategyName(Options().wait.strategy)).c_str(),
+      absl::FormatDuration(Options().wait.max_spin).c_str(),
       static_cast<unsigned long>(stats.calls_on_shm),
       static_cast<unsigned long>(stats.calls_plain_no_session +
                                  stats.calls_plain_not_protobuf +

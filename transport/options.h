@@ -15,14 +15,25 @@ enum class PeerUidPolicy {
   kAnyUid,   // anyone who can connect to the socket
 };
 
+inline shm::WaitOptions GrpcSessionWait() {
+  shm::WaitOptions wait;
+  wait.max_spin = absl::Microseconds(10);
+  return wait;
+}
+
 struct Options {
   // Data area of the arena this side writes into, per session. Messages that
   // do not fit travel over plain gRPC (see README, fallback).
   size_t arena_bytes = 64 << 20;
   // Descriptors per ring (power of two).
   uint32_t ring_slots = 4096;
-  // How this side waits for frames (notify with adaptive spin by default).
-  shm::WaitOptions wait;
+  // How this side's session thread waits for frames: notify, spinning up to
+  // 10 us before sleeping. Shorter than the shm layer's 100 us default
+  // because a gRPC call already pays thread wake-ups inside gRPC, and on
+  // small machines a spinning session thread steals the CPU the handler
+  // needs (measured on 2 vCPUs: 64 B echo p50 150 us at 10 us spin vs 162 us
+  // at 100 us, p99 230 vs 368 us).
+  shm::WaitOptions wait = GrpcSessionWait();
   // Largest message sent or received, as gRPC's default (4 MiB). Bigger is
   // RESOURCE_EXHAUSTED, as with a plain channel.
   size_t max_message_bytes = 4 << 20;
