@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "benchmarks/bench_flags.h"
 #include "grpcpp/grpcpp.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
@@ -31,73 +32,6 @@ using Clock = std::chrono::steady_clock;
 using test::EchoRequest;
 using test::EchoResponse;
 using test::EchoService;
-
-struct Flags {
-  bool quick = false;
-  int rounds = 10;
-  std::string json_path;
-  std::vector<size_t> sizes = {64, 4096, 64 << 10, 1 << 20};
-};
-
-void Usage(const char* argv0) {
-  std::fprintf(stderr,
-               "usage: %s [--quick] [--rounds=N] [--sizes=A,B,...] "
-               "[--json=FILE]\n"
-               "  --quick      short run (under a minute)\n"
-               "  --rounds=N   interleaved rounds (default 10, quick 3)\n"
-               "  --sizes=...  payload bytes (default 64,4096,65536,1048576)\n"
-               "  --json=FILE  write rows {transport,size,p50_us,p99_us}\n",
-               argv0);
-}
-
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  bool rounds_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--quick") {
-      flags->quick = true;
-    } else if (absl::StartsWith(arg, "--rounds=")) {
-      if (!absl::SimpleAtoi(arg.substr(9), &flags->rounds) ||
-          flags->rounds < 1) {
-        std::fprintf(stderr, "bad --rounds: %s\n", arg.c_str());
-        return false;
-      }
-      rounds_set = true;
-    } else if (absl::StartsWith(arg, "--sizes=")) {
-      flags->sizes.clear();
-      for (absl::string_view part : absl::StrSplit(arg.substr(8), ',')) {
-        size_t size;
-        if (!absl::SimpleAtoi(part, &size) || size > (4 << 20) - 1024) {
-          std::fprintf(stderr, "bad --sizes entry: '%s'\n",
-                       std::string(part).c_str());
-          return false;
-        }
-        flags->sizes.push_back(size);
-      }
-    } else if (absl::StartsWith(arg, "--json=") && arg.size() > 7) {
-      flags->json_path = arg.substr(7);
-    } else {
-      if (arg != "--help" && arg != "-h") {
-        std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
-      }
-      return false;
-    }
-  }
-  if (flags->quick && !rounds_set) flags->rounds = 3;
-  return true;
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
-
-std::string SizeName(size_t size) {
-  if (size >= (1 << 20)) return absl::StrFormat("%dMiB", size >> 20);
-  if (size >= 1024) return absl::StrFormat("%dKiB", size >> 10);
-  return absl::StrFormat("%dB", size);
-}
 
 // Runs `calls` echo calls (plus one unmeasured warm-up) and appends latencies.
 bool Measure(EchoService::Stub* stub, size_t size, int calls,
@@ -125,11 +59,10 @@ bool Measure(EchoService::Stub* stub, size_t size, int calls,
 }
 
 int Main(int argc, char** argv) {
-  Flags flags;
-  if (!ParseFlags(argc, argv, &flags)) {
-    Usage(argv[0]);
-    return 2;
-  }
+  BenchFlags flags;
+  flags.sizes = {64, 4096, 64 << 10, 1 << 20};
+  // A reply must stay under gRPC's default 4 MiB receive limit.
+  if (!ParseBenchFlags(argc, argv, 0, (4 << 20) - 1024, &flags)) return 2;
   testing::ServerProcess server("sync");
   if (!server.status().ok()) {
     std::fprintf(stderr, "cannot start echo_server: %s\n",

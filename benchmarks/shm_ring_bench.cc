@@ -30,6 +30,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
+#include "benchmarks/bench_flags.h"
 #include "shm/block_allocator.h"
 #include "shm/endpoint.h"
 #include "tests/peer_process.h"
@@ -55,13 +56,6 @@ struct Command {
   uint32_t transport;  // 0..2 shm strategy, 3 UDS
   uint64_t size;
   uint64_t iterations;
-};
-
-struct Flags {
-  bool quick = false;
-  int rounds = 10;
-  std::string json_path;
-  std::vector<size_t> sizes;  // empty: all
 };
 
 volatile uint64_t checksum_sink = 0;
@@ -224,14 +218,6 @@ double Stream(Harness& h, int transport, size_t size, uint64_t messages) {
   return messages / std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t index =
-      std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
-  return v[index];
-}
-
 // The machine's floor for anything crossing cores: two threads bouncing one
 // cache line (median round trip, ns). Printed with the conditions because on a
 // shared VM it moves with the host's vCPU placement, and every shm number
@@ -273,60 +259,6 @@ double AllocFreeNanos(uint64_t pairs) {
          pairs;
 }
 
-std::string SizeName(size_t size) {
-  if (size >= (1 << 20)) return absl::StrFormat("%dMiB", size >> 20);
-  if (size >= 1024) return absl::StrFormat("%dKiB", size >> 10);
-  return absl::StrFormat("%dB", size);
-}
-
-void Usage(const char* argv0) {
-  std::fprintf(stderr,
-               "usage: %s [--quick] [--rounds=N] [--json=FILE]\n"
-               "  --quick      short run (under a minute)\n"
-               "  --rounds=N   interleaved rounds per size (default 10; "
-               "quick 3)\n"
-               "  --sizes=A,B  round-trip sizes in bytes (default "
-               "64,4096,65536,1048576,4194304; max 4 MiB)\n"
-               "  --json=FILE  also write the result rows as JSON\n",
-               argv0);
-}
-
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  bool rounds_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--quick") {
-      flags->quick = true;
-    } else if (absl::StartsWith(arg, "--rounds=")) {
-      if (!absl::SimpleAtoi(arg.substr(9), &flags->rounds) ||
-          flags->rounds < 1) {
-        std::fprintf(stderr, "bad --rounds: %s\n", arg.c_str());
-        return false;
-      }
-      rounds_set = true;
-    } else if (absl::StartsWith(arg, "--json=") && arg.size() > 7) {
-      flags->json_path = arg.substr(7);
-    } else if (absl::StartsWith(arg, "--sizes=")) {
-      for (absl::string_view part : absl::StrSplit(arg.substr(8), ',')) {
-        size_t size;
-        if (!absl::SimpleAtoi(part, &size) || size == 0 || size > (4 << 20)) {
-          std::fprintf(stderr, "bad --sizes entry: '%s'\n",
-                       std::string(part).c_str());
-          return false;
-        }
-        flags->sizes.push_back(size);
-      }
-    } else if (arg == "--help" || arg == "-h") {
-      return false;
-    } else {
-      std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
-      return false;
-    }
-  }
-  if (flags->quick && !rounds_set) flags->rounds = 3;
-  return true;
-}
-
 struct LatencyRow {
   std::string mode;
   size_t size;
@@ -340,11 +272,9 @@ struct ThroughputRow {
 };
 
 int Main(int argc, char** argv) {
-  Flags flags;
-  if (!ParseFlags(argc, argv, &flags)) {
-    Usage(argv[0]);
-    return 2;
-  }
+  BenchFlags flags;
+  flags.sizes = {64, 4096, 64 << 10, 1 << 20, 4 << 20};
+  if (!ParseBenchFlags(argc, argv, 1, 4 << 20, &flags)) return 2;
   testing::EndpointConfig configs[kNumStrategies];
   for (int s = 0; s < kNumStrategies; ++s) {
     configs[s].data_bytes = 64ull << 20;
@@ -387,9 +317,6 @@ int Main(int argc, char** argv) {
     size_t size;
     uint64_t iterations;  // per transport per round
   };
-  if (flags.sizes.empty()) {
-    flags.sizes = {64, 4096, 64 << 10, 1 << 20, 4 << 20};
-  }
   // Fewer iterations for bigger messages keeps every size near equal time.
   std::vector<SizePlan> plan;
   for (size_t size : flags.sizes) {

@@ -17,6 +17,7 @@
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_logic.h"
 #include "tests/peer_process.h"
+#include "tests/echo_fixture.h"
 #include "tests/server_process.h"
 #include "transport/handshake.h"
 
@@ -25,20 +26,7 @@ namespace {
 
 using ::shmgrpc::testing::ServerProcess;
 
-class BehaviorTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    server_ = std::make_unique<ServerProcess>("sync");
-    ASSERT_TRUE(server_->status().ok()) << server_->status();
-    channel_ = CreateChannel(server_->target());
-    stub_ = EchoService::NewStub(channel_);
-  }
-  ClientStats Stats() { return *GetChannelStats(channel_.get()); }
-
-  std::unique_ptr<ServerProcess> server_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<EchoService::Stub> stub_;
-};
+class BehaviorTest : public EchoTest {};
 
 TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
   EchoRequest request;

@@ -13,30 +13,14 @@
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_logic.h"
+#include "tests/echo_fixture.h"
 #include "tests/server_process.h"
 
 namespace shmgrpc::test {
 namespace {
 
-using ::shmgrpc::testing::ServerProcess;
 
-class UnaryTest : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(GetParam());
-    ASSERT_TRUE(server_->status().ok()) << server_->status();
-    channel_ = CreateChannel(server_->target());
-    stub_ = EchoService::NewStub(channel_);
-  }
-
-  uint64_t CallsOnShm() {
-    return GetChannelStats(channel_.get())->calls_on_shm;
-  }
-
-  std::unique_ptr<ServerProcess> server_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<EchoService::Stub> stub_;
-};
+class UnaryTest : public EchoStyleTest {};
 
 const size_t kSizes[] = {0, 1, 4096, 1 << 20, (4 << 20) - 64};
 

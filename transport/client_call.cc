@@ -382,13 +382,17 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server) {
     TakeReadyLocked(&ready);
   }
   ReleaseAll(unread);
-  if (tell_server && session_) {
-    session_
-        ->SendFrame(codec::FrameType::kCancel, stream_id_, "",
-                    absl::Now() + absl::Seconds(1))
-        .IgnoreError();  // a gone session cancels the server side anyway
-  }
+  if (tell_server) TellServerCancelled();
   Complete(ready);
+}
+
+void ClientCall::TellServerCancelled() {
+  if (!session_) return;
+  // Best effort: a gone session cancels the server side anyway.
+  session_
+      ->SendFrame(codec::FrameType::kCancel, stream_id_, "",
+                  absl::Now() + absl::Seconds(1))
+      .IgnoreError();
 }
 
 void ClientCall::ReleaseAll(std::deque<shm::ReceivedMessage>& messages) {
@@ -412,12 +416,7 @@ void ClientCall::Finish() {
     finished_ = true;
   }
   ReleaseAll(unread);
-  if (tell_server && session_) {
-    session_
-        ->SendFrame(codec::FrameType::kCancel, stream_id_, "",
-                    absl::Now() + absl::Seconds(1))
-        .IgnoreError();
-  }
+  if (tell_server) TellServerCancelled();
   core_->Unregister(stream_id_);
 }
 

@@ -76,6 +76,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void Complete(std::vector<Completion>& ready);
   void ReleaseAll(std::deque<shm::ReceivedMessage>& messages);
   void FailSend(Batch* methods, const absl::Status& why);
+  void TellServerCancelled();
 
   const std::shared_ptr<ClientCore> core_;
   grpc::experimental::ClientRpcInfo* const info_;

@@ -70,7 +70,11 @@ MapPeer(int fd, uint64_t data_bytes, uint32_t ring_slots) {
 
 }  // namespace
 
-absl::StatusOr<int> ConnectUnix(const std::string& path) {
+namespace {
+
+// A unix socket and its address, or why not.
+absl::StatusOr<std::pair<int, sockaddr_un>> UnixSocketFor(
+    const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) {
@@ -82,11 +86,35 @@ absl::StatusOr<int> ConnectUnix(const std::string& path) {
   if (sock < 0) {
     return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   }
+  return std::make_pair(sock, addr);
+}
+
+}  // namespace
+
+absl::StatusOr<int> ConnectUnix(const std::string& path) {
+  auto socket_and_address = UnixSocketFor(path);
+  if (!socket_and_address.ok()) return socket_and_address.status();
+  auto& [sock, addr] = *socket_and_address;
   if (connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     const int err = errno;
     close(sock);
     return absl::UnavailableError(
         absl::StrCat("connect ", path, ": ", strerror(err)));
+  }
+  return sock;
+}
+
+absl::StatusOr<int> ListenUnix(const std::string& path) {
+  auto socket_and_address = UnixSocketFor(path);
+  if (!socket_and_address.ok()) return socket_and_address.status();
+  auto& [sock, addr] = *socket_and_address;
+  unlink(path.c_str());  // a stale socket from a previous run
+  if (bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(sock, 128) != 0) {
+    const int err = errno;
+    close(sock);
+    return absl::UnavailableError(
+        absl::StrCat("listen on ", path, ": ", strerror(err)));
   }
   return sock;
 }

@@ -80,6 +80,8 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
 
 // Connects a SOCK_STREAM unix socket to `path` (CLOEXEC).
 absl::StatusOr<int> ConnectUnix(const std::string& path);
+// Binds and listens on `path` (replacing a stale socket file), CLOEXEC.
+absl::StatusOr<int> ListenUnix(const std::string& path);
 
 }  // namespace shmgrpc::transport
 

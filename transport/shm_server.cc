@@ -38,27 +38,10 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
         "shm needs a unix: target (got '", target, "')"));
   }
   const std::string shm_path = path + ".shm";
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (shm_path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("socket path too long: ", shm_path));
-  }
-  std::memcpy(addr.sun_path, shm_path.c_str(), shm_path.size() + 1);
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
-  }
-  unlink(shm_path.c_str());  // a stale socket from a previous run
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(fd, 128) != 0) {
-    const int err = errno;
-    close(fd);
-    return absl::UnavailableError(
-        absl::StrCat("listen on ", shm_path, ": ", strerror(err)));
-  }
+  absl::StatusOr<int> fd = transport::ListenUnix(shm_path);
+  if (!fd.ok()) return fd.status();
   return std::unique_ptr<ShmServer>(
-      new ShmServer(server, shm_path, fd, options));
+      new ShmServer(server, shm_path, *fd, options));
 }
 
 ShmServer::ShmServer(grpc::Server* server, std::string shm_path,

@@ -1,0 +1,37 @@
+// Flags and small statistics shared by the benchmark programs.
+//
+// Every benchmark takes the same flags:
+//   --quick        short run
+//   --rounds=N     interleaved rounds (default 10; 3 with --quick)
+//   --sizes=A,B    message sizes in bytes (each in [min_size, max_size])
+//   --json=FILE    also write the result rows as JSON
+// Bad flags print the reason and the usage, and ParseBenchFlags returns false.
+#ifndef SHMGRPC_BENCHMARKS_BENCH_FLAGS_H_
+#define SHMGRPC_BENCHMARKS_BENCH_FLAGS_H_
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace shmgrpc::bench {
+
+struct BenchFlags {
+  bool quick = false;
+  int rounds = 10;
+  std::string json_path;
+  std::vector<size_t> sizes;  // the program's defaults unless --sizes
+};
+
+// `flags->sizes` holds the defaults on entry.
+bool ParseBenchFlags(int argc, char** argv, size_t min_size, size_t max_size,
+                     BenchFlags* flags);
+
+// Nearest-rank percentile (p in [0, 1]) of `samples`; 0 when empty.
+double Percentile(std::vector<double> samples, double p);
+
+// "64B", "4KiB", "1MiB".
+std::string SizeName(size_t size);
+
+}  // namespace shmgrpc::bench
+
+#endif  // SHMGRPC_BENCHMARKS_BENCH_FLAGS_H_
