@@ -179,7 +179,7 @@ void Endpoint::AdaptSpin(int64_t waited_ns) {
 }
 
 absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
-  FlushPendingReleases();
+  RetryPendingReleases();
   ReceivedMessage message;
   absl::Status error;
   auto done = [&](PopResult result) -> absl::StatusOr<ReceivedMessage> {
@@ -265,16 +265,23 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
   }
 }
 
-void Endpoint::FlushPendingReleases() {
+void Endpoint::RetryPendingReleases() {
+  // Checked without the lock: Receive runs once per message, and releases
+  // only queue up when the release ring was full.
+  if (!has_pending_releases_.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(release_mu_);
-  while (!pending_releases_.empty()) {
-    if (release_out_.Stage(pending_releases_.front()) !=
-        RingWriter::Result::kOk) {
-      break;
-    }
+  FlushPendingReleasesLocked();
+}
+
+void Endpoint::FlushPendingReleasesLocked() {
+  while (!pending_releases_.empty() &&
+         release_out_.Stage(pending_releases_.front()) ==
+             RingWriter::Result::kOk) {
     pending_releases_.pop_front();
   }
   release_out_.Publish();
+  has_pending_releases_.store(!pending_releases_.empty(),
+                              std::memory_order_release);
 }
 
 void Endpoint::Release(const ReceivedMessage& message) {
@@ -290,12 +297,7 @@ void Endpoint::Release(const ReceivedMessage& message) {
     return;
   }
   pending_releases_.push_back(release);
-  while (!pending_releases_.empty() &&
-         release_out_.Stage(pending_releases_.front()) ==
-             RingWriter::Result::kOk) {
-    pending_releases_.pop_front();
-  }
-  release_out_.Publish();
+  FlushPendingReleasesLocked();
 }
 
 uint64_t Endpoint::ReclaimAll() { return allocator_.ReleaseAll(); }

@@ -88,7 +88,8 @@ class Endpoint {
   enum class PopResult { kMessage, kEmpty, kInvalid, kCorrupt };
   PopResult TryPop(ReceivedMessage* out, absl::Status* error);
   void DrainReleases();       // any thread; one drains at a time
-  void FlushPendingReleases();  // takes release_mu_
+  void RetryPendingReleases();        // takes release_mu_ only if needed
+  void FlushPendingReleasesLocked();  // release_mu_ held
   void AdaptSpin(int64_t waited_ns);
 
   std::unique_ptr<Arena> local_;
@@ -106,6 +107,7 @@ class Endpoint {
   std::mutex release_mu_;
   RingWriter release_out_;                   // guarded by release_mu_
   std::deque<Descriptor> pending_releases_;  // guarded by release_mu_
+  std::atomic<bool> has_pending_releases_{false};  // !pending_releases_.empty()
   RingReader release_in_;  // whoever holds draining_
   std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
   int64_t spin_budget_ns_;  // receiver thread

@@ -163,9 +163,7 @@ TEST_F(BehaviorTest, SixtyFourConcurrentCallsFromEightThreads) {
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
-      for (int i = 0; i < 8; ++i) {
-        // Each thread keeps 8 async calls in flight at once.
-      }
+      // Each thread keeps 8 async calls in flight at once.
       grpc::CompletionQueue cq;
       struct Call {
         grpc::ClientContext context;

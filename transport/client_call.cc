@@ -1,6 +1,8 @@
 #include "transport/client_call.h"
 
+#include <algorithm>
 #include <chrono>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
@@ -41,13 +43,6 @@ ClientCall::ClientCall(std::shared_ptr<ClientCore> core,
                        grpc::experimental::ClientRpcInfo* info)
     : core_(std::move(core)), info_(info) {}
 
-ClientCall::~ClientCall() {
-  // Normally Finish() already ran; this covers a call never hijacked.
-  std::deque<shm::ReceivedMessage> held;
-  held.swap(messages_);
-  ReleaseAll(held);
-}
-
 void ClientCall::Intercept(Batch* m) {
   if (tls_recv_pass_of == this) {
     tls_recv_pass_of = nullptr;
@@ -81,8 +76,14 @@ void ClientCall::Intercept(Batch* m) {
     bool post_pass;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      post_pass = forwarded_batches_.erase(m) > 0;
-      if (!post_pass) forwarded_batches_.insert(m);
+      auto it = std::find(forwarded_batches_.begin(),
+                          forwarded_batches_.end(), m);
+      post_pass = it != forwarded_batches_.end();
+      if (post_pass) {
+        forwarded_batches_.erase(it);
+      } else {
+        forwarded_batches_.push_back(m);
+      }
     }
     if (post_pass) {
       m->Proceed();
@@ -90,7 +91,7 @@ void ClientCall::Intercept(Batch* m) {
     }
   } else {
     std::lock_guard<std::mutex> lock(mu_);
-    forwarded_batches_.insert(m);
+    forwarded_batches_.push_back(m);
   }
   SendPass(m);
   tls_recv_pass_of = this;
@@ -117,6 +118,7 @@ bool ClientCall::DecideHijack(Batch* m) {
     if (const void* message = m->GetSendMessage(); message != nullptr) {
       size = codec::SerializedSize(
           *static_cast<const google::protobuf::MessageLite*>(message));
+      first_message_size_ = size;  // SendMessage reuses it
     } else {
       size = m->GetSerializedSendMessage()->Length();
     }
@@ -201,13 +203,15 @@ void ClientCall::SendMessage(Batch* m) {
   absl::Status sent;
   if (const void* raw = m->GetSendMessage(); raw != nullptr) {
     const auto& message = *static_cast<const google::protobuf::MessageLite*>(raw);
-    const size_t size = codec::SerializedSize(message);
+    const size_t size = first_message_size_.has_value()
+                            ? *std::exchange(first_message_size_, std::nullopt)
+                            : codec::SerializedSize(message);
     if (size > max_bytes) {
       return FailSend(m, absl::ResourceExhaustedError(absl::StrCat(
                              "Sent message larger than max (", size, " vs. ",
                              max_bytes, ")")));
     }
-    sent = session_->SendMessage(stream_id_, message, deadline_);
+    sent = session_->SendMessage(stream_id_, message, size, deadline_);
   } else {
     const grpc::ByteBuffer* buffer = m->GetSerializedSendMessage();
     if (buffer->Length() > max_bytes) {

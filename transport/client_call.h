@@ -22,7 +22,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <unordered_set>
+#include <optional>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -41,7 +41,6 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
  public:
   ClientCall(std::shared_ptr<ClientCore> core,
              grpc::experimental::ClientRpcInfo* info);
-  ~ClientCall();
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods);
   // A frame for this call (session thread). Takes ownership of `message`.
@@ -88,12 +87,16 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   bool decided_ = false;
   std::atomic<bool> hijacked_{false};
   bool headers_sent_ = false;  // forward passes are not concurrent for sends
+  // Serialized size of the first batch's message, computed by DecideHijack.
+  std::optional<size_t> first_message_size_;
   std::unique_ptr<grpc::Alarm> alarm_;
 
   std::mutex mu_;
   std::deque<shm::ReceivedMessage> messages_;  // received, not yet read
   std::vector<PendingRecv> pending_;
-  std::unordered_set<const Batch*> forwarded_batches_;  // awaiting POST pass
+  // Batches past their forward pass, awaiting their POST pass (a handful at
+  // most: one per op kind in flight).
+  std::vector<const Batch*> forwarded_batches_;
   bool got_initial_metadata_ = false;
   codec::Metadata initial_metadata_;  // fixed once got_initial_metadata_
   bool finished_ = false;             // status_ is final

@@ -74,10 +74,14 @@ bool NamedByGeneratedStub(const char* method) {
 }  // namespace
 
 bool ClientCore::IsProtobufMethod(const char* method) {
+  {
+    std::lock_guard<std::mutex> lock(methods_mu_);
+    auto it = generated_methods_.find(method);
+    if (it != generated_methods_.end()) return it->second;
+  }
+  // Not cached: heap/stack names are never cached (their address may be
+  // reused by another name), so only GenericStub calls pay for dladdr.
   if (!NamedByGeneratedStub(method)) return false;
-  std::lock_guard<std::mutex> lock(methods_mu_);
-  auto it = protobuf_methods_.find(method);
-  if (it != protobuf_methods_.end()) return it->second;
   // "/package.Service/Method" -> "package.Service.Method"
   std::string name = method[0] == '/' ? method + 1 : method;
   const size_t slash = name.rfind('/');
@@ -87,7 +91,8 @@ bool ClientCore::IsProtobufMethod(const char* method) {
     known = google::protobuf::DescriptorPool::generated_pool()
                 ->FindMethodByName(name) != nullptr;
   }
-  protobuf_methods_.emplace(method, known);
+  std::lock_guard<std::mutex> lock(methods_mu_);
+  generated_methods_.emplace(method, known);
   return known;
 }
 

@@ -10,7 +10,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -73,7 +72,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   uint64_t next_stream_id_ = 1;
 
   std::mutex methods_mu_;
-  std::map<std::string, bool> protobuf_methods_;
+  // Keyed by the address of a generated stub's static method name, which is
+  // stable for the life of the process: one hash lookup per call.
+  std::unordered_map<const char*, bool> generated_methods_;
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0};

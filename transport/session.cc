@@ -98,8 +98,7 @@ absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
 
 absl::Status Session::SendMessage(uint64_t stream,
                                   const google::protobuf::MessageLite& message,
-                                  absl::Time deadline) {
-  const size_t size = codec::SerializedSize(message);
+                                  size_t size, absl::Time deadline) {
   return SendFilled(codec::FrameType::kMessage, stream, size, deadline, 0,
                     [&](uint8_t* out) {
                       codec::SerializeInto(message, size, out);

@@ -43,8 +43,11 @@ class Session {
                                         ClosedHandler on_closed);
   ~Session();
 
-  absl::Status SendMessage(uint64_t stream, const google::protobuf::MessageLite& message,
-                           absl::Time deadline);
+  // `size` is codec::SerializedSize(message), computed by the caller (once)
+  // on the unchanged message.
+  absl::Status SendMessage(uint64_t stream,
+                           const google::protobuf::MessageLite& message,
+                           size_t size, absl::Time deadline);
   absl::Status SendByteBuffer(uint64_t stream, const grpc::ByteBuffer& buffer,
                               absl::Time deadline);
   // A frame whose payload is `bytes` (copied into a block), or none if empty.

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -85,8 +86,23 @@ void ShmServer::AcceptLoop() {
       close(sock);
       return;
     }
-    // Reap finished handshake threads (they leave themselves joinable).
-    handshake_threads_.emplace_back([this, sock] { Handshake(sock); });
+    // Join finished handshake threads, then start one for this connection.
+    for (auto it = handshake_threads_.begin();
+         it != handshake_threads_.end();) {
+      if ((*it)->done.load(std::memory_order_acquire)) {
+        (*it)->thread.join();
+        it = handshake_threads_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto handshake = std::make_unique<HandshakeThread>();
+    HandshakeThread* raw = handshake.get();
+    raw->thread = std::thread([this, sock, raw] {
+      Handshake(sock);
+      raw->done.store(true, std::memory_order_release);
+    });
+    handshake_threads_.push_back(std::move(handshake));
   }
 }
 
@@ -110,13 +126,16 @@ void ShmServer::Handshake(int sock) {
       [this, weak](const absl::Status&) {
         if (auto s = weak.lock()) OnClosed(s);
       });
-  std::lock_guard<std::mutex> lock(mu_);
+  sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock<std::mutex> lock(mu_);
   if (shutting_down_) {
+    lock.unlock();
     server_session->session->Shutdown();
     return;
   }
-  sessions_.push_back(server_session);
-  sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
+  // alive_ drops before OnClosed runs, so a session that already closed is
+  // never added after OnClosed tried to remove it.
+  if (server_session->session->alive()) sessions_.push_back(server_session);
 }
 
 void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
@@ -164,11 +183,26 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
     for (auto& [id, call] : s->calls) calls.push_back(call);
   }
   for (auto& call : calls) call->Cancel();
+  // Forget the session: its arenas are unmapped once the cancelled calls
+  // and the session thread let go of it.
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_.erase(std::remove(sessions_.begin(), sessions_.end(), s),
+                  sessions_.end());
 }
+
+namespace {
+
+bool CallsEnded(std::mutex& mu,
+                const std::map<uint64_t, std::shared_ptr<InjectedCall>>& calls) {
+  std::lock_guard<std::mutex> lock(mu);
+  return calls.empty();
+}
+
+}  // namespace
 
 void ShmServer::Shutdown() {
   std::vector<std::shared_ptr<ServerSession>> sessions;
-  std::list<std::thread> handshakes;
+  std::list<std::unique_ptr<HandshakeThread>> handshakes;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shutting_down_) return;
@@ -183,26 +217,21 @@ void ShmServer::Shutdown() {
     std::lock_guard<std::mutex> lock(mu_);
     handshakes.swap(handshake_threads_);
   }
-  for (std::thread& t : handshakes) t.join();
+  for (auto& handshake : handshakes) handshake->thread.join();
   {
     std::lock_guard<std::mutex> lock(mu_);
     sessions.swap(sessions_);
   }
   for (auto& s : sessions) s->session->Shutdown();  // cancels their calls
-  // Wait for injected calls to send their status and complete every op.
+  // Wait (up to 5 s) for injected calls to send their status and complete
+  // every op; name the ones that do not.
   for (auto& s : sessions) {
-    for (int i = 0;; ++i) {
-      std::lock_guard<std::mutex> lock(s->mu);
-      if (s->calls.empty()) break;
-      if (i == 5000) {
-        for (auto& [id, call] : s->calls) {
-          ShmLog("shutdown: call did not end in 5 s: ", call->DebugString());
-        }
-        break;
-      }
-      s->mu.unlock();
+    for (int i = 0; i < 5000 && !CallsEnded(s->mu, s->calls); ++i) {
       usleep(1000);
-      s->mu.lock();
+    }
+    std::lock_guard<std::mutex> lock(s->mu);
+    for (auto& [id, call] : s->calls) {
+      ShmLog("shutdown: call did not end in 5 s: ", call->DebugString());
     }
   }
   cq_->Shutdown();
@@ -217,7 +246,6 @@ ServerStats ShmServer::Stats() {
   stats.sessions_accepted = sessions_accepted_.load();
   stats.handshakes_refused = handshakes_refused_.load();
   stats.calls_injected = calls_injected_.load();
-  stats.blocks_reclaimed = blocks_reclaimed_.load();
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& s : sessions_) {
     if (s->session->alive()) ++stats.sessions_open;

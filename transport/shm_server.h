@@ -6,8 +6,9 @@
 //   shm->Shutdown();   // before the grpc::Server is destroyed
 //
 // It listens on "/p.shm", handshakes each client (one thread per handshake,
-// bounded by the handshake timeout; a bad or slow client costs only its own
-// connection, with a logged reason), runs one session per client, and
+// bounded by the handshake timeout and joined once done; a bad or slow client
+// costs only its own connection, with a logged reason), runs one session per
+// client (forgotten, and its arenas unmapped, once the client is gone), and
 // injects each stream into the server through its in-process channel on its
 // own completion-queue threads.
 #ifndef SHMGRPC_TRANSPORT_SHM_SERVER_H_
@@ -39,7 +40,6 @@ struct ServerStats {
   uint64_t sessions_open = 0;
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
-  uint64_t blocks_reclaimed = 0;  // freed after a client died holding them
 };
 
 class ShmServer {
@@ -56,6 +56,10 @@ class ShmServer {
 
  private:
   struct ServerSession;
+  struct HandshakeThread {
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
 
   ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
             const Options& options);
@@ -78,11 +82,11 @@ class ShmServer {
 
   std::mutex mu_;
   bool shutting_down_ = false;
-  std::list<std::thread> handshake_threads_;
-  std::vector<std::shared_ptr<ServerSession>> sessions_;
+  std::list<std::unique_ptr<HandshakeThread>> handshake_threads_;
+  std::vector<std::shared_ptr<ServerSession>> sessions_;  // open sessions
 
   std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
-      calls_injected_{0}, blocks_reclaimed_{0};
+      calls_injected_{0};
 };
 
 }  // namespace shmgrpc
