@@ -1,5 +1,6 @@
 #include "shm/endpoint.h"
 
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,16 +41,17 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
                    const SegmentLayout& local_layout,
                    std::unique_ptr<Arena> peer,
                    const SegmentLayout& peer_layout, int sock,
-                   const WaitOptions& wait)
+                   const WaitOptions& wait, size_t max_inline_bytes)
     : local_(std::move(local)),
       peer_(std::move(peer)),
       sock_(sock),
       wait_(wait),
+      max_inline_bytes_(max_inline_bytes),
       peer_data_bytes_(peer_layout.data_bytes),
       peer_data_(peer_->base() + peer_layout.data_offset),
       allocator_(local_->mutable_base() + local_layout.data_offset,
                  local_layout.data_bytes),
-      doorbell_(sock),
+      side_(sock, max_inline_bytes),
       data_out_(At<RingProducerState>(*local_, local_layout.data_ring_offset),
                 At<const RingConsumerState>(*peer_,
                                             peer_layout.data_consumer_offset),
@@ -79,6 +81,12 @@ absl::StatusOr<Block> Endpoint::Allocate(size_t payload_bytes,
   return allocator_.Allocate(payload_bytes, stream_id);
 }
 
+uint64_t Endpoint::FreeBytes() {
+  DrainReleases();
+  const ArenaStats arena = allocator_.Stats();
+  return arena.capacity_bytes - arena.bytes_in_use;
+}
+
 absl::Status Endpoint::FreeUnsent(const Block& block) {
   return allocator_.Free(block.offset);
 }
@@ -102,6 +110,41 @@ void Endpoint::DrainReleases() {
 absl::Status Endpoint::Send(const Descriptor& descriptor,
                             absl::Time deadline) {
   std::lock_guard<std::mutex> lock(send_mu_);
+  return PublishLocked(descriptor, deadline);
+}
+
+absl::Status Endpoint::SendInline(Descriptor descriptor, const void* data,
+                                  size_t len, absl::Time deadline) {
+  if (len > max_inline_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "message of ", len, " bytes exceeds the inline limit of ",
+        max_inline_bytes_));
+  }
+  descriptor.offset = kNoPayload;
+  descriptor.length = static_cast<uint32_t>(len);
+  descriptor.flags |= kInlinePayloadFlag;
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (absl::Status published = PublishLocked(descriptor, deadline);
+      !published.ok()) {
+    return published;
+  }
+  // The descriptor is out: the record must follow in full. A peer that reads
+  // nothing for this long is stuck or hostile; the connection cannot recover
+  // from half a record, so it is closed.
+  constexpr absl::Duration kStallTimeout = absl::Seconds(10);
+  if (absl::Status written = side_.SendRecord(data, len, kStallTimeout);
+      !written.ok()) {
+    ::shutdown(sock_, SHUT_RDWR);
+    return absl::UnavailableError(absl::StrCat(
+        "connection closed: inline record not written: ", written.message()));
+  }
+  inline_sent_.Add(1);
+  inline_bytes_sent_.Add(len);
+  return absl::OkStatus();
+}
+
+absl::Status Endpoint::PublishLocked(const Descriptor& descriptor,
+                                     absl::Time deadline) {
   int64_t deadline_ns = 0;  // computed on the first full ring only
   int64_t backoff_us = 1;
   for (;;) {
@@ -112,7 +155,7 @@ absl::Status Endpoint::Send(const Descriptor& descriptor,
         bytes_sent_.Add(descriptor.length);
         if (data_out_.ConsumerNeedsDoorbell()) {
           doorbells_sent_.Add(1);
-          return doorbell_.Ring();
+          return side_.Ring();
         }
         doorbells_suppressed_.Add(1);
         return absl::OkStatus();
@@ -127,7 +170,7 @@ absl::Status Endpoint::Send(const Descriptor& descriptor,
       ring_full_waits_.Add(1);
       deadline_ns = DeadlineNanos(deadline);
     }
-    if (absl::Status peer = doorbell_.CheckPeer(); !peer.ok()) return peer;
+    if (absl::Status peer = side_.CheckPeer(); !peer.ok()) return peer;
     if (MonotonicNanos() >= deadline_ns) {
       return absl::DeadlineExceededError(
           "shared-memory ring stayed full until the deadline");
@@ -148,6 +191,30 @@ Endpoint::PopResult Endpoint::TryPop(ReceivedMessage* out,
       return PopResult::kCorrupt;
     case RingReader::Result::kOk:
       break;
+  }
+  if ((out->descriptor.flags & kInlinePayloadFlag) != 0) {
+    // Its bytes are on the socket. Any inconsistency here leaves the socket
+    // stream out of step with the ring, so it ends the connection.
+    if (out->descriptor.offset != kNoPayload ||
+        out->descriptor.length > max_inline_bytes_) {
+      invalid_descriptors_.Add(1);
+      *error = absl::DataLossError(absl::StrCat(
+          "inline descriptor with offset ", out->descriptor.offset,
+          " and length ", out->descriptor.length));
+      return PopResult::kCorrupt;
+    }
+    absl::StatusOr<std::shared_ptr<const std::string>> record =
+        side_.TakeRecord(out->descriptor.length);
+    if (!record.ok()) {
+      *error = record.status();
+      return PopResult::kCorrupt;
+    }
+    out->inline_payload = *std::move(record);
+    out->data = reinterpret_cast<const uint8_t*>(out->inline_payload->data());
+    messages_received_.Add(1);
+    bytes_received_.Add(out->descriptor.length);
+    inline_received_.Add(1);
+    return PopResult::kMessage;
   }
   if (absl::Status valid =
           ValidateDescriptor(out->descriptor, peer_data_bytes_);
@@ -213,7 +280,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
     if (now_ns >= next_liveness_ns) {
       next_liveness_ns = now_ns + liveness_ns;
       DrainReleases();
-      if (absl::Status peer = doorbell_.CheckPeer(); !peer.ok()) {
+      if (absl::Status peer = side_.CheckPeer(); !peer.ok()) {
         if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
           return done(r);
         }
@@ -235,7 +302,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
       if (!data_in_.Empty()) {
         data_in_.MarkAwake();
       } else {
-        absl::Status waited = doorbell_.Wait(nap);
+        absl::Status waited = side_.Wait(nap);
         data_in_.MarkAwake();
         wakeups_.Add(1);
         if (!waited.ok()) {
@@ -249,7 +316,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
       nap = std::min(nap, wait_.period);
       // Nothing rings in periodic mode, so this sleeps the period unless the
       // peer hangs up.
-      absl::Status waited = doorbell_.Wait(nap);
+      absl::Status waited = side_.Wait(nap);
       wakeups_.Add(1);
       if (!waited.ok()) {
         if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
@@ -315,6 +382,9 @@ EndpointStats Endpoint::Stats() const {
   stats.releases_sent = releases_sent_.Get();
   stats.releases_received = releases_received_.load(std::memory_order_relaxed);
   stats.invalid_descriptors = invalid_descriptors_.Get();
+  stats.inline_sent = inline_sent_.Get();
+  stats.inline_bytes_sent = inline_bytes_sent_.Get();
+  stats.inline_received = inline_received_.Get();
   stats.arena = allocator_.Stats();
   return stats;
 }

@@ -2,23 +2,30 @@
 //
 // An endpoint owns this side's segment (arena, allocator, the rings it
 // produces) and a read-only mapping of the peer's segment, plus the connected
-// unix socket that carries doorbells and shows when the peer is gone.
+// unix socket (a SideChannel) that carries doorbells and inline payloads and
+// shows when the peer is gone.
 //
 //   sender  : Allocate() a block, write the payload in place, Send() a
 //             descriptor naming it. The block now belongs to the peer until
 //             the peer releases it.
+//   fallback: SendInline() when no block can be had (arena full, or the
+//             payload is larger than any block): the descriptor keeps its
+//             place in the ring and the bytes travel on the socket, so the
+//             receiver sees one ordered stream either way.
 //   receiver: Receive() a message, read the payload in place (read-only,
 //             straight from the peer's arena), then Release() it; the release
 //             travels back on this side's release ring and the owner frees
 //             the block on its next Allocate().
 //
-// Threading: Allocate, FreeUnsent, Send, Release, Stats and ReclaimAll are
-// thread-safe (Send and Release each serialize on their own small lock).
+// Threading: Allocate, FreeUnsent, Send, SendInline, Release, Stats and
+// ReclaimAll are thread-safe (sends and releases each serialize on their own
+// small lock).
 // Receive is for one thread at a time.
 // Errors: a hostile descriptor is InvalidArgument for that message only (the
 // ring keeps working); a ring whose indices are impossible is DataLoss; a gone
 // peer is Unavailable; a full ring is backpressure until `deadline`, then
-// DeadlineExceeded. Nothing is dropped silently.
+// DeadlineExceeded; a broken inline record closes the connection
+// (Unavailable / DataLoss). Nothing is dropped silently.
 #ifndef SHMGRPC_SHM_ENDPOINT_H_
 #define SHMGRPC_SHM_ENDPOINT_H_
 
@@ -27,6 +34,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -35,38 +43,58 @@
 #include "shm/block_allocator.h"
 #include "shm/ring.h"
 #include "shm/segment_layout.h"
+#include "shm/side_channel.h"
 #include "shm/stats.h"
-#include "shm/uds.h"
 #include "shm/wait_options.h"
 
 namespace shmgrpc::shm {
 
+// Set in Descriptor::flags by the shm layer for a payload that travels on
+// the socket; the upper layers' flags must leave this bit alone.
+inline constexpr uint16_t kInlinePayloadFlag = 0x8000;
+
 // A message as received: a validated descriptor and, unless it carries no
-// payload, a read-only view of `descriptor.length` bytes in the peer's arena.
+// payload, a read-only view of `descriptor.length` bytes, in the peer's arena
+// or (inline messages) in `inline_payload`, which copies keep alive.
 struct ReceivedMessage {
   Descriptor descriptor;
   const uint8_t* data = nullptr;
+  std::shared_ptr<const std::string> inline_payload;
 };
+
+// Largest inline payload an endpoint accepts unless told otherwise.
+inline constexpr size_t kDefaultMaxInlineBytes = size_t{64} << 20;
 
 class Endpoint {
  public:
   // Takes ownership of both arenas and of `sock`. `local_layout` and
   // `peer_layout` must be the layouts the arenas were created/mapped with.
+  // Inline payloads longer than `max_inline_bytes` are refused both ways.
   Endpoint(std::unique_ptr<Arena> local, const SegmentLayout& local_layout,
            std::unique_ptr<Arena> peer, const SegmentLayout& peer_layout,
-           int sock, const WaitOptions& wait);
+           int sock, const WaitOptions& wait,
+           size_t max_inline_bytes = kDefaultMaxInlineBytes);
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
   ~Endpoint();
 
   // A block in this side's arena, after taking back what the peer released.
   absl::StatusOr<Block> Allocate(size_t payload_bytes, uint64_t stream_id);
+  // Bytes of this side's arena not held by any block, after taking back
+  // what the peer released (fragmentation may still refuse a large block).
+  uint64_t FreeBytes();
   // Returns a block that was allocated but never sent.
   absl::Status FreeUnsent(const Block& block);
 
   // Publishes `descriptor` (its offset from a Block of this endpoint, or
   // kNoPayload with length 0) and rings the doorbell only if the peer sleeps.
   absl::Status Send(const Descriptor& descriptor, absl::Time deadline);
+  // Publishes `descriptor` (offset/length/flags are set here) with `len`
+  // bytes from `data` travelling on the socket instead of shared memory.
+  // Waits for a ring slot until `deadline`; once the descriptor is out the
+  // record is always written in full, or the connection is closed.
+  absl::Status SendInline(Descriptor descriptor, const void* data, size_t len,
+                          absl::Time deadline);
 
   // Waits per the wait strategy for the next message until `deadline`.
   absl::StatusOr<ReceivedMessage> Receive(absl::Time deadline);
@@ -87,6 +115,9 @@ class Endpoint {
  private:
   enum class PopResult { kMessage, kEmpty, kInvalid, kCorrupt };
   PopResult TryPop(ReceivedMessage* out, absl::Status* error);
+  // Stages and publishes one descriptor, waiting out a full ring until
+  // `deadline` (send_mu_ held), and rings the doorbell if the peer sleeps.
+  absl::Status PublishLocked(const Descriptor& descriptor, absl::Time deadline);
   void DrainReleases();       // any thread; one drains at a time
   void RetryPendingReleases();        // takes release_mu_ only if needed
   void FlushPendingReleasesLocked();  // release_mu_ held
@@ -96,10 +127,11 @@ class Endpoint {
   std::unique_ptr<Arena> peer_;
   const int sock_;
   const WaitOptions wait_;
+  const size_t max_inline_bytes_;
   const uint64_t peer_data_bytes_;
   const uint8_t* const peer_data_;
   BlockAllocator allocator_;
-  Doorbell doorbell_;
+  SideChannel side_;  // sends under send_mu_, reads on the receiver thread
 
   std::mutex send_mu_;
   RingWriter data_out_;  // guarded by send_mu_
@@ -122,10 +154,10 @@ class Endpoint {
     uint64_t Get() const { return value.load(std::memory_order_relaxed); }
   };
   Counter messages_sent_, bytes_sent_, doorbells_sent_, doorbells_suppressed_,
-      ring_full_waits_;  // under send_mu_
+      ring_full_waits_, inline_sent_, inline_bytes_sent_;  // under send_mu_
   Counter releases_sent_;  // under release_mu_
   Counter messages_received_, bytes_received_, wakeups_,
-      invalid_descriptors_;  // receiver thread
+      invalid_descriptors_, inline_received_;  // receiver thread
   std::atomic<uint64_t> releases_received_{0};  // any draining thread
 };
 

@@ -34,6 +34,9 @@ struct EndpointStats {
   uint64_t releases_sent = 0;
   uint64_t releases_received = 0;
   uint64_t invalid_descriptors = 0;   // rejected from the peer
+  uint64_t inline_sent = 0;           // payloads sent on the socket
+  uint64_t inline_bytes_sent = 0;
+  uint64_t inline_received = 0;
   ArenaStats arena;
 };
 

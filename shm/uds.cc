@@ -26,11 +26,6 @@ int64_t MillisCeil(absl::Duration d) {
   return absl::ToInt64Milliseconds(d + absl::Nanoseconds(999999));
 }
 
-timespec ToTimespecOrZero(absl::Duration d) {
-  if (d < absl::ZeroDuration()) d = absl::ZeroDuration();
-  return absl::ToTimespec(d);
-}
-
 }  // namespace
 
 absl::Status SendWithFd(int sock, const void* data, size_t len, int fd) {
@@ -135,44 +130,6 @@ absl::Status RecvWithFd(int sock, void* data, size_t len, int* fd,
     *fd = -1;
   }
   return status;
-}
-
-absl::Status Doorbell::Ring() {
-  const char byte = 1;
-  for (;;) {
-    const ssize_t n = send(sock_, &byte, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n == 1) return absl::OkStatus();
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return absl::OkStatus();
-    }
-    return SocketError("doorbell send", errno);
-  }
-}
-
-absl::Status Doorbell::Wait(absl::Duration timeout) {
-  pollfd pfd{sock_, POLLIN, 0};
-  const timespec ts = ToTimespecOrZero(timeout);
-  const int ready = ppoll(&pfd, 1,
-                          timeout == absl::InfiniteDuration() ? nullptr : &ts,
-                          nullptr);
-  if (ready <= 0) return absl::OkStatus();  // timeout or EINTR
-  char drain[256];
-  const ssize_t n = recv(sock_, drain, sizeof(drain), MSG_DONTWAIT);
-  if (n == 0) return absl::UnavailableError("peer closed the connection");
-  if (n < 0 && errno != EAGAIN && errno != EINTR) {
-    return SocketError("doorbell recv", errno);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Doorbell::CheckPeer() {
-  pollfd pfd{sock_, POLLIN, 0};
-  if (poll(&pfd, 1, 0) <= 0) return absl::OkStatus();
-  if ((pfd.revents & (POLLHUP | POLLERR)) != 0) {
-    return absl::UnavailableError("peer closed the connection");
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace shmgrpc::shm

@@ -1,5 +1,6 @@
-// Unix-domain socket primitives the shm layer needs: passing an fd with
-// SCM_RIGHTS next to a small fixed-size message, and the 1-byte doorbell.
+// Unix-domain socket primitives for the handshake: passing an fd with
+// SCM_RIGHTS next to a small fixed-size message. (After the handshake the
+// socket carries the SideChannel's tokens.)
 //
 // All functions take a connected SOCK_STREAM unix socket. They never raise
 // SIGPIPE (MSG_NOSIGNAL) and report a closed peer as Unavailable.
@@ -21,25 +22,6 @@ absl::Status SendWithFd(int sock, const void* data, size_t len, int fd);
 // On error any received fd is closed and `*fd` is -1.
 absl::Status RecvWithFd(int sock, void* data, size_t len, int* fd,
                         absl::Duration timeout);
-
-// The doorbell: a wake-up byte on a connected socket.
-class Doorbell {
- public:
-  explicit Doorbell(int sock) : sock_(sock) {}
-
-  // Sends one byte without blocking. A full socket buffer means the peer has
-  // unread doorbells already, which is as good as ringing.
-  absl::Status Ring();
-  // Blocks until a doorbell arrives, the peer hangs up or `timeout` passes,
-  // then drains pending doorbell bytes. OK on wake-up or timeout,
-  // Unavailable when the peer is gone.
-  absl::Status Wait(absl::Duration timeout);
-  // Unavailable when the peer has closed its end; never blocks.
-  absl::Status CheckPeer();
-
- private:
-  int sock_;
-};
 
 }  // namespace shmgrpc::shm
 

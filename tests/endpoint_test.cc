@@ -212,7 +212,7 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
       return 3;
     }
     writer.Publish();
-    Doorbell(sock).Ring().IgnoreError();
+    SideChannel(sock, 0).Ring().IgnoreError();
     // Wait until the consumer has taken everything, then lie about the tail.
     while (segments->peer->base() != nullptr &&
            reinterpret_cast<const RingConsumerState*>(
@@ -222,7 +222,7 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
       usleep(100);
     }
     producer->tail.store(writer.published() + 1000);
-    Doorbell(sock).Ring().IgnoreError();
+    SideChannel(sock, 0).Ring().IgnoreError();
     char byte;
     read(sock, &byte, 1);  // until the consumer closes
     return 0;

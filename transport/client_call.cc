@@ -122,17 +122,27 @@ bool ClientCall::DecideHijack(Batch* m) {
     } else {
       size = m->GetSerializedSendMessage()->Length();
     }
+    // A request that cannot get shared memory now goes plain as a whole
+    // (later messages of a hijacked call fall back inline instead).
     if (size > session->max_payload_bytes()) {
       core_->CountPlain(ClientCore::PlainReason::kTooLarge);
       return false;
     }
+    if (!session->LikelyFits(size)) {
+      core_->CountPlain(ClientCore::PlainReason::kArenaFull);
+      return false;
+    }
+  }
+  stream_id_ = core_->Register(shared_from_this(), *session);
+  if (stream_id_ == 0) {
+    core_->CountPlain(ClientCore::PlainReason::kNoSession);
+    return false;
   }
   session_ = std::move(session);
   const auto deadline = info_->client_context()->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     deadline_ = absl::FromChrono(deadline);
   }
-  stream_id_ = core_->Register(shared_from_this());
   core_->CountShm();
   return true;
 }
@@ -374,12 +384,12 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   Complete(ready);
 }
 
-void ClientCall::Abort(const grpc::Status& status, bool tell_server) {
+bool ClientCall::Abort(const grpc::Status& status, bool tell_server) {
   std::vector<Completion> ready;
   std::deque<shm::ReceivedMessage> unread;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (finished_) return;
+    if (finished_) return false;
     finished_ = true;
     status_ = status;
     unread.swap(messages_);
@@ -388,6 +398,7 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server) {
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();
   Complete(ready);
+  return true;
 }
 
 void ClientCall::TellServerCancelled() {

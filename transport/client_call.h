@@ -45,8 +45,9 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods);
   // A frame for this call (session thread). Takes ownership of `message`.
   void OnFrame(const shm::ReceivedMessage& message);
-  // Ends the call locally with `status` unless it already has one.
-  void Abort(const grpc::Status& status, bool tell_server);
+  // Ends the call locally with `status` unless it already has one; true
+  // when this ended it.
+  bool Abort(const grpc::Status& status, bool tell_server);
   // gRPC destroyed the RPC: stop timers, unregister, return held blocks.
   void Finish();
 

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "google/protobuf/descriptor.h"
@@ -18,9 +19,43 @@ ClientCore::~ClientCore() {
   std::shared_ptr<Session> session;
   {
     std::lock_guard<std::mutex> lock(session_mu_);
+    stopping_ = true;
     session = std::move(session_);
   }
+  session_down_.notify_all();
+  if (reconnect_thread_.joinable()) reconnect_thread_.join();
   if (session) session->Shutdown();
+}
+
+void ClientCore::Start() {
+  if (shm_path_.empty()) return;  // not a unix target: always plain
+  Connect().IgnoreError();         // no shm yet: calls go plain meanwhile
+  reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
+}
+
+void ClientCore::ReconnectLoop() {
+  absl::Duration backoff = options_.reconnect_backoff_initial;
+  std::unique_lock<std::mutex> lock(session_mu_);
+  while (!stopping_) {
+    if (session_ && session_->alive()) {
+      backoff = options_.reconnect_backoff_initial;
+      session_down_.wait(lock, [&] {
+        return stopping_ || !session_ || !session_->alive();
+      });
+      continue;
+    }
+    // Wait first: a server that just died is rarely back within 0 ms, and
+    // this keeps a crash loop from turning into a connect storm.
+    session_down_.wait_for(lock, absl::ToChronoNanoseconds(backoff),
+                           [&] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    const absl::Status connected = Connect();
+    lock.lock();
+    if (!connected.ok()) {
+      backoff = std::min(backoff * 2, options_.reconnect_backoff_max);
+    }
+  }
 }
 
 absl::Status ClientCore::Connect() {
@@ -36,19 +71,34 @@ absl::Status ClientCore::Connect() {
     return handshaken.status();
   }
   std::weak_ptr<ClientCore> weak = weak_from_this();
+  // The closed handler learns which session closed through a weak pointer
+  // filled in right after Start (the session cannot close before it knows
+  // itself: OnClosed only needs it for counting).
+  auto self = std::make_shared<std::weak_ptr<Session>>();
   std::shared_ptr<Session> session = Session::Start(
       std::move(*handshaken),
       [weak](const shm::ReceivedMessage& message) {
         if (auto core = weak.lock()) core->OnFrame(message);
       },
-      [weak](const absl::Status& status) {
-        if (auto core = weak.lock()) core->OnClosed(status);
+      [weak, self](const absl::Status& status) {
+        if (auto core = weak.lock()) core->OnClosed(self->lock(), status);
       });
+  *self = session;
   std::shared_ptr<Session> replaced;
   {
     std::lock_guard<std::mutex> lock(session_mu_);
+    if (stopping_) {
+      session->Shutdown();
+      return absl::CancelledError("channel is being destroyed");
+    }
     replaced = std::exchange(session_, session);
+    if (replaced) {
+      const InlineStats old = replaced->inline_stats();
+      closed_sessions_inline_.arena_full += old.arena_full;
+      closed_sessions_inline_.too_large += old.too_large;
+    }
   }
+  sessions_opened_.fetch_add(1, std::memory_order_relaxed);
   if (replaced) replaced->Shutdown();
   return absl::OkStatus();
 }
@@ -96,8 +146,12 @@ bool ClientCore::IsProtobufMethod(const char* method) {
   return known;
 }
 
-uint64_t ClientCore::Register(const std::shared_ptr<ClientCall>& call) {
+uint64_t ClientCore::Register(const std::shared_ptr<ClientCall>& call,
+                              const Session& session) {
   std::lock_guard<std::mutex> lock(calls_mu_);
+  // A session marks itself dead before OnClosed takes calls_mu_ to abort
+  // the registered calls, so a call either is aborted there or sees this.
+  if (!session.alive()) return 0;
   const uint64_t id = next_stream_id_++;
   calls_.emplace(id, call);
   return id;
@@ -127,18 +181,30 @@ void ClientCore::OnFrame(const shm::ReceivedMessage& message) {
   if (std::shared_ptr<Session> s = session()) s->Release(message);
 }
 
-void ClientCore::OnClosed(const absl::Status& status) {
+void ClientCore::OnClosed(const std::shared_ptr<Session>& session,
+                          const absl::Status& status) {
   ShmLog("client session to ", shm_path_, " closed: ", status.ToString());
+  sessions_closed_.fetch_add(1, std::memory_order_relaxed);
+  if (session) {
+    blocks_reclaimed_.fetch_add(session->blocks_reclaimed(),
+                                std::memory_order_relaxed);
+  }
   std::vector<std::shared_ptr<ClientCall>> calls;
   {
     std::lock_guard<std::mutex> lock(calls_mu_);
     for (auto& [id, call] : calls_) calls.push_back(call);
   }
   for (auto& call : calls) {
-    call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                             "shm session to the server closed"),
-                /*tell_server=*/false);
+    if (call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "shm session to the server closed"),
+                    /*tell_server=*/false)) {
+      calls_aborted_by_close_.fetch_add(1, std::memory_order_relaxed);
+    }
   }
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);  // pairs with the wait
+  }
+  session_down_.notify_all();
 }
 
 void ClientCore::CountPlain(PlainReason reason) {
@@ -152,6 +218,9 @@ void ClientCore::CountPlain(PlainReason reason) {
     case PlainReason::kTooLarge:
       plain_too_large_.fetch_add(1, std::memory_order_relaxed);
       break;
+    case PlainReason::kArenaFull:
+      plain_arena_full_.fetch_add(1, std::memory_order_relaxed);
+      break;
   }
 }
 
@@ -164,9 +233,26 @@ ClientStats ClientCore::Stats() {
       plain_not_protobuf_.load(std::memory_order_relaxed);
   stats.calls_plain_too_large =
       plain_too_large_.load(std::memory_order_relaxed);
-  if (std::shared_ptr<Session> s = session()) {
-    stats.session_alive = true;
-    stats.session = s->Stats();
+  stats.calls_plain_arena_full =
+      plain_arena_full_.load(std::memory_order_relaxed);
+  stats.sessions_opened = sessions_opened_.load(std::memory_order_relaxed);
+  stats.sessions_closed = sessions_closed_.load(std::memory_order_relaxed);
+  stats.calls_aborted_by_close =
+      calls_aborted_by_close_.load(std::memory_order_relaxed);
+  stats.blocks_reclaimed = blocks_reclaimed_.load(std::memory_order_relaxed);
+  std::shared_ptr<Session> current;
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    current = session_;
+    stats.inline_arena_full = closed_sessions_inline_.arena_full;
+    stats.inline_too_large = closed_sessions_inline_.too_large;
+  }
+  if (current) {
+    const InlineStats now = current->inline_stats();
+    stats.inline_arena_full += now.arena_full;
+    stats.inline_too_large += now.too_large;
+    stats.session_alive = current->alive();
+    stats.session = current->Stats();
   }
   return stats;
 }

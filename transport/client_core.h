@@ -1,7 +1,9 @@
 // ClientCore: what one shm channel shares across its calls.
 //
 // It owns the channel's session to the server's handshake socket (if one
-// could be opened), routes incoming frames to calls by stream id, decides
+// could be opened) and a thread that re-opens it, with exponential backoff,
+// whenever it is down (server restarted, server without shm yet). It routes
+// incoming frames to calls by stream id, decides
 // which methods may be hijacked (only methods named by a generated stub and
 // known to the generated protobuf descriptor pool, so a GenericStub's
 // ByteBuffer call never is), and counts what went where. Thread-safe.
@@ -9,10 +11,12 @@
 #define SHMGRPC_TRANSPORT_CLIENT_CORE_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "absl/status/status.h"
@@ -25,9 +29,19 @@ class ClientCall;
 
 struct ClientStats {
   uint64_t calls_on_shm = 0;
+  // New calls sent over plain gRPC, by reason.
   uint64_t calls_plain_no_session = 0;
   uint64_t calls_plain_not_protobuf = 0;
-  uint64_t calls_plain_too_large = 0;
+  uint64_t calls_plain_too_large = 0;   // request larger than any block
+  uint64_t calls_plain_arena_full = 0;  // request did not fit in free shm
+  // Messages inside shm calls that travelled inline on the socket, by
+  // reason (all sessions so far).
+  uint64_t inline_arena_full = 0;
+  uint64_t inline_too_large = 0;
+  uint64_t sessions_opened = 0;   // the first one included
+  uint64_t sessions_closed = 0;   // peer gone or connection broken
+  uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
+  uint64_t blocks_reclaimed = 0;  // our blocks the gone peer still held
   bool session_alive = false;
   shm::EndpointStats session;  // zero when there is no session
 };
@@ -37,20 +51,22 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   ClientCore(std::string shm_path, Options options);
   ~ClientCore();
 
-  // Opens a session unless one is alive. Unavailable when the server has no
-  // shm socket (the channel then works over plain gRPC).
-  absl::Status Connect();
+  // Tries once to open a session (so the first calls can use it), then
+  // starts the thread that keeps one open. Call once, after construction.
+  void Start();
   // The live session, or nullptr.
   std::shared_ptr<Session> session();
 
   // `method` as ClientRpcInfo::method() gives it (the pointer matters).
   bool IsProtobufMethod(const char* method);
 
-  // Calls register once hijacked and unregister when they end.
-  uint64_t Register(const std::shared_ptr<ClientCall>& call);
+  // Calls register once hijacked and unregister when they end. Returns the
+  // stream id, or 0 when `session` has closed meanwhile (go plain).
+  uint64_t Register(const std::shared_ptr<ClientCall>& call,
+                    const Session& session);
   void Unregister(uint64_t stream_id);
 
-  enum class PlainReason { kNoSession, kNotProtobuf, kTooLarge };
+  enum class PlainReason { kNoSession, kNotProtobuf, kTooLarge, kArenaFull };
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -58,14 +74,24 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   ClientStats Stats();
 
  private:
+  // Opens a session unless one is alive. Unavailable when the server has no
+  // shm socket (the channel then works over plain gRPC).
+  absl::Status Connect();
+  void ReconnectLoop();
   void OnFrame(const shm::ReceivedMessage& message);
-  void OnClosed(const absl::Status& status);
+  void OnClosed(const std::shared_ptr<Session>& session,
+                const absl::Status& status);
 
   const std::string shm_path_;
   const Options options_;
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;
+  bool stopping_ = false;  // guarded by session_mu_
+  std::condition_variable session_down_;  // a close, or stopping_
+  std::thread reconnect_thread_;
+  // Inline counts of sessions already closed (guarded by session_mu_).
+  InlineStats closed_sessions_inline_;
 
   std::mutex calls_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<ClientCall>> calls_;
@@ -77,7 +103,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   std::unordered_map<const char*, bool> generated_methods_;
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
-      plain_not_protobuf_{0}, plain_too_large_{0};
+      plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
+      sessions_opened_{0}, sessions_closed_{0}, calls_aborted_by_close_{0},
+      blocks_reclaimed_{0};
 };
 
 }  // namespace shmgrpc::transport

@@ -16,6 +16,15 @@
 namespace shmgrpc::transport {
 namespace {
 
+// Inline payloads are messages (bounded by max_message_bytes, checked again
+// at the gRPC surface) or small frames; the margin covers a peer whose
+// message limit is a little larger than ours, so an oversize message is a
+// RESOURCE_EXHAUSTED call and not a dropped connection.
+size_t MaxInlineBytes(const Options& options) {
+  return std::max(shm::kDefaultMaxInlineBytes,
+                  options.max_message_bytes + (size_t{1} << 20));
+}
+
 absl::StatusOr<PeerCredentials> ReadPeerCredentials(int sock) {
   ucred cred{};
   socklen_t len = sizeof(cred);
@@ -163,7 +172,7 @@ absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options) {
   result.version = welcome.version;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local->first), local->second, std::move(peer->first),
-      peer->second, sock, options.wait);
+      peer->second, sock, options.wait, MaxInlineBytes(options));
   return result;
 }
 
@@ -225,7 +234,7 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   result.version = version;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local->first), local->second, std::move(peer->first),
-      peer->second, sock, options.wait);
+      peer->second, sock, options.wait, MaxInlineBytes(options));
   return result;
 }
 

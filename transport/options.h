@@ -39,6 +39,11 @@ struct Options {
   size_t max_message_bytes = 4 << 20;
   // Whole handshake, either side.
   absl::Duration handshake_timeout = absl::Seconds(1);
+  // Client: while there is no session (server gone, restarting, or without
+  // shm), retry the handshake after this delay, doubling up to the maximum.
+  // Calls meanwhile use plain gRPC.
+  absl::Duration reconnect_backoff_initial = absl::Milliseconds(50);
+  absl::Duration reconnect_backoff_max = absl::Seconds(2);
   PeerUidPolicy peer_uid_policy = PeerUidPolicy::kSameUid;
 };
 

@@ -1,5 +1,6 @@
 #include "transport/server_call.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/match.h"
@@ -39,6 +40,14 @@ grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
 }
 
 }  // namespace
+
+absl::Time InjectedCall::SendDeadline() const {
+  // A client whose session thread stops reading (stopped, not dead) fills
+  // the ring; the wait is bounded so it cannot hold the completion-queue
+  // thread, and with it every other call, for long.
+  constexpr absl::Duration kMaxRingFullWait = absl::Seconds(5);
+  return std::min(deadline_, absl::Now() + kMaxRingFullWait);
+}
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session,
                            uint64_t stream_id, grpc::GenericStub* stub,
@@ -145,8 +154,8 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
   }
   self_ = shared_from_this();
   if (headers->deadline_unix_nanos != 0) {
-    context_.set_deadline(
-        absl::ToChronoTime(absl::FromUnixNanos(headers->deadline_unix_nanos)));
+    deadline_ = absl::FromUnixNanos(headers->deadline_unix_nanos);
+    context_.set_deadline(absl::ToChronoTime(deadline_));
   }
   if (!headers->authority.empty()) context_.set_authority(headers->authority);
   for (const auto& [key, value] : headers->metadata) {
@@ -226,7 +235,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           session_
               ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
                           codec::EncodeMetadata(metadata),
-                          absl::InfiniteFuture())
+                          SendDeadline())
               .IgnoreError();  // a gone session cancels the call anyway
         }
         ++outstanding_ops_;
@@ -242,7 +251,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         if (ok) {
           absl::Status sent =
               session_->SendByteBuffer(stream_id_, response_,
-                                       absl::InfiniteFuture());
+                                       SendDeadline());
           response_.Clear();
           if (!sent.ok()) {
             ShmLog("stream ", stream_id_, ": response not sent: ",
@@ -284,11 +293,11 @@ void InjectedCall::SendUnaryReplyLocked() {
   }
   session_
       ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
-                  codec::EncodeMetadata(metadata), absl::InfiniteFuture())
+                  codec::EncodeMetadata(metadata), SendDeadline())
       .IgnoreError();  // a gone client needs no reply
   if (status_.ok()) {
     absl::Status sent =
-        session_->SendByteBuffer(stream_id_, response_, absl::InfiniteFuture());
+        session_->SendByteBuffer(stream_id_, response_, SendDeadline());
     if (!sent.ok()) {
       status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                              std::string(sent.message()));
@@ -311,7 +320,7 @@ void InjectedCall::SendStatusAndFinish() {
   }
   session_
       ->SendFrame(codec::FrameType::kStatus, stream_id_,
-                  codec::EncodeCallStatus(status), absl::InfiniteFuture())
+                  codec::EncodeCallStatus(status), SendDeadline())
       .IgnoreError();  // a gone client needs no status
   std::shared_ptr<InjectedCall> done;  // released after the lock
   std::lock_guard<std::mutex> lock(mu_);

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <string>
 
+#include "absl/time/time.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -75,6 +76,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void SendStatusAndFinish();
   // Unary: initial metadata and (if OK) the response, before the status.
   void SendUnaryReplyLocked();
+  // How long a send to the client may wait for a ring slot.
+  absl::Time SendDeadline() const;
 
   const std::shared_ptr<Session> session_;
   const uint64_t stream_id_;
@@ -94,6 +97,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // Unary fast path.
   bool unary_ = false;
   std::string method_;
+  absl::Time deadline_ = absl::InfiniteFuture();  // the client's, if any
   bool have_unary_request_ = false;
   shm::ReceivedMessage unary_request_;
   std::unique_ptr<grpc::GenericClientAsyncResponseReader> unary_call_;

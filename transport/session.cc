@@ -65,6 +65,10 @@ void Session::Run() {
     on_frame_(*message);
   }
   alive_.store(false, std::memory_order_release);
+  // Let the peer see the end too (a protocol error ends only this side's
+  // loop otherwise), then take back every block the peer still held.
+  ::shutdown(endpoint_->socket(), SHUT_RDWR);
+  blocks_reclaimed_.store(endpoint_->ReclaimAll(), std::memory_order_release);
   on_closed_(closed);
 }
 
@@ -79,21 +83,46 @@ absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
   if (!alive()) return absl::UnavailableError("shm session is closed");
   shm::Descriptor descriptor{shm::kNoPayload, 0,
                              static_cast<uint16_t>(type), flags, stream, 0};
-  shm::Block block;
-  if (size > 0) {
-    absl::StatusOr<shm::Block> allocated = endpoint_->Allocate(size, stream);
-    if (!allocated.ok()) return allocated.status();
-    block = *allocated;
-    if (absl::Status filled = fill(block.data); !filled.ok()) {
-      endpoint_->FreeUnsent(block).IgnoreError();
+  if (size == 0) return endpoint_->Send(descriptor, deadline);
+  absl::StatusOr<shm::Block> block = endpoint_->Allocate(size, stream);
+  if (block.ok()) {
+    if (absl::Status filled = fill(block->data); !filled.ok()) {
+      endpoint_->FreeUnsent(*block).IgnoreError();
       return filled;
     }
-    descriptor.offset = block.offset;
+    descriptor.offset = block->offset;
     descriptor.length = static_cast<uint32_t>(size);
+    absl::Status sent = endpoint_->Send(descriptor, deadline);
+    if (!sent.ok()) endpoint_->FreeUnsent(*block).IgnoreError();
+    return sent;
   }
-  absl::Status sent = endpoint_->Send(descriptor, deadline);
-  if (!sent.ok() && size > 0) endpoint_->FreeUnsent(block).IgnoreError();
-  return sent;
+  if (block.status().code() != absl::StatusCode::kResourceExhausted) {
+    return block.status();
+  }
+  // No shared memory for it: the bytes take the socket, the descriptor keeps
+  // its place in the ring.
+  (size > endpoint_->max_payload_bytes() ? inline_too_large_
+                                         : inline_arena_full_)
+      .fetch_add(1, std::memory_order_relaxed);
+  std::string heap(size, '\0');
+  if (absl::Status filled = fill(reinterpret_cast<uint8_t*>(heap.data()));
+      !filled.ok()) {
+    return filled;
+  }
+  return endpoint_->SendInline(descriptor, heap.data(), heap.size(), deadline);
+}
+
+InlineStats Session::inline_stats() const {
+  InlineStats stats;
+  stats.arena_full = inline_arena_full_.load(std::memory_order_relaxed);
+  stats.too_large = inline_too_large_.load(std::memory_order_relaxed);
+  return stats;
+}
+
+bool Session::LikelyFits(size_t bytes) {
+  if (bytes > endpoint_->max_payload_bytes()) return false;
+  // One block header of slack; a large block also needs a contiguous run.
+  return endpoint_->FreeBytes() >= bytes + 64;
 }
 
 absl::Status Session::SendMessage(uint64_t stream,

@@ -5,11 +5,14 @@
 // Release() on it, from any thread, when done). Frames with an unknown type
 // are logged, released and skipped; a hostile descriptor is logged and
 // skipped (the endpoint keeps working). When the peer goes away or
-// Shutdown() is called, the thread calls `on_closed` once and exits.
+// Shutdown() is called, the thread shuts the socket down, frees every block
+// of this side's arena the peer still held, calls `on_closed` once and exits.
 //
 // Sends are thread-safe. Messages are serialized in place into a block of
-// this side's arena; a payload that cannot get shared memory is
-// ResourceExhausted (issue 4 adds the inline path).
+// this side's arena. A payload that cannot get a block (arena full, or larger
+// than any block) is serialized to the heap and sent inline on the socket, in
+// order with the rest of its stream; the next payload tries shared memory
+// again, so traffic returns to it as soon as blocks free up.
 #ifndef SHMGRPC_TRANSPORT_SESSION_H_
 #define SHMGRPC_TRANSPORT_SESSION_H_
 
@@ -29,6 +32,12 @@
 #include "transport/handshake.h"
 
 namespace shmgrpc::transport {
+
+// Payloads a session sent inline, by reason.
+struct InlineStats {
+  uint64_t arena_full = 0;  // a block would fit, but none was free
+  uint64_t too_large = 0;   // larger than the largest block
+};
 
 class Session {
  public:
@@ -63,6 +72,15 @@ class Session {
   bool alive() const { return alive_.load(std::memory_order_acquire); }
   const PeerCredentials& peer() const { return peer_; }
   shm::EndpointStats Stats() const { return endpoint_->Stats(); }
+  InlineStats inline_stats() const;
+  // Blocks of this side's arena the peer still held when the session closed
+  // (all freed then); 0 while alive.
+  uint64_t blocks_reclaimed() const {
+    return blocks_reclaimed_.load(std::memory_order_acquire);
+  }
+  // True when `bytes` of payload would likely get a block now (a snapshot:
+  // the send itself still falls back inline if the space is gone).
+  bool LikelyFits(size_t bytes);
 
   // Closes the connection; waits for the session thread unless called from
   // it. Idempotent.
@@ -83,6 +101,8 @@ class Session {
   ClosedHandler on_closed_;
   std::atomic<bool> alive_{true};
   std::atomic<bool> shutdown_{false};
+  std::atomic<uint64_t> inline_arena_full_{0}, inline_too_large_{0},
+      blocks_reclaimed_{0};
   std::thread thread_;
 };
 

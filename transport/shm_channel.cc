@@ -51,9 +51,7 @@ std::shared_ptr<grpc::Channel> CreateChannel(const std::string& target,
   const std::string path = UnixPathOf(target);
   auto core = std::make_shared<transport::ClientCore>(
       path.empty() ? "" : path + ".shm", options);
-  if (!path.empty()) {
-    core->Connect().IgnoreError();  // no shm: every call goes plain
-  }
+  core->Start();
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
       factories;

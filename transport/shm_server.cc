@@ -183,6 +183,15 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
     for (auto& [id, call] : s->calls) calls.push_back(call);
   }
   for (auto& call : calls) call->Cancel();
+  sessions_closed_.fetch_add(1, std::memory_order_relaxed);
+  calls_cancelled_by_close_.fetch_add(calls.size(), std::memory_order_relaxed);
+  blocks_reclaimed_.fetch_add(s->session->blocks_reclaimed(),
+                              std::memory_order_relaxed);
+  const transport::InlineStats inline_stats = s->session->inline_stats();
+  closed_inline_arena_full_.fetch_add(inline_stats.arena_full,
+                                      std::memory_order_relaxed);
+  closed_inline_too_large_.fetch_add(inline_stats.too_large,
+                                     std::memory_order_relaxed);
   // Forget the session: its arenas are unmapped once the cancelled calls
   // and the session thread let go of it.
   std::lock_guard<std::mutex> lock(mu_);
@@ -246,9 +255,18 @@ ServerStats ShmServer::Stats() {
   stats.sessions_accepted = sessions_accepted_.load();
   stats.handshakes_refused = handshakes_refused_.load();
   stats.calls_injected = calls_injected_.load();
+  stats.sessions_closed = sessions_closed_.load();
+  stats.calls_cancelled_by_close = calls_cancelled_by_close_.load();
+  stats.blocks_reclaimed = blocks_reclaimed_.load();
+  stats.inline_arena_full = closed_inline_arena_full_.load();
+  stats.inline_too_large = closed_inline_too_large_.load();
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& s : sessions_) {
     if (s->session->alive()) ++stats.sessions_open;
+    const transport::InlineStats inline_stats = s->session->inline_stats();
+    stats.inline_arena_full += inline_stats.arena_full;
+    stats.inline_too_large += inline_stats.too_large;
+    stats.blocks_in_use += s->session->Stats().arena.blocks_in_use;
     std::lock_guard<std::mutex> session_lock(s->mu);
     stats.calls_active += s->calls.size();
   }

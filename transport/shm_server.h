@@ -38,8 +38,17 @@ struct ServerStats {
   uint64_t sessions_accepted = 0;
   uint64_t handshakes_refused = 0;  // junk, timeouts, versions, policy
   uint64_t sessions_open = 0;
+  uint64_t sessions_closed = 0;     // client gone or connection broken
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
+  uint64_t calls_cancelled_by_close = 0;  // live when their client went
+  // Responses that travelled inline on the socket, by reason.
+  uint64_t inline_arena_full = 0;
+  uint64_t inline_too_large = 0;
+  // Blocks of the server's arenas: held by open sessions' clients now, and
+  // taken back from clients that went away.
+  uint64_t blocks_in_use = 0;
+  uint64_t blocks_reclaimed = 0;
 };
 
 class ShmServer {
@@ -86,7 +95,9 @@ class ShmServer {
   std::vector<std::shared_ptr<ServerSession>> sessions_;  // open sessions
 
   std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
-      calls_injected_{0};
+      calls_injected_{0}, sessions_closed_{0}, calls_cancelled_by_close_{0},
+      blocks_reclaimed_{0}, closed_inline_arena_full_{0},
+      closed_inline_too_large_{0};
 };
 
 }  // namespace shmgrpc

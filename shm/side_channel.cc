@@ -1,0 +1,204 @@
+#include "shm/side_channel.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace shmgrpc::shm {
+namespace {
+
+constexpr uint8_t kDoorbellToken = 0x01;
+constexpr uint8_t kRecordToken = 0x02;
+constexpr size_t kReadChunkBytes = 64 * 1024;
+
+absl::Status SocketError(absl::string_view what, int err) {
+  if (err == EPIPE || err == ECONNRESET || err == ENOTCONN) {
+    return absl::UnavailableError(
+        absl::StrCat(what, ": peer closed (", strerror(err), ")"));
+  }
+  return absl::InternalError(absl::StrCat(what, ": ", strerror(err)));
+}
+
+int PollMillis(absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return -1;
+  if (d <= absl::ZeroDuration()) return 0;
+  return static_cast<int>(std::min<int64_t>(
+      absl::ToInt64Milliseconds(d + absl::Nanoseconds(999999)), 1 << 30));
+}
+
+}  // namespace
+
+absl::Status SideChannel::Ring() {
+  const uint8_t byte = kDoorbellToken;
+  for (;;) {
+    const ssize_t n = send(sock_, &byte, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == 1) return absl::OkStatus();
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return absl::OkStatus();
+    }
+    return SocketError("doorbell send", errno);
+  }
+}
+
+absl::Status SideChannel::SendRecord(const void* data, size_t len,
+                                     absl::Duration stall_timeout) {
+  if (len > max_record_bytes_ || len > UINT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inline record of ", len, " bytes exceeds the limit of ",
+                     max_record_bytes_));
+  }
+  uint8_t header[5] = {kRecordToken};
+  const uint32_t len32 = static_cast<uint32_t>(len);
+  for (int i = 0; i < 4; ++i) header[1 + i] = (len32 >> (8 * i)) & 0xff;
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<void*>(data), len}};
+  int iov_first = 0;
+  while (iov_first < 2) {
+    msghdr msg{};
+    msg.msg_iov = iov + iov_first;
+    msg.msg_iovlen = 2 - iov_first;
+    const ssize_t n = sendmsg(sock_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        return SocketError("inline record send", errno);
+      }
+      pollfd pfd{sock_, POLLOUT, 0};
+      const int ready = poll(&pfd, 1, PollMillis(stall_timeout));
+      if (ready == 0) {
+        return absl::DeadlineExceededError(
+            "peer read nothing of an inline record within the stall timeout");
+      }
+      if (ready > 0 && (pfd.revents & (POLLHUP | POLLERR)) != 0) {
+        return absl::UnavailableError("peer closed during an inline record");
+      }
+      continue;
+    }
+    size_t sent = static_cast<size_t>(n);
+    while (iov_first < 2 && sent >= iov[iov_first].iov_len) {
+      sent -= iov[iov_first].iov_len;
+      ++iov_first;
+    }
+    if (iov_first < 2) {
+      iov[iov_first].iov_base = static_cast<char*>(iov[iov_first].iov_base) + sent;
+      iov[iov_first].iov_len -= sent;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SideChannel::Parse(const uint8_t* data, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    switch (state_) {
+      case ParseState::kToken:
+        if (data[i] == kDoorbellToken) {
+          ++i;
+          break;
+        }
+        if (data[i] != kRecordToken) {
+          return absl::DataLossError(absl::StrCat(
+              "garbage byte 0x", absl::Hex(data[i]), " on the side channel"));
+        }
+        ++i;
+        state_ = ParseState::kLength;
+        length_have_ = 0;
+        break;
+      case ParseState::kLength: {
+        length_bytes_[length_have_++] = data[i++];
+        if (length_have_ < 4) break;
+        uint32_t record_len = 0;
+        for (int b = 0; b < 4; ++b) {
+          record_len |= uint32_t{length_bytes_[b]} << (8 * b);
+        }
+        if (record_len > max_record_bytes_) {
+          return absl::DataLossError(
+              absl::StrCat("inline record of ", record_len,
+                           " bytes exceeds the limit of ", max_record_bytes_));
+        }
+        partial_ = std::make_shared<std::string>(record_len, '\0');
+        body_have_ = 0;
+        state_ = ParseState::kBody;
+        break;
+      }
+      case ParseState::kBody: {
+        const size_t take = std::min(len - i, partial_->size() - body_have_);
+        if (take > 0) {
+          std::memcpy(partial_->data() + body_have_, data + i, take);
+        }
+        body_have_ += take;
+        i += take;
+        break;
+      }
+    }
+    if (state_ == ParseState::kBody && body_have_ == partial_->size()) {
+      buffered_bytes_ += partial_->size();
+      if (buffered_bytes_ > 2 * max_record_bytes_ + kReadChunkBytes) {
+        return absl::DataLossError(
+            "peer sent inline records no descriptor asked for");
+      }
+      records_.push_back(std::move(partial_));
+      state_ = ParseState::kToken;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SideChannel::ReadAvailable() {
+  uint8_t chunk[kReadChunkBytes];
+  for (;;) {
+    const ssize_t n = recv(sock_, chunk, sizeof(chunk), MSG_DONTWAIT);
+    if (n > 0) return Parse(chunk, static_cast<size_t>(n));
+    if (n == 0) return absl::UnavailableError("peer closed the connection");
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return absl::OkStatus();
+    return SocketError("side channel recv", errno);
+  }
+}
+
+absl::Status SideChannel::Wait(absl::Duration timeout) {
+  pollfd pfd{sock_, POLLIN, 0};
+  timespec ts = absl::ToTimespec(std::max(timeout, absl::ZeroDuration()));
+  const int ready = ppoll(
+      &pfd, 1, timeout == absl::InfiniteDuration() ? nullptr : &ts, nullptr);
+  if (ready <= 0) return absl::OkStatus();  // timeout or EINTR
+  return ReadAvailable();
+}
+
+absl::StatusOr<std::shared_ptr<const std::string>> SideChannel::TakeRecord(
+    size_t expected_bytes) {
+  while (records_.empty()) {
+    pollfd pfd{sock_, POLLIN, 0};
+    if (poll(&pfd, 1, -1) < 0 && errno != EINTR) {
+      return SocketError("side channel poll", errno);
+    }
+    if (absl::Status read = ReadAvailable(); !read.ok()) return read;
+  }
+  std::shared_ptr<const std::string> record = std::move(records_.front());
+  records_.pop_front();
+  buffered_bytes_ -= record->size();
+  if (record->size() != expected_bytes) {
+    return absl::DataLossError(absl::StrCat(
+        "inline record of ", record->size(), " bytes where the descriptor said ",
+        expected_bytes));
+  }
+  return record;
+}
+
+absl::Status SideChannel::CheckPeer() {
+  pollfd pfd{sock_, POLLIN, 0};
+  if (poll(&pfd, 1, 0) <= 0) return absl::OkStatus();
+  if ((pfd.revents & (POLLHUP | POLLERR)) != 0) {
+    return absl::UnavailableError("peer closed the connection");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shmgrpc::shm
