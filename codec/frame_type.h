@@ -18,6 +18,9 @@ enum class FrameType : uint16_t {
   kHalfClose = 4,        // client -> server: no more requests
   kStatus = 5,           // server -> client: status + trailing metadata
   kCancel = 6,           // client -> server: the client gave up
+  kWindowUpdate = 7,     // both ways, streams only: the receiver consumed
+                         // messages; no payload, the credit is in `aux`
+                         // (see transport/flow_window.h)
 };
 
 // Descriptor flags on a kCallHeaders frame.
@@ -26,7 +29,7 @@ inline constexpr uint16_t kUnaryCallFlag = 1;  // one request, then half-close
 // True for the values above; anything else from a peer is a protocol error.
 inline bool IsKnownFrameType(uint16_t type) {
   return type >= static_cast<uint16_t>(FrameType::kCallHeaders) &&
-         type <= static_cast<uint16_t>(FrameType::kCancel);
+         type <= static_cast<uint16_t>(FrameType::kWindowUpdate);
 }
 
 }  // namespace shmgrpc::codec

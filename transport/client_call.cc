@@ -133,15 +133,27 @@ bool ClientCall::DecideHijack(Batch* m) {
       return false;
     }
   }
-  stream_id_ = core_->Register(shared_from_this(), *session);
-  if (stream_id_ == 0) {
-    core_->CountPlain(ClientCore::PlainReason::kNoSession);
-    return false;
-  }
-  session_ = std::move(session);
+  // Everything Abort() may touch is set before Register() publishes the
+  // call to the session thread.
   const auto deadline = info_->client_context()->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     deadline_ = absl::FromChrono(deadline);
+  }
+  if (info_->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) {
+    const Options& options = core_->options();
+    send_window_ = std::make_unique<SendWindow>(
+        options.stream_window_bytes, options.stream_window_messages);
+    receive_window_ = std::make_unique<ReceiveWindow>(
+        options.stream_window_bytes, options.stream_window_messages);
+  }
+  session_ = session;
+  stream_id_ = core_->Register(shared_from_this(), *session);
+  if (stream_id_ == 0) {
+    session_ = nullptr;
+    send_window_ = nullptr;
+    receive_window_ = nullptr;
+    core_->CountPlain(ClientCore::PlainReason::kNoSession);
+    return false;
   }
   core_->CountShm();
   return true;
@@ -221,7 +233,14 @@ void ClientCall::SendMessage(Batch* m) {
                              "Sent message larger than max (", size, " vs. ",
                              max_bytes, ")")));
     }
+    if (send_window_) {
+      if (absl::Status room = send_window_->WaitForRoom(deadline_);
+          !room.ok()) {
+        return FailSend(m, room);
+      }
+    }
     sent = session_->SendMessage(stream_id_, message, size, deadline_);
+    if (sent.ok() && send_window_) send_window_->OnSent(size);
   } else {
     const grpc::ByteBuffer* buffer = m->GetSerializedSendMessage();
     if (buffer->Length() > max_bytes) {
@@ -229,7 +248,14 @@ void ClientCall::SendMessage(Batch* m) {
                              "Sent message larger than max (",
                              buffer->Length(), " vs. ", max_bytes, ")")));
     }
+    if (send_window_) {
+      if (absl::Status room = send_window_->WaitForRoom(deadline_);
+          !room.ok()) {
+        return FailSend(m, room);
+      }
+    }
     sent = session_->SendByteBuffer(stream_id_, *buffer, deadline_);
+    if (sent.ok() && send_window_) send_window_->OnSent(buffer->Length());
   }
   if (!sent.ok()) FailSend(m, sent);
 }
@@ -293,6 +319,14 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
         absl::Status parsed = codec::ParseFrom(
             c.message.data, c.message.descriptor.length, out);
         session_->Release(c.message);
+        if (receive_window_) {
+          if (std::optional<Credit> credit =
+                  receive_window_->OnConsumed(c.message.descriptor.length)) {
+            // Best effort: a gone session ends the call anyway.
+            session_->SendCredit(stream_id_, EncodeCredit(*credit), deadline_)
+                .IgnoreError();
+          }
+        }
         if (!parsed.ok()) {
           parse_error = grpc::Status(grpc::StatusCode::INTERNAL,
                                      std::string(parsed.message()));
@@ -377,6 +411,11 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
       TakeReadyLocked(&ready);
       break;
     }
+    case codec::FrameType::kWindowUpdate:
+      if (send_window_) {
+        send_window_->OnCredit(DecodeCredit(message.descriptor.aux));
+      }
+      return;
     default:  // not a server-to-client frame
       session_->Release(message);
       return;
@@ -395,6 +434,7 @@ bool ClientCall::Abort(const grpc::Status& status, bool tell_server) {
     unread.swap(messages_);
     TakeReadyLocked(&ready);
   }
+  if (send_window_) send_window_->Close();
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();
   Complete(ready);
@@ -430,6 +470,7 @@ void ClientCall::Finish() {
     tell_server = !finished_;  // the app dropped a live call
     finished_ = true;
   }
+  if (send_window_) send_window_->Close();
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();
   core_->Unregister(stream_id_);

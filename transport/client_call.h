@@ -15,6 +15,8 @@
 // whichever thread made it ready. Deadlines are enforced with a grpc::Alarm
 // and forwarded to the server; TryCancel, a gone session, an oversize
 // message all end the call with the matching status and tell the server.
+// Streaming calls are flow controlled (flow_window.h): a Write waits while
+// the server's application is behind by a window.
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 #define SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 
@@ -34,6 +36,7 @@
 #include "grpcpp/support/status.h"
 #include "shm/endpoint.h"
 #include "transport/client_core.h"
+#include "transport/flow_window.h"
 
 namespace shmgrpc::transport {
 
@@ -91,6 +94,9 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // Serialized size of the first batch's message, computed by DecideHijack.
   std::optional<size_t> first_message_size_;
   std::unique_ptr<grpc::Alarm> alarm_;
+  // Streaming calls only (null for unary): flow control both ways.
+  std::unique_ptr<SendWindow> send_window_;
+  std::unique_ptr<ReceiveWindow> receive_window_;
 
   std::mutex mu_;
   std::deque<shm::ReceivedMessage> messages_;  // received, not yet read

@@ -37,6 +37,12 @@ struct Options {
   // Largest message sent or received, as gRPC's default (4 MiB). Bigger is
   // RESOURCE_EXHAUSTED, as with a plain channel.
   size_t max_message_bytes = 4 << 20;
+  // Streaming calls, per stream and direction: at most this many messages
+  // or bytes sent and not yet consumed by the receiving application; a
+  // writer beyond that waits (bounded by the call's deadline), as gRPC's own
+  // flow control would make it. Unary calls are not limited.
+  size_t stream_window_bytes = 1 << 20;
+  uint32_t stream_window_messages = 64;
   // Whole handshake, either side.
   absl::Duration handshake_timeout = absl::Seconds(1);
   // Client: while there is no session (server gone, restarting, or without

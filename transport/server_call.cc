@@ -51,13 +51,16 @@ absl::Time InjectedCall::SendDeadline() const {
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session,
                            uint64_t stream_id, grpc::GenericStub* stub,
-                           grpc::CompletionQueue* cq,
+                           grpc::CompletionQueue* cq, uint64_t window_bytes,
+                           uint64_t window_messages,
                            std::function<void(uint64_t)> on_done)
     : session_(std::move(session)),
       stream_id_(stream_id),
       stub_(stub),
       cq_(cq),
-      on_done_(std::move(on_done)) {}
+      on_done_(std::move(on_done)),
+      send_window_(window_bytes, window_messages),
+      receive_window_(window_bytes, window_messages) {}
 
 InjectedCall::~InjectedCall() {
   for (const shm::ReceivedMessage& request : requests_) {
@@ -96,12 +99,19 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         MaybeWriteLocked();
       }
       break;
+    case codec::FrameType::kWindowUpdate:
+      send_window_.OnCredit(DecodeCredit(message.descriptor.aux));
+      if (read_paused_ && send_window_.HasRoom()) {
+        read_paused_ = false;
+        ReadNextResponseLocked();
+      }
+      break;
     case codec::FrameType::kCancel:
       if (unary_ && unary_call_ == nullptr && !finished_) {
         send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
                                             "Cancelled by the client");
       } else {
-        context_.TryCancel();
+        CancelLocked();
       }
       break;
     default:
@@ -192,6 +202,7 @@ void InjectedCall::MaybeWriteLocked() {
   if (!requests_.empty() && !write_failed_) {
     shm::ReceivedMessage request = requests_.front();
     requests_.pop_front();
+    writing_bytes_ = request.descriptor.length;
     grpc::ByteBuffer buffer = WrapRequest(session_, request);
     writing_ = true;
     ++outstanding_ops_;
@@ -204,6 +215,17 @@ void InjectedCall::MaybeWriteLocked() {
     ++outstanding_ops_;
     call_->WritesDone(&write_tag_);
   }
+}
+
+void InjectedCall::ReadNextResponseLocked() {
+  // A cancelled call reads on regardless: the read fails at once and leads
+  // to Finish, so a paused read can never keep the call alive.
+  if (!send_window_.HasRoom() && !cancelled_) {
+    read_paused_ = true;
+    return;
+  }
+  ++outstanding_ops_;
+  call_->Read(&response_, &read_tag_);
 }
 
 void InjectedCall::OnCompletion(Op op, bool ok) {
@@ -238,34 +260,46 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
                           SendDeadline())
               .IgnoreError();  // a gone session cancels the call anyway
         }
-        ++outstanding_ops_;
         if (ok) {
-          call_->Read(&response_, &read_tag_);
+          ReadNextResponseLocked();
         } else {
+          ++outstanding_ops_;
           call_->Finish(&status_, &finish_tag_);
         }
         break;
       }
       case Op::kRead:
-        ++outstanding_ops_;
         if (ok) {
+          const size_t bytes = response_.Length();
           absl::Status sent =
               session_->SendByteBuffer(stream_id_, response_,
                                        SendDeadline());
           response_.Clear();
-          if (!sent.ok()) {
+          if (sent.ok()) {
+            send_window_.OnSent(bytes);
+          } else {
             ShmLog("stream ", stream_id_, ": response not sent: ",
                    sent.message());
-            context_.TryCancel();
+            CancelLocked();
           }
-          call_->Read(&response_, &read_tag_);
+          ReadNextResponseLocked();
         } else {
+          ++outstanding_ops_;
           call_->Finish(&status_, &finish_tag_);
         }
         break;
       case Op::kWrite:
         writing_ = false;
         if (!ok) write_failed_ = true;  // the handler finished early
+        if (ok && !writes_done_sent_) {
+          // The handler's side took the request: credit the client.
+          if (std::optional<Credit> credit =
+                  receive_window_.OnConsumed(writing_bytes_)) {
+            session_->SendCredit(stream_id_, EncodeCredit(*credit),
+                                 SendDeadline())
+                .IgnoreError();  // a gone client needs no credit
+          }
+        }
         if (write_failed_) {
           for (const shm::ReceivedMessage& request : requests_) {
             session_->Release(request);
@@ -353,7 +387,16 @@ void InjectedCall::Cancel() {
     SendStatusAndFinish();
     return;
   }
+  CancelLocked();
+}
+
+void InjectedCall::CancelLocked() {
+  cancelled_ = true;
   context_.TryCancel();
+  if (read_paused_) {
+    read_paused_ = false;
+    ReadNextResponseLocked();
+  }
 }
 
 }  // namespace shmgrpc::transport

@@ -14,6 +14,9 @@
 // verified peer identity is added as x-shmgrpc-peer-{pid,uid,gid} (any such
 // keys the client sent are dropped, so handlers can trust them). A kCancel
 // frame or a dead session cancels the call (the handler sees IsCancelled).
+// Streams are flow controlled both ways (flow_window.h): requests are
+// credited as the handler takes them, and the handler's responses are read
+// only while the client's window has room.
 //
 // Thread-safety: frames arrive on the session thread, completions on CQ
 // threads; all state is under mu_, and no gRPC call is made under it except
@@ -33,6 +36,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "shm/endpoint.h"
+#include "transport/flow_window.h"
 #include "transport/session.h"
 
 namespace shmgrpc::transport {
@@ -47,8 +51,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   };
 
   // `on_done` runs once, after the status went out and every op completed.
+  // `window_*`: the per-stream flow-control window (Options).
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                grpc::GenericStub* stub, grpc::CompletionQueue* cq,
+               uint64_t window_bytes, uint64_t window_messages,
                std::function<void(uint64_t)> on_done);
   ~InjectedCall();
 
@@ -70,6 +76,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // Unary: ends the call before it started (cancel, gone client).
   bool FinishUnstartedLocked(grpc::StatusCode code, const char* why);
   void MaybeWriteLocked();
+  // Streams: reads the handler's next response unless the client's window
+  // is full (then a kWindowUpdate resumes it).
+  void ReadNextResponseLocked();
+  void CancelLocked();
   // Once the status is out and no op is outstanding: reports the call done
   // and hands back the self-reference, to be dropped after unlocking.
   std::shared_ptr<InjectedCall> TakeIfDoneLocked();
@@ -112,6 +122,11 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool status_sent_ = false;
   bool done_ = false;
   std::deque<shm::ReceivedMessage> requests_;  // not yet written
+  uint64_t writing_bytes_ = 0;  // the request being written
+  SendWindow send_window_;        // responses to the client
+  ReceiveWindow receive_window_;  // requests from the client
+  bool read_paused_ = false;      // a response read waits for credit
+  bool cancelled_ = false;
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;
   std::string trace_;

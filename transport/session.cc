@@ -112,6 +112,16 @@ absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
   return endpoint_->SendInline(descriptor, heap.data(), heap.size(), deadline);
 }
 
+absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
+                                 absl::Time deadline) {
+  if (!alive()) return absl::UnavailableError("shm session is closed");
+  const shm::Descriptor descriptor{
+      shm::kNoPayload, 0,
+      static_cast<uint16_t>(codec::FrameType::kWindowUpdate), 0, stream,
+      credit_aux};
+  return endpoint_->Send(descriptor, deadline);
+}
+
 InlineStats Session::inline_stats() const {
   InlineStats stats;
   stats.arena_full = inline_arena_full_.load(std::memory_order_relaxed);

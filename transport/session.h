@@ -63,6 +63,9 @@ class Session {
   absl::Status SendFrame(codec::FrameType type, uint64_t stream,
                          absl::string_view bytes, absl::Time deadline,
                          uint16_t flags = 0);
+  // A kWindowUpdate frame (no payload) carrying `credit_aux`.
+  absl::Status SendCredit(uint64_t stream, uint64_t credit_aux,
+                          absl::Time deadline);
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }

@@ -153,6 +153,7 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
       std::weak_ptr<ServerSession> weak = s;
       call = std::make_shared<InjectedCall>(
           s->session, stream_id, stub_.get(), cq_.get(),
+          options_.stream_window_bytes, options_.stream_window_messages,
           [weak](uint64_t id) {
             if (auto session = weak.lock()) {
               std::shared_ptr<InjectedCall> done;
