@@ -1,10 +1,16 @@
-// echo_client: a separate client process for tests that need several.
+// echo_client: a separate client process for tests that need several, or
+// that kill the client.
 //
-//   echo_client --target=unix:/path [--calls=N] [--size=BYTES]
+//   echo_client --target=unix:/path [--calls=N] [--size=BYTES] [--mode=M]
 //
-// Makes N unary calls over shmgrpc::CreateChannel, checks every reply
-// (payload checksum, sequence, the server-verified peer pid) and exits 0 only
-// if all N succeeded and all went over shared memory.
+// Modes:
+//   unary        (default) N unary calls over shmgrpc::CreateChannel, every
+//                reply checked (checksum, sequence, server-verified peer
+//                pid); exits 0 only if all N succeeded over shared memory.
+//   hang-unary   prints "calling", then makes one unary call the server
+//                never answers (for tests that kill this process mid-call).
+//   stream       bidi ping-pong forever; prints "in-call" after 100 round
+//                trips (for tests that kill this process mid-stream).
 #include <unistd.h>
 
 #include <cstdio>
@@ -17,8 +23,73 @@
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_logic.h"
 
-int main(int argc, char** argv) {
+namespace shmgrpc::test {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
+    "[--mode=unary|hang-unary|stream]\n";
+
+int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
+             size_t size) {
+  for (int i = 0; i < calls; ++i) {
+    EchoRequest request;
+    FillRequest(&request, size, i);
+    EchoResponse response;
+    grpc::ClientContext context;
+    grpc::Status status = stub.Unary(&context, request, &response);
+    if (!status.ok()) {
+      std::fprintf(stderr, "call %d: %s\n", i, status.error_message().c_str());
+      return 1;
+    }
+    if (!PayloadIntact(response) || response.seq() != i ||
+        response.peer_pid() != std::to_string(getpid())) {
+      std::fprintf(stderr, "call %d: wrong reply\n", i);
+      return 1;
+    }
+  }
+  const auto stats = GetChannelStats(&channel);
+  if (stats->calls_on_shm != static_cast<uint64_t>(calls)) {
+    std::fprintf(stderr, "only %lu of %d calls went over shm\n",
+                 static_cast<unsigned long>(stats->calls_on_shm), calls);
+    return 1;
+  }
+  return 0;
+}
+
+int RunHangingUnary(EchoService::Stub& stub) {
+  EchoRequest request;
+  request.set_hang(true);
+  EchoResponse response;
+  grpc::ClientContext context;
+  std::printf("calling\n");
+  std::fflush(stdout);
+  stub.Unary(&context, request, &response);
+  return 1;  // the test kills this process before the call ends
+}
+
+int RunStreamForever(EchoService::Stub& stub, size_t size) {
+  grpc::ClientContext context;
+  auto stream = stub.Bidi(&context);
+  for (int64_t i = 0;; ++i) {
+    EchoRequest request;
+    FillRequest(&request, size, i);
+    EchoResponse response;
+    if (!stream->Write(request) || !stream->Read(&response)) {
+      std::fprintf(stderr, "stream ended at %ld: %s\n", static_cast<long>(i),
+                   stream->Finish().error_message().c_str());
+      return 1;
+    }
+    if (i == 100) {
+      std::printf("in-call\n");
+      std::fflush(stdout);
+    }
+  }
+}
+
+int Main(int argc, char** argv) {
   std::string target;
+  std::string mode = "unary";
   int calls = 100;
   size_t size = 1024;
   for (int i = 1; i < argc; ++i) {
@@ -30,45 +101,30 @@ int main(int argc, char** argv) {
       ok = absl::SimpleAtoi(arg.substr(8), &calls) && calls > 0;
     } else if (absl::StartsWith(arg, "--size=")) {
       ok = absl::SimpleAtoi(arg.substr(7), &size);
+    } else if (absl::StartsWith(arg, "--mode=")) {
+      mode = arg.substr(7);
+      ok = mode == "unary" || mode == "hang-unary" || mode == "stream";
     } else {
       ok = false;
     }
     if (!ok) {
-      std::fprintf(stderr,
-                   "usage: %s --target=unix:/path [--calls=N] [--size=BYTES]\n"
-                   "bad argument: %s\n",
-                   argv[0], arg.c_str());
+      std::fprintf(stderr, kUsage, argv[0]);
+      std::fprintf(stderr, "bad argument: %s\n", arg.c_str());
       return 2;
     }
   }
   if (target.empty()) {
-    std::fprintf(stderr, "usage: %s --target=unix:/path [--calls=N] [--size=BYTES]\n",
-                 argv[0]);
+    std::fprintf(stderr, kUsage, argv[0]);
     return 2;
   }
-  auto channel = shmgrpc::CreateChannel(target);
-  auto stub = shmgrpc::test::EchoService::NewStub(channel);
-  for (int i = 0; i < calls; ++i) {
-    shmgrpc::test::EchoRequest request;
-    shmgrpc::test::FillRequest(&request, size, i);
-    shmgrpc::test::EchoResponse response;
-    grpc::ClientContext context;
-    grpc::Status status = stub->Unary(&context, request, &response);
-    if (!status.ok()) {
-      std::fprintf(stderr, "call %d: %s\n", i, status.error_message().c_str());
-      return 1;
-    }
-    if (!shmgrpc::test::PayloadIntact(response) || response.seq() != i ||
-        response.peer_pid() != std::to_string(getpid())) {
-      std::fprintf(stderr, "call %d: wrong reply\n", i);
-      return 1;
-    }
-  }
-  const auto stats = shmgrpc::GetChannelStats(channel.get());
-  if (stats->calls_on_shm != static_cast<uint64_t>(calls)) {
-    std::fprintf(stderr, "only %lu of %d calls went over shm\n",
-                 static_cast<unsigned long>(stats->calls_on_shm), calls);
-    return 1;
-  }
-  return 0;
+  auto channel = CreateChannel(target);
+  auto stub = EchoService::NewStub(channel);
+  if (mode == "hang-unary") return RunHangingUnary(*stub);
+  if (mode == "stream") return RunStreamForever(*stub, size);
+  return RunUnary(*stub, *channel, calls, size);
 }
+
+}  // namespace
+}  // namespace shmgrpc::test
+
+int main(int argc, char** argv) { return shmgrpc::test::Main(argc, argv); }

@@ -3,9 +3,12 @@
 #ifndef SHMGRPC_TESTS_ECHO_FIXTURE_H_
 #define SHMGRPC_TESTS_ECHO_FIXTURE_H_
 
+#include <chrono>
 #include <memory>
 #include <string>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
 #include "shmgrpc.h"
@@ -13,6 +16,31 @@
 #include "tests/server_process.h"
 
 namespace shmgrpc::test {
+
+// The echo_server's shm counters, fetched over a plain channel (so asking
+// does not change them). Fails the test on error.
+inline ServerStatsReply FetchServerStats(const std::string& target) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = ServerStatsService::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(5));
+  ServerStatsReply reply;
+  const grpc::Status status = stub->Get(&context, StatsRequest(), &reply);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return reply;
+}
+
+// Polls `condition` every 10 ms until it holds or `timeout` passes.
+template <typename Condition>
+bool WaitFor(Condition condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
 
 // `Base` is ::testing::Test or ::testing::TestWithParam<std::string> (the
 // parameter is then the server style).

@@ -73,6 +73,9 @@ EchoResponse ReplyFor(grpc::ServerContextBase* context,
   return response;
 }
 
+int CancellationsSeen() { return cancellations_seen.load(); }
+void CountCancellation() { cancellations_seen.fetch_add(1); }
+
 grpc::Status HandleUnary(grpc::ServerContextBase* context,
                          const EchoRequest& request, EchoResponse* response) {
   if (request.hang()) {

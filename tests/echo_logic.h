@@ -2,6 +2,8 @@
 #ifndef SHMGRPC_TESTS_ECHO_LOGIC_H_
 #define SHMGRPC_TESTS_ECHO_LOGIC_H_
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <memory>
 #include <thread>
@@ -22,6 +24,10 @@ EchoResponse ReplyFor(grpc::ServerContextBase* context,
                       const EchoRequest& request, int index);
 
 bool PayloadIntact(const EchoRequest& request);
+
+// Handlers that saw their call cancelled (hang, or a stream cut off).
+int CancellationsSeen();
+void CountCancellation();
 
 // Fills a request with `size` payload bytes derived from `seq`.
 void FillRequest(EchoRequest* request, size_t size, int64_t seq);
@@ -69,10 +75,12 @@ class SyncEchoService : public EchoService::Service {
       if (!PayloadIntact(request)) {
         return grpc::Status(grpc::StatusCode::DATA_LOSS, "bad checksum");
       }
+      if (request.delay_ms() > 0) usleep(request.delay_ms() * 1000);
       EchoResponse response = ReplyFor(context, request, 0);
       response.set_messages_seen(++seen);
       if (!stream->Write(response)) break;
     }
+    if (context->IsCancelled()) CountCancellation();
     return grpc::Status::OK;
   }
 };

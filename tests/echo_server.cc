@@ -2,20 +2,25 @@
 // separate process, in one of three server styles.
 //
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
+//               [--arena_bytes=N]
 //
 // Listens on unix:<socket> (plain gRPC) and, unless --no-shm, attaches
-// shmgrpc (handshake socket <socket>.shm). Prints "ready" on stdout when
-// both are up. Exits on SIGTERM/SIGINT after shutting down cleanly.
+// shmgrpc (handshake socket <socket>.shm) with an arena of N bytes per
+// session. Also serves ServerStatsService (the shm counters). Prints "ready"
+// on stdout when both are up. Exits on SIGTERM/SIGINT after shutting down
+// cleanly.
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "grpcpp/grpcpp.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
@@ -28,32 +33,68 @@ std::atomic<bool> stop_requested{false};
 
 void OnSignal(int) { stop_requested.store(true); }
 
+class StatsService final : public ServerStatsService::Service {
+ public:
+  void set_shm(ShmServer* shm) {
+    std::lock_guard<std::mutex> lock(mu_);
+    shm_ = shm;
+  }
+  grpc::Status Get(grpc::ServerContext*, const StatsRequest*,
+                   ServerStatsReply* reply) override {
+    reply->set_cancellations_seen(CancellationsSeen());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shm_ == nullptr) return grpc::Status::OK;
+    const ServerStats stats = shm_->Stats();
+    reply->set_sessions_accepted(stats.sessions_accepted);
+    reply->set_handshakes_refused(stats.handshakes_refused);
+    reply->set_sessions_open(stats.sessions_open);
+    reply->set_sessions_closed(stats.sessions_closed);
+    reply->set_calls_injected(stats.calls_injected);
+    reply->set_calls_active(stats.calls_active);
+    reply->set_calls_cancelled_by_close(stats.calls_cancelled_by_close);
+    reply->set_inline_arena_full(stats.inline_arena_full);
+    reply->set_inline_too_large(stats.inline_too_large);
+    reply->set_blocks_in_use(stats.blocks_in_use);
+    reply->set_blocks_reclaimed(stats.blocks_reclaimed);
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::mutex mu_;
+  ShmServer* shm_ = nullptr;  // guarded by mu_
+};
+
+constexpr char kUsage[] =
+    "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
+    "[--arena_bytes=N]\n";
+
 int Main(int argc, char** argv) {
   std::string socket_path;
   std::string style = "sync";
   bool with_shm = true;
+  Options options;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (absl::StartsWith(arg, "--socket=")) {
+    if (absl::StartsWith(arg, "--arena_bytes=")) {
+      if (!absl::SimpleAtoi(arg.substr(14), &options.arena_bytes)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--socket=")) {
       socket_path = arg.substr(9);
     } else if (absl::StartsWith(arg, "--style=")) {
       style = arg.substr(8);
     } else if (arg == "--no-shm") {
       with_shm = false;
     } else {
-      std::fprintf(stderr,
-                   "usage: %s --socket=PATH [--style=sync|callback|async] "
-                   "[--no-shm]\nunknown flag: %s\n",
-                   argv[0], arg.c_str());
+      std::fprintf(stderr, kUsage, argv[0]);
+      std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
       return 2;
     }
   }
   if (socket_path.empty() ||
       (style != "sync" && style != "callback" && style != "async")) {
-    std::fprintf(stderr,
-                 "usage: %s --socket=PATH [--style=sync|callback|async] "
-                 "[--no-shm]\n",
-                 argv[0]);
+    std::fprintf(stderr, kUsage, argv[0]);
     return 2;
   }
   signal(SIGTERM, OnSignal);
@@ -64,7 +105,9 @@ int Main(int argc, char** argv) {
   SyncEchoService sync_service;
   CallbackEchoService callback_service;
   std::unique_ptr<AsyncEchoServer> async_server;
+  StatsService stats_service;
   grpc::ServerBuilder builder;
+  builder.RegisterService(&stats_service);
   builder.AddListeningPort(target, grpc::InsecureServerCredentials());
   builder.SetMaxReceiveMessageSize(-1);
   if (style == "sync") {
@@ -83,16 +126,18 @@ int Main(int argc, char** argv) {
   std::unique_ptr<ShmServer> shm;
   if (with_shm) {
     absl::StatusOr<std::unique_ptr<ShmServer>> started =
-        ShmServer::Start(server.get(), target);
+        ShmServer::Start(server.get(), target, options);
     if (!started.ok()) {
       std::fprintf(stderr, "shm: %s\n", started.status().ToString().c_str());
       return 1;
     }
     shm = std::move(*started);
+    stats_service.set_shm(shm.get());
   }
   std::printf("ready\n");
   std::fflush(stdout);
   while (!stop_requested.load()) usleep(10000);
+  stats_service.set_shm(nullptr);
   if (shm) shm->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (async_server) async_server->Stop();

@@ -43,15 +43,14 @@ std::string RunfilePath(const std::string& relative) {
   return relative;
 }
 
-ServerProcess::ServerProcess(const std::string& style,
-                             std::vector<std::string> extra_args) {
+std::string FreshSocketPath() {
   // Unix socket paths are short (108 bytes), so not under TEST_TMPDIR.
-  socket_path_ = absl::StrCat("/tmp/shmgrpc-", getpid(), "-",
-                              next_socket.fetch_add(1), ".sock");
-  std::vector<std::string> args = {RunfilePath("tests/echo_server"),
-                                   "--socket=" + socket_path_,
-                                   "--style=" + style};
-  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  return absl::StrCat("/tmp/shmgrpc-", getpid(), "-", next_socket.fetch_add(1),
+                      ".sock");
+}
+
+ChildProcess::ChildProcess(std::vector<std::string> args,
+                           const std::string& ready_line) {
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) {
     status_ = absl::InternalError("pipe");
@@ -69,19 +68,20 @@ ServerProcess::ServerProcess(const std::string& style,
   close(out[1]);
   std::string seen;
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (seen.find("ready\n") == std::string::npos) {
+  while (seen.find(ready_line + "\n") == std::string::npos) {
     pollfd pfd{out[0], POLLIN, 0};
     const int left = static_cast<int>(
         absl::ToInt64Milliseconds(deadline - absl::Now()));
     if (left <= 0 || poll(&pfd, 1, left) <= 0) {
-      status_ = absl::DeadlineExceededError("echo_server did not get ready");
+      status_ = absl::DeadlineExceededError(
+          absl::StrCat(args[0], " did not print '", ready_line, "'"));
       break;
     }
     char buf[64];
     const ssize_t n = read(out[0], buf, sizeof(buf));
     if (n <= 0) {
       status_ = absl::UnavailableError(
-          absl::StrCat("echo_server exited early: ", args[0]));
+          absl::StrCat(args[0], " exited before printing '", ready_line, "'"));
       break;
     }
     seen.append(buf, n);
@@ -89,23 +89,45 @@ ServerProcess::ServerProcess(const std::string& style,
   close(out[0]);
 }
 
-ServerProcess::~ServerProcess() {
+ChildProcess::~ChildProcess() {
   if (pid_ > 0) Stop();
 }
 
-int ServerProcess::Kill() {
+int ChildProcess::Kill() {
   if (pid_ <= 0) return -1;
   kill(pid_, SIGKILL);
+  return Wait();
+}
+
+int ChildProcess::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  return Wait();
+}
+
+int ChildProcess::Wait() {
+  if (pid_ <= 0) return -1;
   const int code = WaitPeer(pid_);
   pid_ = -1;
   return code;
 }
 
+ServerProcess::ServerProcess(const std::string& style,
+                             std::vector<std::string> extra_args,
+                             std::string socket_path)
+    : socket_path_(socket_path.empty() ? FreshSocketPath()
+                                       : std::move(socket_path)) {
+  std::vector<std::string> args = {RunfilePath("tests/echo_server"),
+                                   "--socket=" + socket_path_,
+                                   "--style=" + style};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  process_ = std::make_unique<ChildProcess>(std::move(args), "ready");
+}
+
+ServerProcess::~ServerProcess() { Stop(); }
+
 int ServerProcess::Stop() {
-  if (pid_ <= 0) return -1;
-  kill(pid_, SIGTERM);
-  const int code = WaitPeer(pid_);
-  pid_ = -1;
+  const int code = process_->Stop();
   unlink(socket_path_.c_str());
   return code;
 }

@@ -1,12 +1,15 @@
-// ServerProcess: runs tests/echo_server as a separate process for a test.
+// Test binaries run as separate processes.
 //
-// Starts it with a fresh socket path, waits for its "ready" line, and on
-// destruction stops it with SIGTERM (or SIGKILL when asked) and reaps it.
+// ChildProcess runs a program, waits until it prints a given line on stdout,
+// and on destruction stops it with SIGTERM and reaps it.
+// ServerProcess runs tests/echo_server on a fresh (or given) socket path and
+// waits for its "ready" line.
 #ifndef SHMGRPC_TESTS_SERVER_PROCESS_H_
 #define SHMGRPC_TESTS_SERVER_PROCESS_H_
 
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,29 +17,54 @@
 
 namespace shmgrpc::testing {
 
-class ServerProcess {
+class ChildProcess {
  public:
-  // `style`: sync | callback | async. `extra_args` go to echo_server.
-  explicit ServerProcess(const std::string& style,
-                         std::vector<std::string> extra_args = {});
-  ~ServerProcess();
+  // `args[0]` is the program. Waits up to 10 s for `ready_line` on stdout.
+  ChildProcess(std::vector<std::string> args, const std::string& ready_line);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
 
-  // OK once the server printed "ready" (within 10 s).
+  // OK once the line was printed.
   const absl::Status& status() const { return status_; }
-  std::string target() const { return "unix:" + socket_path_; }
-  const std::string& socket_path() const { return socket_path_; }
   pid_t pid() const { return pid_; }
-
   // SIGKILL now; returns the wait status code (128 + 9 expected).
   int Kill();
   // SIGTERM and wait; returns its exit code.
   int Stop();
+  // Waits for it to exit on its own; returns its exit code.
+  int Wait();
 
  private:
-  std::string socket_path_;
   pid_t pid_ = -1;
   absl::Status status_;
 };
+
+class ServerProcess {
+ public:
+  // `style`: sync | callback | async. `extra_args` go to echo_server. An
+  // empty `socket_path` picks a fresh one.
+  explicit ServerProcess(const std::string& style,
+                         std::vector<std::string> extra_args = {},
+                         std::string socket_path = "");
+  ~ServerProcess();
+
+  // OK once the server printed "ready" (within 10 s).
+  const absl::Status& status() const { return process_->status(); }
+  std::string target() const { return "unix:" + socket_path_; }
+  const std::string& socket_path() const { return socket_path_; }
+  pid_t pid() const { return process_->pid(); }
+
+  int Kill() { return process_->Kill(); }
+  int Stop();
+
+ private:
+  std::string socket_path_;
+  std::unique_ptr<ChildProcess> process_;
+};
+
+// A fresh unix socket path for this test process.
+std::string FreshSocketPath();
 
 // Path of a binary built next to the test (Bazel runfiles aware).
 std::string RunfilePath(const std::string& relative);

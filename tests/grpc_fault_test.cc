@@ -1,0 +1,362 @@
+// Peers die and come back: SIGKILL of the server or the client during the
+// handshake, a unary call and a stream; a server restarted under a client
+// that keeps calling. Every case ends with the right status, no hang, and no
+// block left in use on the survivor.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "shmgrpc.h"
+#include "tests/echo.grpc.pb.h"
+#include "tests/echo_fixture.h"
+#include "tests/echo_logic.h"
+#include "tests/server_process.h"
+
+namespace shmgrpc::test {
+namespace {
+
+using testing::ChildProcess;
+using testing::RunfilePath;
+using testing::ServerProcess;
+
+// How long "promptly" is: far below every deadline used here (30 s).
+constexpr absl::Duration kPrompt = absl::Seconds(2);
+
+int ConnectTo(const std::string& path) {
+  const int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  if (connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(sock);
+    return -1;
+  }
+  return sock;
+}
+
+std::chrono::system_clock::time_point In(absl::Duration d) {
+  return absl::ToChronoTime(absl::Now() + d);
+}
+
+// ---- the server dies -------------------------------------------------------
+
+TEST(ServerDeathTest, KilledDuringUnaryCallEndsItUnavailablePromptly) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());
+  auto stub = EchoService::NewStub(channel);
+
+  std::atomic<bool> returned{false};
+  grpc::Status status;
+  absl::Time returned_at;
+  std::thread caller([&] {
+    EchoRequest request;
+    request.set_hang(true);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(30)));
+    status = stub->Unary(&context, request, &response);
+    returned_at = absl::Now();
+    returned = true;
+  });
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).calls_active() == 1; },
+      absl::Seconds(5)));
+  const absl::Time killed_at = absl::Now();
+  server.Kill();
+  const bool prompt = WaitFor([&] { return returned.load(); }, kPrompt);
+  caller.join();
+  EXPECT_TRUE(prompt) << "the call waited for its deadline";
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+  std::printf("unary ended %s after the kill\n",
+              absl::FormatDuration(returned_at - killed_at).c_str());
+
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 1u);
+  EXPECT_EQ(stats.sessions_closed, 1u);
+  EXPECT_EQ(stats.calls_aborted_by_close, 1u);
+  EXPECT_FALSE(stats.session_alive);
+  EXPECT_EQ(stats.session.arena.blocks_in_use, 0u) << "leaked blocks";
+}
+
+TEST(ServerDeathTest, KilledDuringStreamEndsItUnavailablePromptly) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());
+  auto stub = EchoService::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(30)));
+  auto stream = stub->Bidi(&context);
+  for (int i = 0; i < 50; ++i) {
+    EchoRequest request;
+    FillRequest(&request, 16 << 10, i);
+    EchoResponse response;
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Read(&response));
+    ASSERT_EQ(response.seq(), i);
+  }
+  server.Kill();
+  const absl::Time killed_at = absl::Now();
+  EchoResponse response;
+  EXPECT_FALSE(stream->Read(&response));
+  const grpc::Status status = stream->Finish();
+  const absl::Duration took = absl::Now() - killed_at;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+  EXPECT_LT(took, kPrompt);
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_aborted_by_close, 1u);
+  EXPECT_EQ(stats.session.arena.blocks_in_use, 0u) << "leaked blocks";
+}
+
+// A stand-in for a server that dies mid-handshake: it accepts on the shm
+// socket, reads the hello, and drops the connection (what the kernel does
+// for a SIGKILLed process), or says nothing at all.
+class FakeHandshakeServer {
+ public:
+  FakeHandshakeServer(const std::string& path, bool answer_nothing)
+      : path_(path) {
+    listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    unlink(path.c_str());
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listen_fd_, 16);
+    thread_ = std::thread([this, answer_nothing] {
+      for (;;) {
+        const int sock = accept(listen_fd_, nullptr, nullptr);
+        if (sock < 0) return;
+        ++accepted_;
+        char hello[8];
+        if (read(sock, hello, sizeof(hello)) < 0) {
+          close(sock);
+          continue;
+        }
+        if (answer_nothing) {
+          held_.push_back(sock);
+        } else {
+          close(sock);
+        }
+      }
+    });
+  }
+  ~FakeHandshakeServer() {
+    shutdown(listen_fd_, SHUT_RDWR);
+    thread_.join();
+    close(listen_fd_);
+    for (int sock : held_) close(sock);
+    unlink(path_.c_str());
+  }
+  int accepted() const { return accepted_; }
+
+ private:
+  std::string path_;
+  int listen_fd_;
+  std::thread thread_;
+  std::atomic<int> accepted_{0};
+  std::vector<int> held_;
+};
+
+class HandshakeDeathTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(HandshakeDeathTest, ServerGoneMidHandshakeLeavesCallsOnThePlainPath) {
+  // A plain server on the address, and a shm socket that fails the
+  // handshake: the channel must not hang, and calls must still work.
+  ServerProcess plain("sync", {"--no-shm"});
+  ASSERT_TRUE(plain.status().ok()) << plain.status();
+  FakeHandshakeServer fake(plain.socket_path() + ".shm", GetParam());
+  const absl::Time start = absl::Now();
+  auto channel = CreateChannel(plain.target());
+  const absl::Duration connect_took = absl::Now() - start;
+  EXPECT_LT(connect_took, absl::Seconds(1) + absl::Milliseconds(500))
+      << "longer than the handshake timeout";
+  auto stub = EchoService::NewStub(channel);
+  for (int i = 0; i < 20; ++i) {
+    EchoRequest request;
+    FillRequest(&request, 1024, i);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    const grpc::Status status = stub->Unary(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_TRUE(PayloadIntact(response));
+  }
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 0u);
+  EXPECT_EQ(stats.calls_plain_no_session, 20u);
+  EXPECT_GE(fake.accepted(), 1);
+  std::printf("handshake %s: channel ready in %s\n",
+              GetParam() ? "silent" : "dropped",
+              absl::FormatDuration(connect_took).c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(DroppedOrSilent, HandshakeDeathTest,
+                         ::testing::Values(false, true));
+
+// ---- the client dies -------------------------------------------------------
+
+// Waits until the server has no session, no call and no block in use left.
+void ExpectServerCleanedUp(const std::string& target) {
+  ServerStatsReply stats;
+  const bool clean = WaitFor(
+      [&] {
+        stats = FetchServerStats(target);
+        return stats.sessions_open() == 0 && stats.calls_active() == 0 &&
+               stats.blocks_in_use() == 0;
+      },
+      absl::Seconds(5));
+  EXPECT_TRUE(clean) << "sessions_open=" << stats.sessions_open()
+                     << " calls_active=" << stats.calls_active()
+                     << " blocks_in_use=" << stats.blocks_in_use();
+  EXPECT_EQ(stats.sessions_closed(), 1u);
+}
+
+void ExpectServerStillServesShm(const std::string& target) {
+  auto channel = CreateChannel(target);
+  auto stub = EchoService::NewStub(channel);
+  EchoRequest request;
+  FillRequest(&request, 4096, 7);
+  EchoResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  const grpc::Status status = stub->Unary(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(PayloadIntact(response));
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+}
+
+TEST(ClientDeathTest, KilledDuringUnaryCallIsCancelledAndCleanedUp) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  ChildProcess client({RunfilePath("tests/echo_client"),
+                       "--target=" + server.target(), "--mode=hang-unary"},
+                      "calling");
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).calls_active() == 1; },
+      absl::Seconds(5)));
+  client.Kill();
+  ExpectServerCleanedUp(server.target());
+  const ServerStatsReply stats = FetchServerStats(server.target());
+  EXPECT_EQ(stats.calls_cancelled_by_close(), 1u);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return FetchServerStats(server.target()).cancellations_seen() == 1;
+      },
+      absl::Seconds(5)))
+      << "the handler never saw IsCancelled()";
+  ExpectServerStillServesShm(server.target());
+}
+
+TEST(ClientDeathTest, KilledMidStreamIsCancelledAndEveryBlockReclaimed) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  ChildProcess client({RunfilePath("tests/echo_client"),
+                       "--target=" + server.target(), "--mode=stream",
+                       "--size=65536"},
+                      "in-call");
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  client.Kill();
+  ExpectServerCleanedUp(server.target());
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return FetchServerStats(server.target()).cancellations_seen() == 1;
+      },
+      absl::Seconds(5)))
+      << "the Bidi handler never saw IsCancelled()";
+  const ServerStatsReply stats = FetchServerStats(server.target());
+  std::printf("server reclaimed %lu blocks from the killed client\n",
+              static_cast<unsigned long>(stats.blocks_reclaimed()));
+  ExpectServerStillServesShm(server.target());
+}
+
+TEST(ClientDeathTest, GoneMidHandshakeCostsOnlyItsConnection) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  // Half a hello, then the connection drops (as a SIGKILLed client's does).
+  const int sock = ConnectTo(server.socket_path() + ".shm");
+  ASSERT_GE(sock, 0);
+  ASSERT_EQ(write(sock, "SSG1abcd", 8), 8);
+  close(sock);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return FetchServerStats(server.target()).handshakes_refused() == 1;
+      },
+      absl::Seconds(5)));
+  const ServerStatsReply stats = FetchServerStats(server.target());
+  EXPECT_EQ(stats.sessions_open(), 0u);
+  EXPECT_EQ(stats.sessions_accepted(), 0u);
+  ExpectServerStillServesShm(server.target());
+}
+
+// ---- the server restarts ---------------------------------------------------
+
+TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
+  auto server = std::make_unique<ServerProcess>("sync");
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  const std::string socket_path = server->socket_path();
+  auto channel = CreateChannel(server->target());
+  auto stub = EchoService::NewStub(channel);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, unavailable{0}, other{0};
+  std::thread caller([&] {
+    for (int64_t i = 0; !stop.load(); ++i) {
+      EchoRequest request;
+      FillRequest(&request, 2048, i);
+      EchoResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(5)));
+      const grpc::Status status = stub->Unary(&context, request, &response);
+      if (status.ok() && PayloadIntact(response) && response.seq() == i) {
+        ++ok;
+      } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        ++unavailable;
+        absl::SleepFor(absl::Milliseconds(5));  // the plain path fails fast
+      } else {
+        ++other;
+        std::fprintf(stderr, "call %ld: %d %s\n", static_cast<long>(i),
+                     status.error_code(), status.error_message().c_str());
+      }
+    }
+  });
+  ASSERT_TRUE(WaitFor([&] { return ok.load() >= 200; }, absl::Seconds(20)));
+  server->Kill();
+  const uint64_t shm_before = GetChannelStats(channel.get())->calls_on_shm;
+  absl::SleepFor(absl::Milliseconds(300));  // the client sees it gone
+  server = std::make_unique<ServerProcess>("sync", std::vector<std::string>{},
+                                           socket_path);
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  const bool back_on_shm = WaitFor(
+      [&] {
+        const ClientStats stats = *GetChannelStats(channel.get());
+        return stats.session_alive && stats.calls_on_shm >= shm_before + 100;
+      },
+      absl::Seconds(15));
+  stop = true;
+  caller.join();
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_TRUE(back_on_shm) << "calls_on_shm " << stats.calls_on_shm
+                           << " before the restart " << shm_before;
+  EXPECT_EQ(other.load(), 0) << "only OK or UNAVAILABLE are acceptable";
+  EXPECT_GE(stats.sessions_opened, 2u);
+  EXPECT_EQ(stats.sessions_closed, 1u);
+  std::printf(
+      "restart: %d ok, %d unavailable, sessions opened %lu, plain calls "
+      "without a session %lu, shm calls %lu\n",
+      ok.load(), unavailable.load(),
+      static_cast<unsigned long>(stats.sessions_opened),
+      static_cast<unsigned long>(stats.calls_plain_no_session),
+      static_cast<unsigned long>(stats.calls_on_shm));
+}
+
+}  // namespace
+}  // namespace shmgrpc::test
