@@ -73,7 +73,12 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
           peer_layout.ring_slots),
       spin_budget_ns_(absl::ToInt64Nanoseconds(wait.max_spin)) {}
 
-Endpoint::~Endpoint() { close(sock_); }
+Endpoint::~Endpoint() {
+  // Unblock and stop the side channel's writer before the fd goes away.
+  ::shutdown(sock_, SHUT_RDWR);
+  side_.StopWriter();
+  close(sock_);
+}
 
 absl::StatusOr<Block> Endpoint::Allocate(size_t payload_bytes,
                                          uint64_t stream_id) {
@@ -113,8 +118,9 @@ absl::Status Endpoint::Send(const Descriptor& descriptor,
   return PublishLocked(descriptor, deadline);
 }
 
-absl::Status Endpoint::SendInline(Descriptor descriptor, const void* data,
-                                  size_t len, absl::Time deadline) {
+absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
+                                  absl::Time deadline) {
+  const size_t len = bytes.size();
   if (len > max_inline_bytes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "message of ", len, " bytes exceeds the inline limit of ",
@@ -128,15 +134,12 @@ absl::Status Endpoint::SendInline(Descriptor descriptor, const void* data,
       !published.ok()) {
     return published;
   }
-  // The descriptor is out: the record must follow in full. A peer that reads
-  // nothing for this long is stuck or hostile; the connection cannot recover
-  // from half a record, so it is closed.
-  constexpr absl::Duration kStallTimeout = absl::Seconds(10);
-  if (absl::Status written = side_.SendRecord(data, len, kStallTimeout);
-      !written.ok()) {
+  // Queued under send_mu_, so records follow their descriptors' order.
+  if (absl::Status queued = side_.QueueRecord(std::move(bytes));
+      !queued.ok()) {
+    // The descriptor is out without its record: the stream is broken.
     ::shutdown(sock_, SHUT_RDWR);
-    return absl::UnavailableError(absl::StrCat(
-        "connection closed: inline record not written: ", written.message()));
+    return queued;
   }
   inline_sent_.Add(1);
   inline_bytes_sent_.Add(len);
@@ -369,7 +372,8 @@ void Endpoint::Release(const ReceivedMessage& message) {
 
 uint64_t Endpoint::ReclaimAll() { return allocator_.ReleaseAll(); }
 
-EndpointStats Endpoint::Stats() const {
+EndpointStats Endpoint::Stats() {
+  DrainReleases();
   EndpointStats stats;
   stats.messages_sent = messages_sent_.Get();
   stats.bytes_sent = bytes_sent_.Get();

@@ -89,11 +89,12 @@ class Endpoint {
   // Publishes `descriptor` (its offset from a Block of this endpoint, or
   // kNoPayload with length 0) and rings the doorbell only if the peer sleeps.
   absl::Status Send(const Descriptor& descriptor, absl::Time deadline);
-  // Publishes `descriptor` (offset/length/flags are set here) with `len`
-  // bytes from `data` travelling on the socket instead of shared memory.
-  // Waits for a ring slot until `deadline`; once the descriptor is out the
-  // record is always written in full, or the connection is closed.
-  absl::Status SendInline(Descriptor descriptor, const void* data, size_t len,
+  // Publishes `descriptor` (offset/length/flags are set here) with `bytes`
+  // travelling on the socket instead of shared memory. Waits for a ring slot
+  // until `deadline`, then queues the bytes for the socket's writer thread
+  // and returns: once the descriptor is out, the record is written in full
+  // or the connection is closed.
+  absl::Status SendInline(Descriptor descriptor, std::string bytes,
                           absl::Time deadline);
 
   // Waits per the wait strategy for the next message until `deadline`.
@@ -106,7 +107,9 @@ class Endpoint {
   // peer's unreleased ones included). Returns the number of blocks freed.
   uint64_t ReclaimAll();
 
-  EndpointStats Stats() const;
+  // Takes back what the peer released first, so the arena counts are
+  // current even when this side has been idle.
+  EndpointStats Stats();
   // Largest payload one block of this side's arena can carry.
   size_t max_payload_bytes() const { return allocator_.max_payload_bytes(); }
   const WaitOptions& wait_options() const { return wait_; }

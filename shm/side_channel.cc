@@ -25,16 +25,18 @@ absl::Status SocketError(absl::string_view what, int err) {
   return absl::InternalError(absl::StrCat(what, ": ", strerror(err)));
 }
 
-int PollMillis(absl::Duration d) {
-  if (d == absl::InfiniteDuration()) return -1;
-  if (d <= absl::ZeroDuration()) return 0;
-  return static_cast<int>(std::min<int64_t>(
-      absl::ToInt64Milliseconds(d + absl::Nanoseconds(999999)), 1 << 30));
-}
-
 }  // namespace
 
-absl::Status SideChannel::Ring() {
+void SideChannel::StopWriter() {
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    stopping_ = true;
+  }
+  outbox_ready_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+absl::Status SideChannel::WriteDoorbellLocked() {
   const uint8_t byte = kDoorbellToken;
   for (;;) {
     const ssize_t n = send(sock_, &byte, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -47,19 +49,70 @@ absl::Status SideChannel::Ring() {
   }
 }
 
-absl::Status SideChannel::SendRecord(const void* data, size_t len,
-                                     absl::Duration stall_timeout) {
-  if (len > max_record_bytes_ || len > UINT32_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("inline record of ", len, " bytes exceeds the limit of ",
-                     max_record_bytes_));
+absl::Status SideChannel::Ring() {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  if (record_in_flight_ || !outbox_.empty()) {
+    // Bytes are about to reach the peer anyway; the writer rings after the
+    // last queued record if nothing follows it.
+    doorbell_pending_ = true;
+    return absl::OkStatus();
   }
+  return WriteDoorbellLocked();
+}
+
+absl::Status SideChannel::QueueRecord(std::string bytes) {
+  if (bytes.size() > max_record_bytes_ || bytes.size() > UINT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("inline record of ", bytes.size(),
+                     " bytes exceeds the limit of ", max_record_bytes_));
+  }
+  {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    if (writer_failed_) {
+      return absl::UnavailableError("connection closed: inline writer failed");
+    }
+    outbox_.push_back(std::move(bytes));
+    if (!writer_.joinable()) writer_ = std::thread([this] { WriterLoop(); });
+  }
+  outbox_ready_.notify_one();
+  return absl::OkStatus();
+}
+
+void SideChannel::WriterLoop() {
+  std::unique_lock<std::mutex> lock(write_mu_);
+  for (;;) {
+    outbox_ready_.wait(lock, [&] { return stopping_ || !outbox_.empty(); });
+    if (stopping_) return;
+    std::string record = std::move(outbox_.front());
+    outbox_.pop_front();
+    record_in_flight_ = true;
+    lock.unlock();
+    const absl::Status written = WriteRecord(record);
+    lock.lock();
+    record_in_flight_ = false;
+    if (!written.ok()) {
+      // Half a record cannot be taken back: end the connection so both
+      // sides see it, and refuse further records.
+      writer_failed_ = true;
+      outbox_.clear();
+      ::shutdown(sock_, SHUT_RDWR);
+      return;
+    }
+    if (doorbell_pending_ && outbox_.empty()) {
+      doorbell_pending_ = false;
+      WriteDoorbellLocked().IgnoreError();  // a gone peer shows elsewhere
+    }
+  }
+}
+
+absl::Status SideChannel::WriteRecord(const std::string& bytes) {
   uint8_t header[5] = {kRecordToken};
-  const uint32_t len32 = static_cast<uint32_t>(len);
+  const uint32_t len32 = static_cast<uint32_t>(bytes.size());
   for (int i = 0; i < 4; ++i) header[1 + i] = (len32 >> (8 * i)) & 0xff;
   iovec iov[2] = {{header, sizeof(header)},
-                  {const_cast<void*>(data), len}};
+                  {const_cast<char*>(bytes.data()), bytes.size()}};
   int iov_first = 0;
+  absl::Time last_progress = absl::Now();
   while (iov_first < 2) {
     msghdr msg{};
     msg.msg_iov = iov + iov_first;
@@ -70,24 +123,31 @@ absl::Status SideChannel::SendRecord(const void* data, size_t len,
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
         return SocketError("inline record send", errno);
       }
-      pollfd pfd{sock_, POLLOUT, 0};
-      const int ready = poll(&pfd, 1, PollMillis(stall_timeout));
-      if (ready == 0) {
+      {
+        std::lock_guard<std::mutex> lock(write_mu_);
+        if (stopping_) return absl::CancelledError("side channel stopping");
+      }
+      if (absl::Now() - last_progress > kStallTimeout) {
         return absl::DeadlineExceededError(
             "peer read nothing of an inline record within the stall timeout");
       }
+      // Short polls so a stopping endpoint is noticed.
+      pollfd pfd{sock_, POLLOUT, 0};
+      const int ready = poll(&pfd, 1, 100);
       if (ready > 0 && (pfd.revents & (POLLHUP | POLLERR)) != 0) {
         return absl::UnavailableError("peer closed during an inline record");
       }
       continue;
     }
+    last_progress = absl::Now();
     size_t sent = static_cast<size_t>(n);
     while (iov_first < 2 && sent >= iov[iov_first].iov_len) {
       sent -= iov[iov_first].iov_len;
       ++iov_first;
     }
     if (iov_first < 2) {
-      iov[iov_first].iov_base = static_cast<char*>(iov[iov_first].iov_base) + sent;
+      iov[iov_first].iov_base =
+          static_cast<char*>(iov[iov_first].iov_base) + sent;
       iov[iov_first].iov_len -= sent;
     }
   }
@@ -152,14 +212,20 @@ absl::Status SideChannel::Parse(const uint8_t* data, size_t len) {
 }
 
 absl::Status SideChannel::ReadAvailable() {
+  if (!read_error_.ok()) return read_error_;
   uint8_t chunk[kReadChunkBytes];
   for (;;) {
     const ssize_t n = recv(sock_, chunk, sizeof(chunk), MSG_DONTWAIT);
-    if (n > 0) return Parse(chunk, static_cast<size_t>(n));
-    if (n == 0) return absl::UnavailableError("peer closed the connection");
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return absl::OkStatus();
-    return SocketError("side channel recv", errno);
+    if (n > 0) {
+      read_error_ = Parse(chunk, static_cast<size_t>(n));
+    } else if (n == 0) {
+      read_error_ = absl::UnavailableError("peer closed the connection");
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      read_error_ = SocketError("side channel recv", errno);
+    }
+    return read_error_;
   }
 }
 
@@ -175,6 +241,7 @@ absl::Status SideChannel::Wait(absl::Duration timeout) {
 absl::StatusOr<std::shared_ptr<const std::string>> SideChannel::TakeRecord(
     size_t expected_bytes) {
   while (records_.empty()) {
+    if (!read_error_.ok()) return read_error_;
     pollfd pfd{sock_, POLLIN, 0};
     if (poll(&pfd, 1, -1) < 0 && errno != EINTR) {
       return SocketError("side channel poll", errno);

@@ -12,22 +12,34 @@
 // larger than the whole arena) the payload still has to arrive in order with
 // the rest of its stream. The descriptor keeps its place in the ring and only
 // its bytes take the socket, so ordering is the ring's. The sender publishes
-// the descriptor first and then writes the record: a record larger than the
-// socket buffer cannot be written before someone reads it, and a reader that
-// finds the descriptor can always wait for its bytes.
+// the descriptor first and then queues the record: a reader that finds the
+// descriptor can always wait for its bytes.
 //
-// Threading: Ring() and SendRecord() are for the sending side and must be
-// serialized by the caller (the endpoint's send lock), so tokens never
-// interleave. Wait(), TakeRecord() and CheckPeer() are for the one receiving
-// thread. The socket is never made blocking; every wait is a poll().
+// Records are written by a writer thread (started on the first record), not
+// by the thread that sends: a record larger than the socket buffer can only
+// be written while the peer's reader reads, and a sender blocked on that
+// while holding its endpoint's send lock could deadlock two sessions' reader
+// threads against each other (each reader may need the send lock to send a
+// credit or a status). A doorbell is never written into the middle of a
+// record; one rung while a record is being written is replaced by the
+// record's own bytes or written right after it, so no wake-up is lost.
+//
+// Threading: Ring() and QueueRecord() may be called from any thread; a
+// caller that needs records in a given order serializes its calls (the
+// endpoint does, under its send lock). Wait(), TakeRecord() and CheckPeer()
+// are for the one receiving thread. The socket is never made blocking; every
+// wait is a poll().
 #ifndef SHMGRPC_SHM_SIDE_CHANNEL_H_
 #define SHMGRPC_SHM_SIDE_CHANNEL_H_
 
 #include <cstddef>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -37,19 +49,28 @@ namespace shmgrpc::shm {
 
 class SideChannel {
  public:
+  // The writer gives up, and shuts the socket down (the stream is then
+  // mid-record and cannot be resumed), when the peer reads nothing of a
+  // record for this long.
+  static constexpr absl::Duration kStallTimeout = absl::Seconds(10);
+
   SideChannel(int sock, size_t max_record_bytes)
       : sock_(sock), max_record_bytes_(max_record_bytes) {}
   SideChannel(const SideChannel&) = delete;
   SideChannel& operator=(const SideChannel&) = delete;
+  // Stops the writer (see StopWriter).
+  ~SideChannel() { StopWriter(); }
+  // Stops and joins the writer; records not yet written are dropped (the
+  // connection is being torn down). Call before closing the socket.
+  // Idempotent.
+  void StopWriter();
 
   // Sends a doorbell byte without blocking. A full socket buffer means the
   // peer has unread bytes already, which wakes it as well as a doorbell.
   absl::Status Ring();
-  // Writes one record. Blocks while the socket buffer is full; gives up with
-  // DeadlineExceeded when the peer reads nothing for `stall_timeout` (the
-  // stream is then mid-record, so the caller must close the connection).
-  absl::Status SendRecord(const void* data, size_t len,
-                          absl::Duration stall_timeout);
+  // Queues one record for the writer; never blocks. Unavailable once the
+  // writer has failed (peer gone, stalled); InvalidArgument over the limit.
+  absl::Status QueueRecord(std::string bytes);
 
   // Blocks until bytes arrive, the peer hangs up or `timeout` passes, then
   // parses what came. OK on wake-up or timeout; Unavailable when the peer is
@@ -67,9 +88,24 @@ class SideChannel {
   // One non-blocking read, parsed. Unavailable on EOF.
   absl::Status ReadAvailable();
   absl::Status Parse(const uint8_t* data, size_t len);
+  void WriterLoop();
+  // Writes one whole record (writer thread, without write_mu_).
+  absl::Status WriteRecord(const std::string& bytes);
+  // One doorbell byte, non-blocking (write_mu_ held, no record in flight).
+  absl::Status WriteDoorbellLocked();
 
   const int sock_;
   const size_t max_record_bytes_;
+
+  // Sender-side state.
+  std::mutex write_mu_;
+  std::condition_variable outbox_ready_;
+  std::deque<std::string> outbox_;  // guarded by write_mu_
+  bool record_in_flight_ = false;   // writer is writing without the lock
+  bool doorbell_pending_ = false;   // rung during a record
+  bool writer_failed_ = false;
+  bool stopping_ = false;
+  std::thread writer_;
 
   // Receiver-side parser state.
   enum class ParseState { kToken, kLength, kBody };
@@ -80,6 +116,9 @@ class SideChannel {
   size_t body_have_ = 0;
   std::deque<std::shared_ptr<const std::string>> records_;
   size_t buffered_bytes_ = 0;  // in records_, bounded by 2 records' worth
+  // The first read error (EOF, garbage), returned by every later read: the
+  // stream cannot be resynchronised, and the caller may have missed it.
+  absl::Status read_error_;
 };
 
 }  // namespace shmgrpc::shm

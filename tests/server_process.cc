@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "tests/peer_process.h"
@@ -44,9 +45,13 @@ std::string RunfilePath(const std::string& relative) {
 }
 
 std::string FreshSocketPath() {
-  // Unix socket paths are short (108 bytes), so not under TEST_TMPDIR.
-  return absl::StrCat("/tmp/shmgrpc-", getpid(), "-", next_socket.fetch_add(1),
-                      ".sock");
+  // Unix socket paths are short (108 bytes), so not under TEST_TMPDIR. The
+  // pid alone is not unique: sandboxed tests run in their own pid namespaces
+  // and share /tmp, so a random part keeps concurrent tests apart.
+  static const uint64_t run_id =
+      (uint64_t{std::random_device()()} << 32) | std::random_device()();
+  return absl::StrCat("/tmp/shmgrpc-", getpid(), "-", absl::Hex(run_id), "-",
+                      next_socket.fetch_add(1), ".sock");
 }
 
 ChildProcess::ChildProcess(std::vector<std::string> args,

@@ -109,7 +109,7 @@ absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
       !filled.ok()) {
     return filled;
   }
-  return endpoint_->SendInline(descriptor, heap.data(), heap.size(), deadline);
+  return endpoint_->SendInline(descriptor, std::move(heap), deadline);
 }
 
 absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
