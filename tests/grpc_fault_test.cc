@@ -297,6 +297,59 @@ TEST(ClientDeathTest, GoneMidHandshakeCostsOnlyItsConnection) {
   ExpectServerStillServesShm(server.target());
 }
 
+// ---- orderly endings -------------------------------------------------------
+
+TEST(ShutdownTest, ServerShutdownEndsCallsInFlightUnavailable) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());
+  auto stub = EchoService::NewStub(channel);
+  std::atomic<bool> returned{false};
+  grpc::Status status;
+  std::thread caller([&] {
+    EchoRequest request;
+    request.set_hang(true);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(30)));
+    status = stub->Unary(&context, request, &response);
+    returned = true;
+  });
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).calls_active() == 1; },
+      absl::Seconds(5)));
+  const absl::Time stop_at = absl::Now();
+  EXPECT_EQ(server.Stop(), 0) << "unclean server shutdown";
+  const absl::Duration stop_took = absl::Now() - stop_at;
+  EXPECT_TRUE(WaitFor([&] { return returned.load(); }, kPrompt));
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << status.error_message();
+  EXPECT_LT(stop_took, absl::Seconds(4)) << "shutdown waited on the call";
+  EXPECT_EQ(GetChannelStats(channel.get())->session.arena.blocks_in_use, 0u);
+}
+
+TEST(ShutdownTest, ChannelDroppedWithCallInFlightLeaksNothing) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto stub = EchoService::NewStub(CreateChannel(server.target()));
+  grpc::Status status;
+  // The call owns the last reference to the channel once `stub` moves into
+  // the thread: its end destroys the channel, the session and the arenas.
+  std::thread caller([&status, stub = std::move(stub)]() mutable {
+    EchoRequest request;
+    request.set_hang(true);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Milliseconds(300)));
+    status = stub->Unary(&context, request, &response);
+    stub.reset();
+  });
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ExpectServerCleanedUp(server.target());
+}
+
 // ---- the server restarts ---------------------------------------------------
 
 TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
