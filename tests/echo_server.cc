@@ -2,11 +2,12 @@
 // separate process, in one of three server styles.
 //
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
-//               [--arena_bytes=N]
+//               [--arena_bytes=N] [--wait=notify|poll|periodic]
+//               [--tcp_port=P]
 //
-// Listens on unix:<socket> (plain gRPC) and, unless --no-shm, attaches
-// shmgrpc (handshake socket <socket>.shm) with an arena of N bytes per
-// session. Also serves ServerStatsService (the shm counters). Prints "ready"
+// Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
+// unless --no-shm, attaches shmgrpc (handshake socket <socket>.shm) with an
+// arena of N bytes per session whose session threads wait as --wait says. Also serves ServerStatsService (the shm counters). Prints "ready"
 // on stdout when both are up. Exits on SIGTERM/SIGINT after shutting down
 // cleanly.
 #include <signal.h>
@@ -66,17 +67,32 @@ class StatsService final : public ServerStatsService::Service {
 
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
-    "[--arena_bytes=N]\n";
+    "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P]\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
   std::string style = "sync";
   bool with_shm = true;
   Options options;
+  int tcp_port = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (absl::StartsWith(arg, "--arena_bytes=")) {
       if (!absl::SimpleAtoi(arg.substr(14), &options.arena_bytes)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--wait=")) {
+      absl::StatusOr<shm::WaitStrategy> wait =
+          shm::ParseWaitStrategy(arg.substr(7));
+      if (!wait.ok()) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+      options.wait.strategy = *wait;
+    } else if (absl::StartsWith(arg, "--tcp_port=")) {
+      if (!absl::SimpleAtoi(arg.substr(11), &tcp_port) || tcp_port <= 0 ||
+          tcp_port > 65535) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }
@@ -109,6 +125,10 @@ int Main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   builder.RegisterService(&stats_service);
   builder.AddListeningPort(target, grpc::InsecureServerCredentials());
+  if (tcp_port > 0) {
+    builder.AddListeningPort("127.0.0.1:" + std::to_string(tcp_port),
+                             grpc::InsecureServerCredentials());
+  }
   builder.SetMaxReceiveMessageSize(-1);
   if (style == "sync") {
     builder.RegisterService(&sync_service);

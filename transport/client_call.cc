@@ -239,8 +239,10 @@ void ClientCall::SendMessage(Batch* m) {
         return FailSend(m, room);
       }
     }
+    // Counted before it leaves: the server's credit for it may arrive before
+    // SendMessage returns. (A failed send ends the call.)
+    if (send_window_) send_window_->OnSent(size);
     sent = session_->SendMessage(stream_id_, message, size, deadline_);
-    if (sent.ok() && send_window_) send_window_->OnSent(size);
   } else {
     const grpc::ByteBuffer* buffer = m->GetSerializedSendMessage();
     if (buffer->Length() > max_bytes) {
@@ -254,8 +256,8 @@ void ClientCall::SendMessage(Batch* m) {
         return FailSend(m, room);
       }
     }
+    if (send_window_) send_window_->OnSent(buffer->Length());
     sent = session_->SendByteBuffer(stream_id_, *buffer, deadline_);
-    if (sent.ok() && send_window_) send_window_->OnSent(buffer->Length());
   }
   if (!sent.ok()) FailSend(m, sent);
 }

@@ -45,6 +45,8 @@ class SendWindow {
   bool HasRoom();
   // Waits for room. DeadlineExceeded at `deadline`, Cancelled after Close().
   absl::Status WaitForRoom(absl::Time deadline);
+  // Call before the message leaves: its credit can come back before the send
+  // call returns.
   void OnSent(uint64_t bytes);
   // Returns true when this credit opened a window that was full.
   bool OnCredit(const Credit& credit);

@@ -270,14 +270,14 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
       }
       case Op::kRead:
         if (ok) {
-          const size_t bytes = response_.Length();
+          // Counted first, like the client does (credit is handled under
+          // mu_ here, but the order should not depend on that).
+          send_window_.OnSent(response_.Length());
           absl::Status sent =
               session_->SendByteBuffer(stream_id_, response_,
                                        SendDeadline());
           response_.Clear();
-          if (sent.ok()) {
-            send_window_.OnSent(bytes);
-          } else {
+          if (!sent.ok()) {
             ShmLog("stream ", stream_id_, ": response not sent: ",
                    sent.message());
             CancelLocked();
