@@ -13,34 +13,38 @@ namespace shmgrpc::bench {
 namespace {
 
 void Usage(const char* argv0, const std::vector<size_t>& default_sizes,
-           size_t min_size, size_t max_size) {
+           size_t min_size, size_t max_size, const ExtraFlags* extra) {
   std::fprintf(stderr,
                "usage: %s [--quick] [--rounds=N] [--sizes=A,B,...] "
-               "[--json=FILE]\n"
+               "[--json=FILE] %s\n"
                "  --quick      short run\n"
                "  --rounds=N   interleaved rounds (default 10; 3 with --quick)\n"
                "  --sizes=...  message sizes in bytes, each in [%zu, %zu] "
                "(default %s)\n"
-               "  --json=FILE  also write the result rows as JSON\n",
-               argv0, min_size, max_size,
-               absl::StrJoin(default_sizes, ",").c_str());
+               "  --json=FILE  also write the result rows as JSON\n%s",
+               argv0, extra ? extra->usage_synopsis.c_str() : "", min_size,
+               max_size, absl::StrJoin(default_sizes, ",").c_str(),
+               extra ? extra->usage_lines.c_str() : "");
 }
 
 }  // namespace
 
 bool ParseBenchFlags(int argc, char** argv, size_t min_size, size_t max_size,
-                     BenchFlags* flags) {
+                     BenchFlags* flags, const ExtraFlags* extra) {
   const std::vector<size_t> defaults = flags->sizes;
   bool rounds_set = false;
   bool sizes_set = false;
   auto fail = [&](const std::string& why) {
     if (!why.empty()) std::fprintf(stderr, "%s\n", why.c_str());
-    Usage(argv[0], defaults, min_size, max_size);
+    Usage(argv[0], defaults, min_size, max_size, extra);
     return false;
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--quick") {
+    std::string extra_error;
+    if (extra != nullptr && extra->parse(arg, &extra_error)) {
+      if (!extra_error.empty()) return fail(extra_error);
+    } else if (arg == "--quick") {
       flags->quick = true;
     } else if (absl::StartsWith(arg, "--rounds=")) {
       if (!absl::SimpleAtoi(arg.substr(9), &flags->rounds) ||

@@ -10,6 +10,7 @@
 #define SHMGRPC_BENCHMARKS_BENCH_FLAGS_H_
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,9 +23,18 @@ struct BenchFlags {
   std::vector<size_t> sizes;  // the program's defaults unless --sizes
 };
 
+// A program's own flags on top of the common ones: `parse` returns false for
+// an argument that is not one of them, and sets `*error` for one that is but
+// has a bad value. `usage` lines are appended to the usage text.
+struct ExtraFlags {
+  std::string usage_synopsis;  // e.g. "[--duration=S]"
+  std::string usage_lines;
+  std::function<bool(const std::string& arg, std::string* error)> parse;
+};
+
 // `flags->sizes` holds the defaults on entry.
 bool ParseBenchFlags(int argc, char** argv, size_t min_size, size_t max_size,
-                     BenchFlags* flags);
+                     BenchFlags* flags, const ExtraFlags* extra = nullptr);
 
 // Nearest-rank percentile (p in [0, 1]) of `samples`; 0 when empty.
 double Percentile(std::vector<double> samples, double p);
