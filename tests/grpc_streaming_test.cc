@@ -57,6 +57,25 @@ TEST_P(StreamingTest, ClientStreamingCountsAndChecksums) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
+TEST_P(StreamingTest, ClientStreamingMessagesLargerThanTheWindow) {
+  // Each message alone fills the default 1 MiB flow-control window.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(20));
+  EchoResponse response;
+  auto writer = stub_->ClientStream(&context, &response);
+  for (int i = 0; i < 6; ++i) {
+    EchoRequest request;
+    FillRequest(&request, (1 << 20) + i, i);
+    ASSERT_TRUE(writer->Write(request)) << i;
+  }
+  ASSERT_TRUE(writer->WritesDone());
+  grpc::Status status = writer->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.messages_seen(), 6);
+  EXPECT_EQ(CallsOnShm(), 1u);
+}
+
 TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   grpc::ClientContext context;
   auto stream = stub_->Bidi(&context);

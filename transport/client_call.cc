@@ -403,14 +403,19 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
               /*tell_server=*/false);
         return;
       }
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!finished_) {
-        finished_ = true;
-        status_ = grpc::Status(static_cast<grpc::StatusCode>(status->code),
-                               status->message, status->details);
-        trailing_metadata_ = std::move(status->trailing_metadata);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!finished_) {
+          finished_ = true;
+          status_ = grpc::Status(static_cast<grpc::StatusCode>(status->code),
+                                 status->message, status->details);
+          trailing_metadata_ = std::move(status->trailing_metadata);
+        }
+        TakeReadyLocked(&ready);
       }
-      TakeReadyLocked(&ready);
+      // The server is done: a writer waiting for credit fails now, as a
+      // gRPC Write after the call ended does.
+      if (send_window_) send_window_->Close();
       break;
     }
     case codec::FrameType::kWindowUpdate:
@@ -425,12 +430,16 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   Complete(ready);
 }
 
-bool ClientCall::Abort(const grpc::Status& status, bool tell_server) {
+void ClientCall::Abort(const grpc::Status& status, bool tell_server,
+                       std::atomic<uint64_t>* ended_count) {
   std::vector<Completion> ready;
   std::deque<shm::ReceivedMessage> unread;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (finished_) return false;
+    if (finished_) return;
+    if (ended_count != nullptr) {
+      ended_count->fetch_add(1, std::memory_order_relaxed);
+    }
     finished_ = true;
     status_ = status;
     unread.swap(messages_);
@@ -440,7 +449,6 @@ bool ClientCall::Abort(const grpc::Status& status, bool tell_server) {
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();
   Complete(ready);
-  return true;
 }
 
 void ClientCall::TellServerCancelled() {

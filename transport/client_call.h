@@ -48,9 +48,11 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods);
   // A frame for this call (session thread). Takes ownership of `message`.
   void OnFrame(const shm::ReceivedMessage& message);
-  // Ends the call locally with `status` unless it already has one; true
-  // when this ended it.
-  bool Abort(const grpc::Status& status, bool tell_server);
+  // Ends the call locally with `status` unless it already has one. When this
+  // ends it, `ended_count` (if given) is incremented before the application
+  // can see the status.
+  void Abort(const grpc::Status& status, bool tell_server,
+             std::atomic<uint64_t>* ended_count = nullptr);
   // gRPC destroyed the RPC: stop timers, unregister, return held blocks.
   void Finish();
 

@@ -195,11 +195,9 @@ void ClientCore::OnClosed(const std::shared_ptr<Session>& session,
     for (auto& [id, call] : calls_) calls.push_back(call);
   }
   for (auto& call : calls) {
-    if (call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                 "shm session to the server closed"),
-                    /*tell_server=*/false)) {
-      calls_aborted_by_close_.fetch_add(1, std::memory_order_relaxed);
-    }
+    call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                             "shm session to the server closed"),
+                /*tell_server=*/false, &calls_aborted_by_close_);
   }
   {
     std::lock_guard<std::mutex> lock(session_mu_);  // pairs with the wait

@@ -101,8 +101,9 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       break;
     case codec::FrameType::kWindowUpdate:
       send_window_.OnCredit(DecodeCredit(message.descriptor.aux));
-      if (read_paused_ && send_window_.HasRoom()) {
-        read_paused_ = false;
+      if (holding_response_ && send_window_.HasRoom()) {
+        holding_response_ = false;
+        SendResponseLocked(&held_response_);
         ReadNextResponseLocked();
       }
       break;
@@ -218,14 +219,20 @@ void InjectedCall::MaybeWriteLocked() {
 }
 
 void InjectedCall::ReadNextResponseLocked() {
-  // A cancelled call reads on regardless: the read fails at once and leads
-  // to Finish, so a paused read can never keep the call alive.
-  if (!send_window_.HasRoom() && !cancelled_) {
-    read_paused_ = true;
-    return;
-  }
   ++outstanding_ops_;
   call_->Read(&response_, &read_tag_);
+}
+
+void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
+  // Counted before it leaves (its credit could come back first).
+  send_window_.OnSent(response->Length());
+  absl::Status sent =
+      session_->SendByteBuffer(stream_id_, *response, SendDeadline());
+  response->Clear();
+  if (!sent.ok()) {
+    ShmLog("stream ", stream_id_, ": response not sent: ", sent.message());
+    CancelLocked();
+  }
 }
 
 void InjectedCall::OnCompletion(Op op, bool ok) {
@@ -269,19 +276,20 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         break;
       }
       case Op::kRead:
-        if (ok) {
-          // Counted first, like the client does (credit is handled under
-          // mu_ here, but the order should not depend on that).
-          send_window_.OnSent(response_.Length());
-          absl::Status sent =
-              session_->SendByteBuffer(stream_id_, response_,
-                                       SendDeadline());
-          response_.Clear();
-          if (!sent.ok()) {
-            ShmLog("stream ", stream_id_, ": response not sent: ",
-                   sent.message());
-            CancelLocked();
-          }
+        if (ok && cancelled_) {
+          response_.Clear();  // nobody wants it; read on to the end
+          ReadNextResponseLocked();
+        } else if (ok && !send_window_.HasRoom()) {
+          // Hold it, and read no further, until the client has room: the
+          // handler's next Write then waits, as gRPC flow control would make
+          // it. (Holding the message rather than the read lets a finished
+          // handler's end of stream and status through: the client may be
+          // waiting for those before it consumes, e.g. a client-streaming
+          // Finish, which receives the reply and the status together.)
+          held_response_.Swap(&response_);
+          holding_response_ = true;
+        } else if (ok) {
+          SendResponseLocked(&response_);
           ReadNextResponseLocked();
         } else {
           ++outstanding_ops_;
@@ -393,9 +401,10 @@ void InjectedCall::Cancel() {
 void InjectedCall::CancelLocked() {
   cancelled_ = true;
   context_.TryCancel();
-  if (read_paused_) {
-    read_paused_ = false;
-    ReadNextResponseLocked();
+  if (holding_response_) {
+    holding_response_ = false;
+    held_response_.Clear();
+    ReadNextResponseLocked();  // fails at once and leads to Finish
   }
 }
 

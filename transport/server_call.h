@@ -76,9 +76,11 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // Unary: ends the call before it started (cancel, gone client).
   bool FinishUnstartedLocked(grpc::StatusCode code, const char* why);
   void MaybeWriteLocked();
-  // Streams: reads the handler's next response unless the client's window
-  // is full (then a kWindowUpdate resumes it).
+  // Streams: reads the handler's next response. A response read while the
+  // client's window is full is held (and no further read is made) until a
+  // kWindowUpdate makes room or the call is cancelled.
   void ReadNextResponseLocked();
+  void SendResponseLocked(grpc::ByteBuffer* response);
   void CancelLocked();
   // Once the status is out and no op is outstanding: reports the call done
   // and hands back the self-reference, to be dropped after unlocking.
@@ -125,7 +127,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   uint64_t writing_bytes_ = 0;  // the request being written
   SendWindow send_window_;        // responses to the client
   ReceiveWindow receive_window_;  // requests from the client
-  bool read_paused_ = false;      // a response read waits for credit
+  grpc::ByteBuffer held_response_;  // read, waiting for the client's room
+  bool holding_response_ = false;
   bool cancelled_ = false;
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;
