@@ -115,7 +115,7 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       "[--csv=FILE] [--svg=FILE] [--target=unix:/p [--tcp_target=H:P]] "
       "[--malloc_env=K=V,..] [--pin]";
   extra.usage_lines =
-      "  --duration=S        seconds per measurement slot (default 1; 0.3 "
+      "  --duration=S        seconds per measurement slot (default 1; 0.5 "
       "with --quick)\n"
       "  --transports=...    of shm-notify,shm-poll,shm-periodic,uds,tcp,"
       "inproc (default all)\n"
@@ -199,7 +199,7 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
     return false;
   }
   if (flags->common.quick && !flags->duration_given) {
-    flags->duration = absl::Milliseconds(300);
+    flags->duration = absl::Milliseconds(500);
   }
   if (!flags->rounds_given) {
     // Slots are long: 3 interleaved rounds, 2 with --quick.

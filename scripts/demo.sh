@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing, then runs a short shm-vs-UDS benchmark and prints
-# its table. Pass benchmark flags through, e.g. ./scripts/demo.sh --rounds=20
+# Installs what is missing, then runs the A/B benchmark's short version
+# (about two minutes): shm (notify, poll, periodic) vs gRPC over UDS vs TCP
+# vs in-process, unary / ping-pong / one-way, and prints the table.
+# Flags pass through, e.g. ./scripts/demo.sh --svg=/tmp/ab.svg --json=ab.json
+# (./scripts/demo.sh --help lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-bazel build //benchmarks:shm_ring_bench
-./bazel-bin/benchmarks/shm_ring_bench --quick "$@"
+bazel build //benchmarks:ab_bench
+./bazel-bin/benchmarks/ab_bench --quick "$@"
