@@ -127,7 +127,8 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       "                      tcp with --tcp_target) instead of starting one\n"
       "  --malloc_env=K=V,.. allocator environment for every process, e.g.\n"
       "                      MALLOC_ARENA_MAX=2 (default: glibc defaults)\n"
-      "  --pin               pin this process to CPU 0 and servers to CPU 1\n";
+      "  --pin               pin this process to CPU 0 and servers to CPU 1\n"
+      "  (here --rounds defaults to 3, and 2 with --quick)\n";
   extra.parse = [&](const std::string& arg, std::string* error) {
     auto value = [&](absl::string_view prefix) -> std::optional<std::string> {
       if (!absl::StartsWith(arg, prefix)) return std::nullopt;
