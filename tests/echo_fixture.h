@@ -3,9 +3,11 @@
 #ifndef SHMGRPC_TESTS_ECHO_FIXTURE_H_
 #define SHMGRPC_TESTS_ECHO_FIXTURE_H_
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -30,6 +32,42 @@ inline ServerStatsReply FetchServerStats(const std::string& target) {
   EXPECT_TRUE(status.ok()) << status.error_message();
   return reply;
 }
+
+// A gRPC deadline `d` from now.
+inline std::chrono::system_clock::time_point In(absl::Duration d) {
+  return absl::ToChronoTime(absl::Now() + d);
+}
+
+// A unary call the server never answers (`hang`), made on its own thread,
+// for tests that end it some other way (kill, shutdown, deadline).
+class HangingCall {
+ public:
+  HangingCall(EchoService::Stub* stub, absl::Duration deadline)
+      : thread_([this, stub, deadline] {
+          EchoRequest request;
+          request.set_hang(true);
+          EchoResponse response;
+          grpc::ClientContext context;
+          context.set_deadline(In(deadline));
+          status_ = stub->Unary(&context, request, &response);
+          returned_at_ = absl::Now();
+          returned_.store(true);
+        }) {}
+  ~HangingCall() { Join(); }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  bool returned() const { return returned_.load(); }
+  // After returned() or Join().
+  const grpc::Status& status() const { return status_; }
+  absl::Time returned_at() const { return returned_at_; }
+
+ private:
+  std::atomic<bool> returned_{false};
+  grpc::Status status_;
+  absl::Time returned_at_;
+  std::thread thread_;  // last: starts after the fields it writes exist
+};
 
 // Polls `condition` every 10 ms until it holds or `timeout` passes.
 template <typename Condition>

@@ -23,10 +23,6 @@ using testing::ServerProcess;
 
 constexpr size_t kTinyArena = 256 << 10;
 
-std::chrono::system_clock::time_point In(absl::Duration d) {
-  return absl::ToChronoTime(absl::Now() + d);
-}
-
 Options TinyArenaOptions() {
   Options options;
   options.arena_bytes = kTinyArena;

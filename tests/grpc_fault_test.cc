@@ -40,10 +40,6 @@ int ConnectTo(const std::string& path) {
   return sock;
 }
 
-std::chrono::system_clock::time_point In(absl::Duration d) {
-  return absl::ToChronoTime(absl::Now() + d);
-}
-
 // ---- the server dies -------------------------------------------------------
 
 TEST(ServerDeathTest, KilledDuringUnaryCallEndsItUnavailablePromptly) {
@@ -52,31 +48,19 @@ TEST(ServerDeathTest, KilledDuringUnaryCallEndsItUnavailablePromptly) {
   auto channel = CreateChannel(server.target());
   auto stub = EchoService::NewStub(channel);
 
-  std::atomic<bool> returned{false};
-  grpc::Status status;
-  absl::Time returned_at;
-  std::thread caller([&] {
-    EchoRequest request;
-    request.set_hang(true);
-    EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(In(absl::Seconds(30)));
-    status = stub->Unary(&context, request, &response);
-    returned_at = absl::Now();
-    returned = true;
-  });
+  HangingCall call(stub.get(), absl::Seconds(30));
   ASSERT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).calls_active() == 1; },
       absl::Seconds(5)));
   const absl::Time killed_at = absl::Now();
   server.Kill();
-  const bool prompt = WaitFor([&] { return returned.load(); }, kPrompt);
-  caller.join();
+  const bool prompt = WaitFor([&] { return call.returned(); }, kPrompt);
+  call.Join();
   EXPECT_TRUE(prompt) << "the call waited for its deadline";
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << status.error_message();
+  EXPECT_EQ(call.status().error_code(), grpc::StatusCode::UNAVAILABLE)
+      << call.status().error_message();
   std::printf("unary ended %s after the kill\n",
-              absl::FormatDuration(returned_at - killed_at).c_str());
+              absl::FormatDuration(call.returned_at() - killed_at).c_str());
 
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_EQ(stats.calls_on_shm, 1u);
@@ -304,27 +288,17 @@ TEST(ShutdownTest, ServerShutdownEndsCallsInFlightUnavailable) {
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target());
   auto stub = EchoService::NewStub(channel);
-  std::atomic<bool> returned{false};
-  grpc::Status status;
-  std::thread caller([&] {
-    EchoRequest request;
-    request.set_hang(true);
-    EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(In(absl::Seconds(30)));
-    status = stub->Unary(&context, request, &response);
-    returned = true;
-  });
+  HangingCall call(stub.get(), absl::Seconds(30));
   ASSERT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).calls_active() == 1; },
       absl::Seconds(5)));
   const absl::Time stop_at = absl::Now();
   EXPECT_EQ(server.Stop(), 0) << "unclean server shutdown";
   const absl::Duration stop_took = absl::Now() - stop_at;
-  EXPECT_TRUE(WaitFor([&] { return returned.load(); }, kPrompt));
-  caller.join();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << status.error_message();
+  EXPECT_TRUE(WaitFor([&] { return call.returned(); }, kPrompt));
+  call.Join();
+  EXPECT_EQ(call.status().error_code(), grpc::StatusCode::UNAVAILABLE)
+      << call.status().error_message();
   EXPECT_LT(stop_took, absl::Seconds(4)) << "shutdown waited on the call";
   EXPECT_EQ(GetChannelStats(channel.get())->session.arena.blocks_in_use, 0u);
 }
