@@ -103,8 +103,15 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
 
 namespace {
 
+// What the completion queue's tags point to.
+class AsyncHandler {
+ public:
+  virtual ~AsyncHandler() = default;
+  virtual void OnEvent(bool ok) = 0;
+};
+
 // One outstanding Unary request on the CQ; re-arms itself when it gets one.
-class UnaryHandler {
+class UnaryHandler : public AsyncHandler {
  public:
   UnaryHandler(AsyncEchoServer::Service* service,
                grpc::ServerCompletionQueue* cq)
@@ -112,7 +119,7 @@ class UnaryHandler {
     service_->RequestUnary(&context_, &request_, &responder_, cq_, cq_, this);
   }
   // `ok` false: the server is shutting down (or the finish failed).
-  void OnEvent(bool ok) {
+  void OnEvent(bool ok) override {
     if (finishing_ || !ok) {
       delete this;
       return;
@@ -137,6 +144,73 @@ class UnaryHandler {
   bool finishing_ = false;
 };
 
+// One Bidi stream: echoes each request as it comes (read, write, read, ...),
+// then finishes OK; re-arms a new handler once it has a call.
+class BidiHandler : public AsyncHandler {
+ public:
+  BidiHandler(AsyncEchoServer::Service* service,
+              grpc::ServerCompletionQueue* cq)
+      : service_(service), cq_(cq), stream_(&context_) {
+    service_->RequestBidi(&context_, &stream_, cq_, cq_, this);
+  }
+  void OnEvent(bool ok) override {
+    switch (state_) {
+      case State::kRequested:
+        if (!ok) {  // shutting down
+          delete this;
+          return;
+        }
+        new BidiHandler(service_, cq_);
+        Read();
+        return;
+      case State::kReading:
+        if (!ok) {  // the client half-closed (or went away)
+          Finish(grpc::Status::OK);
+          return;
+        }
+        if (!PayloadIntact(request_)) {
+          Finish(grpc::Status(grpc::StatusCode::DATA_LOSS, "bad checksum"));
+          return;
+        }
+        response_ = ReplyFor(&context_, request_, 0);
+        response_.set_messages_seen(++seen_);
+        state_ = State::kWriting;
+        stream_.Write(response_, this);
+        return;
+      case State::kWriting:
+        if (!ok) {
+          Finish(grpc::Status::OK);
+          return;
+        }
+        Read();
+        return;
+      case State::kFinishing:
+        delete this;
+        return;
+    }
+  }
+
+ private:
+  enum class State { kRequested, kReading, kWriting, kFinishing };
+  void Read() {
+    state_ = State::kReading;
+    stream_.Read(&request_, this);
+  }
+  void Finish(const grpc::Status& status) {
+    state_ = State::kFinishing;
+    stream_.Finish(status, this);
+  }
+
+  AsyncEchoServer::Service* service_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::ServerContext context_;
+  grpc::ServerAsyncReaderWriter<EchoResponse, EchoRequest> stream_;
+  State state_ = State::kRequested;
+  EchoRequest request_;
+  EchoResponse response_;
+  int seen_ = 0;
+};
+
 }  // namespace
 
 AsyncEchoServer::AsyncEchoServer(grpc::ServerBuilder* builder) {
@@ -146,10 +220,11 @@ AsyncEchoServer::AsyncEchoServer(grpc::ServerBuilder* builder) {
 
 void AsyncEchoServer::Run() {
   new UnaryHandler(&service_, cq_.get());
+  new BidiHandler(&service_, cq_.get());
   thread_ = std::thread([this] {
     void* tag;
     bool ok;
-    while (cq_->Next(&tag, &ok)) static_cast<UnaryHandler*>(tag)->OnEvent(ok);
+    while (cq_->Next(&tag, &ok)) static_cast<AsyncHandler*>(tag)->OnEvent(ok);
   });
 }
 
