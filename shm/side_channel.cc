@@ -68,8 +68,8 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
   }
   {
     std::lock_guard<std::mutex> lock(write_mu_);
-    if (writer_failed_) {
-      return absl::UnavailableError("connection closed: inline writer failed");
+    if (writer_failed_ || stopping_) {
+      return absl::UnavailableError("connection closed: inline writer stopped");
     }
     outbox_.push_back(std::move(bytes));
     if (!writer_.joinable()) writer_ = std::thread([this] { WriterLoop(); });

@@ -28,8 +28,11 @@ bool SendWindow::HasRoom() {
 
 absl::Status SendWindow::WaitForRoom(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!room_.wait_until(lock, absl::ToChronoTime(deadline),
-                        [&] { return HasRoomLocked(); })) {
+  if (deadline == absl::InfiniteFuture()) {
+    // Not through wait_until: time_point::max overflows inside it.
+    room_.wait(lock, [&] { return HasRoomLocked(); });
+  } else if (!room_.wait_until(lock, absl::ToChronoTime(deadline),
+                               [&] { return HasRoomLocked(); })) {
     return absl::DeadlineExceededError(
         "stream's flow-control window stayed full until the deadline");
   }
@@ -43,18 +46,14 @@ void SendWindow::OnSent(uint64_t bytes) {
   ++in_flight_messages_;
 }
 
-bool SendWindow::OnCredit(const Credit& credit) {
-  bool opened;
+void SendWindow::OnCredit(const Credit& credit) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    const bool was_full = !HasRoomLocked();
     // A peer crediting more than was sent is clamped, never wrapped.
     in_flight_bytes_ -= std::min(in_flight_bytes_, credit.bytes);
     in_flight_messages_ -= std::min(in_flight_messages_, credit.messages);
-    opened = was_full && HasRoomLocked();
   }
   room_.notify_all();
-  return opened;
 }
 
 void SendWindow::Close() {

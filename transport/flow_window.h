@@ -48,8 +48,7 @@ class SendWindow {
   // Call before the message leaves: its credit can come back before the send
   // call returns.
   void OnSent(uint64_t bytes);
-  // Returns true when this credit opened a window that was full.
-  bool OnCredit(const Credit& credit);
+  void OnCredit(const Credit& credit);
   // Wakes and fails every waiter, now and later (the call ended).
   void Close();
 
