@@ -25,6 +25,10 @@ enum class FrameType : uint16_t {
 
 // Descriptor flags on a kCallHeaders frame.
 inline constexpr uint16_t kUnaryCallFlag = 1;  // one request, then half-close
+// Descriptor flag on a kMessage frame: this is one chunk of a message that
+// did not fit one block; the next kMessage frame of the stream continues it
+// (the last chunk has no flag).
+inline constexpr uint16_t kMessageContinuesFlag = 2;
 
 // True for the values above; anything else from a peer is a protocol error.
 inline bool IsKnownFrameType(uint16_t type) {

@@ -3,13 +3,13 @@
 //
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
-//               [--tcp_port=P]
+//               [--tcp_port=P] [--max_block_bytes=N]
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
-// unless --no-shm, attaches shmgrpc (handshake socket <socket>.shm) with an
-// arena of N bytes per session whose session threads wait as --wait says. Also serves ServerStatsService (the shm counters). Prints "ready"
-// on stdout when both are up. Exits on SIGTERM/SIGINT after shutting down
-// cleanly.
+// unless --no-shm, attaches shmgrpc (handshake socket <socket>.shm) with the
+// given Options (arena per session, wait strategy, largest block). Also
+// serves ServerStatsService (the shm counters). Prints "ready" on stdout when
+// both are up. Exits on SIGTERM/SIGINT after shutting down cleanly.
 #include <signal.h>
 #include <unistd.h>
 
@@ -57,6 +57,7 @@ class StatsService final : public ServerStatsService::Service {
     reply->set_inline_too_large(stats.inline_too_large);
     reply->set_blocks_in_use(stats.blocks_in_use);
     reply->set_blocks_reclaimed(stats.blocks_reclaimed);
+    reply->set_messages_chained(stats.messages_chained);
     return grpc::Status::OK;
   }
 
@@ -67,7 +68,8 @@ class StatsService final : public ServerStatsService::Service {
 
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
-    "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P]\n";
+    "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
+    "[--max_block_bytes=N]\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
@@ -79,6 +81,11 @@ int Main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (absl::StartsWith(arg, "--arena_bytes=")) {
       if (!absl::SimpleAtoi(arg.substr(14), &options.arena_bytes)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--max_block_bytes=")) {
+      if (!absl::SimpleAtoi(arg.substr(18), &options.max_block_bytes)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }

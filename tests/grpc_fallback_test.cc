@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "codec/message_codec.h"
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
@@ -19,6 +20,7 @@
 namespace shmgrpc::test {
 namespace {
 
+using codec::SerializedSize;
 using testing::ServerProcess;
 
 constexpr size_t kTinyArena = 256 << 10;
@@ -143,12 +145,14 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
   EXPECT_GT(server_stats.inline_arena_full() + server_stats.inline_too_large(),
             0u);
   std::printf(
-      "soak %s: %ld messages each way on %d streams; client inline "
-      "arena_full=%lu too_large=%lu; server inline arena_full=%lu "
-      "too_large=%lu\n",
+      "soak %s: %ld messages each way on %d streams; client: chained=%lu "
+      "inline arena_full=%lu too_large=%lu; server: chained=%lu inline "
+      "arena_full=%lu too_large=%lu\n",
       absl::FormatDuration(soak).c_str(), static_cast<long>(messages),
-      kStreams, static_cast<unsigned long>(client.inline_arena_full),
+      kStreams, static_cast<unsigned long>(client.messages_chained),
+      static_cast<unsigned long>(client.inline_arena_full),
       static_cast<unsigned long>(client.inline_too_large),
+      static_cast<unsigned long>(server_stats.messages_chained()),
       static_cast<unsigned long>(server_stats.inline_arena_full()),
       static_cast<unsigned long>(server_stats.inline_too_large()));
 
@@ -240,6 +244,78 @@ TEST(FallbackTest, StreamMessagesLargerThanTheArenaTravelInline) {
   EXPECT_EQ(stats.calls_on_shm, 1u);
   EXPECT_EQ(stats.inline_too_large, 5u);
   EXPECT_EQ(FetchServerStats(server.target()).inline_too_large(), 5u);
+}
+
+// Both sides limit blocks to 64 KiB: every larger message is chained over
+// several blocks (a chained request reaches the handler as a multi-slice
+// buffer; a chained reply is parsed across blocks).
+class ChainedTest : public ::testing::Test {
+ protected:
+  static constexpr size_t kMaxBlock = 64 << 10;
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>(
+        "sync",
+        std::vector<std::string>{"--max_block_bytes=" +
+                                 std::to_string(kMaxBlock)});
+    ASSERT_TRUE(server_->status().ok()) << server_->status();
+    Options options;
+    options.max_block_bytes = kMaxBlock;
+    channel_ = CreateChannel(server_->target(), options);
+    stub_ = EchoService::NewStub(channel_);
+  }
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<EchoService::Stub> stub_;
+};
+
+TEST_F(ChainedTest, LargeUnaryRequestsAndRepliesAreChainedBothWays) {
+  const size_t sizes[] = {kMaxBlock - 100, kMaxBlock + 1, 1 << 20,
+                          (3 << 20) + 12345};
+  int chained_each_way = 0;
+  for (size_t size : sizes) {
+    EchoRequest request;
+    FillRequest(&request, size, static_cast<int64_t>(size));
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    const grpc::Status status = stub_->Unary(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << size << ": " << status.error_message();
+    EXPECT_TRUE(PayloadIntact(response)) << size;
+    EXPECT_EQ(response.payload().size(), size);
+    if (SerializedSize(request) > kMaxBlock) ++chained_each_way;
+  }
+  const ClientStats stats = *GetChannelStats(channel_.get());
+  EXPECT_EQ(stats.calls_on_shm, 4u);
+  EXPECT_EQ(stats.messages_chained, uint64_t(chained_each_way));
+  EXPECT_EQ(stats.inline_arena_full + stats.inline_too_large, 0u);
+  EXPECT_EQ(FetchServerStats(server_->target()).messages_chained(),
+            uint64_t(chained_each_way));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return GetChannelStats(channel_.get())->session.arena.blocks_in_use ==
+               0;
+      },
+      absl::Seconds(5)))
+      << "chain blocks not all released";
+}
+
+TEST_F(ChainedTest, StreamsOfMixedSizesStayInOrder) {
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(30)));
+  auto stream = stub_->Bidi(&context);
+  std::mt19937 random(9);
+  for (int i = 0; i < 200; ++i) {
+    EchoRequest request;
+    FillRequest(&request, random() % (300 << 10), i);
+    ASSERT_TRUE(stream->Write(request));
+    EchoResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    ASSERT_EQ(response.seq(), i);
+    ASSERT_TRUE(PayloadIntact(response)) << i;
+  }
+  stream->WritesDone();
+  ASSERT_TRUE(stream->Finish().ok());
+  EXPECT_GT(GetChannelStats(channel_.get())->messages_chained, 100u);
 }
 
 TEST(FallbackTest, StalledHandlerBlocksTheStreamWhichThenResumes) {

@@ -124,7 +124,7 @@ bool ClientCall::DecideHijack(Batch* m) {
     }
     // A request that cannot get shared memory now goes plain as a whole
     // (later messages of a hijacked call fall back inline instead).
-    if (size > session->max_payload_bytes()) {
+    if (size > session->capacity_bytes()) {
       core_->CountPlain(ClientCore::PlainReason::kTooLarge);
       return false;
     }
@@ -318,12 +318,11 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
       if (c.have_message) {
         auto* out = static_cast<google::protobuf::MessageLite*>(
             m->GetRecvMessage());
-        absl::Status parsed = codec::ParseFrom(
-            c.message.data, c.message.descriptor.length, out);
+        absl::Status parsed = codec::ParseFrom(c.message.Chunks(), out);
         session_->Release(c.message);
         if (receive_window_) {
           if (std::optional<Credit> credit =
-                  receive_window_->OnConsumed(c.message.descriptor.length)) {
+                  receive_window_->OnConsumed(c.message.bytes)) {
             // Best effort: a gone session ends the call anyway.
             session_->SendCredit(stream_id_, EncodeCredit(*credit), deadline_)
                 .IgnoreError();
@@ -357,23 +356,28 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   switch (type) {
     case codec::FrameType::kMessage: {
       const size_t max_bytes = core_->options().max_message_bytes;
-      if (message.descriptor.length > max_bytes) {
-        session_->Release(message);
-        Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                           absl::StrCat("Received message larger than max (",
-                                        message.descriptor.length, " vs. ",
-                                        max_bytes, ")")),
-              /*tell_server=*/true);
-        return;
-      }
       std::unique_lock<std::mutex> lock(mu_);
       if (finished_) {
         lock.unlock();
         session_->Release(message);
         return;
       }
-      messages_.push_back(message);
-      TakeReadyLocked(&ready);
+      const size_t bytes = assembler_.pending_bytes() + message.descriptor.length;
+      if (bytes > max_bytes) {
+        InboundMessage partial = assembler_.TakePending();
+        lock.unlock();
+        session_->Release(partial);
+        session_->Release(message);
+        Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           absl::StrCat("Received message larger than max (",
+                                        bytes, " vs. ", max_bytes, ")")),
+              /*tell_server=*/true);
+        return;
+      }
+      if (std::optional<InboundMessage> complete = assembler_.Add(message)) {
+        messages_.push_back(*std::move(complete));
+        TakeReadyLocked(&ready);
+      }
       break;
     }
     case codec::FrameType::kInitialMetadata: {
@@ -433,7 +437,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
 void ClientCall::Abort(const grpc::Status& status, bool tell_server,
                        std::atomic<uint64_t>* ended_count) {
   std::vector<Completion> ready;
-  std::deque<shm::ReceivedMessage> unread;
+  std::deque<InboundMessage> unread;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
@@ -442,7 +446,7 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
     }
     finished_ = true;
     status_ = status;
-    unread.swap(messages_);
+    unread = TakeUnreadLocked();
     TakeReadyLocked(&ready);
   }
   if (send_window_) send_window_->Close();
@@ -460,8 +464,14 @@ void ClientCall::TellServerCancelled() {
       .IgnoreError();
 }
 
-void ClientCall::ReleaseAll(std::deque<shm::ReceivedMessage>& messages) {
-  for (const shm::ReceivedMessage& message : messages) {
+std::deque<InboundMessage> ClientCall::TakeUnreadLocked() {
+  std::deque<InboundMessage> unread = std::exchange(messages_, {});
+  unread.push_back(assembler_.TakePending());
+  return unread;
+}
+
+void ClientCall::ReleaseAll(std::deque<InboundMessage>& messages) {
+  for (const InboundMessage& message : messages) {
     if (session_) session_->Release(message);
   }
   messages.clear();
@@ -470,13 +480,13 @@ void ClientCall::ReleaseAll(std::deque<shm::ReceivedMessage>& messages) {
 void ClientCall::Finish() {
   if (alarm_) alarm_->Cancel();
   if (!hijacked_.load(std::memory_order_acquire)) return;
-  std::deque<shm::ReceivedMessage> unread;
+  std::deque<InboundMessage> unread;
   bool tell_server = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (ended_) return;
     ended_ = true;
-    unread.swap(messages_);
+    unread = TakeUnreadLocked();
     tell_server = !finished_;  // the app dropped a live call
     finished_ = true;
   }

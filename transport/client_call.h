@@ -37,6 +37,7 @@
 #include "shm/endpoint.h"
 #include "transport/client_core.h"
 #include "transport/flow_window.h"
+#include "transport/inbound_message.h"
 
 namespace shmgrpc::transport {
 
@@ -68,7 +69,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   struct Completion {
     PendingRecv recv;
     bool have_message = false;
-    shm::ReceivedMessage message;
+    InboundMessage message;
   };
 
   bool DecideHijack(Batch* methods);
@@ -79,7 +80,9 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // Moves every pending recv that can complete now into `ready` (mu_ held).
   void TakeReadyLocked(std::vector<Completion>* ready);
   void Complete(std::vector<Completion>& ready);
-  void ReleaseAll(std::deque<shm::ReceivedMessage>& messages);
+  // Takes the unread messages and a partly assembled one (mu_ held).
+  std::deque<InboundMessage> TakeUnreadLocked();
+  void ReleaseAll(std::deque<InboundMessage>& messages);
   void FailSend(Batch* methods, const absl::Status& why);
   void TellServerCancelled();
 
@@ -101,7 +104,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   std::unique_ptr<ReceiveWindow> receive_window_;
 
   std::mutex mu_;
-  std::deque<shm::ReceivedMessage> messages_;  // received, not yet read
+  MessageAssembler assembler_;           // chunks of a chained message
+  std::deque<InboundMessage> messages_;  // received, not yet read
   std::vector<PendingRecv> pending_;
   // Batches past their forward pass, awaiting their POST pass (a handful at
   // most: one per op kind in flight).

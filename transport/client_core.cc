@@ -82,7 +82,8 @@ absl::Status ClientCore::Connect() {
       },
       [weak, self](const absl::Status& status) {
         if (auto core = weak.lock()) core->OnClosed(self->lock(), status);
-      });
+      },
+      options_.max_block_bytes);
   *self = session;
   std::shared_ptr<Session> replaced;
   {
@@ -92,11 +93,7 @@ absl::Status ClientCore::Connect() {
       return absl::CancelledError("channel is being destroyed");
     }
     replaced = std::exchange(session_, session);
-    if (replaced) {
-      const InlineStats old = replaced->inline_stats();
-      closed_sessions_inline_.arena_full += old.arena_full;
-      closed_sessions_inline_.too_large += old.too_large;
-    }
+    if (replaced) replaced_sessions_ += replaced->send_path_stats();
   }
   sessions_opened_.fetch_add(1, std::memory_order_relaxed);
   if (replaced) replaced->Shutdown();
@@ -239,19 +236,20 @@ ClientStats ClientCore::Stats() {
       calls_aborted_by_close_.load(std::memory_order_relaxed);
   stats.blocks_reclaimed = blocks_reclaimed_.load(std::memory_order_relaxed);
   std::shared_ptr<Session> current;
+  SendPathStats paths;
   {
     std::lock_guard<std::mutex> lock(session_mu_);
     current = session_;
-    stats.inline_arena_full = closed_sessions_inline_.arena_full;
-    stats.inline_too_large = closed_sessions_inline_.too_large;
+    paths = replaced_sessions_;
   }
   if (current) {
-    const InlineStats now = current->inline_stats();
-    stats.inline_arena_full += now.arena_full;
-    stats.inline_too_large += now.too_large;
+    paths += current->send_path_stats();
     stats.session_alive = current->alive();
     stats.session = current->Stats();
   }
+  stats.messages_chained = paths.chained;
+  stats.inline_arena_full = paths.inline_arena_full;
+  stats.inline_too_large = paths.inline_too_large;
   return stats;
 }
 

@@ -34,8 +34,9 @@ struct ClientStats {
   uint64_t calls_plain_not_protobuf = 0;
   uint64_t calls_plain_too_large = 0;   // request larger than any block
   uint64_t calls_plain_arena_full = 0;  // request did not fit in free shm
-  // Messages inside shm calls that travelled inline on the socket, by
-  // reason (all sessions so far).
+  // Messages inside shm calls that needed more than one block (all sessions
+  // so far): chained over several blocks, or sent inline on the socket.
+  uint64_t messages_chained = 0;
   uint64_t inline_arena_full = 0;
   uint64_t inline_too_large = 0;
   uint64_t sessions_opened = 0;   // the first one included
@@ -90,8 +91,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   bool stopping_ = false;  // guarded by session_mu_
   std::condition_variable session_down_;  // a close, or stopping_
   std::thread reconnect_thread_;
-  // Inline counts of sessions already closed (guarded by session_mu_).
-  InlineStats closed_sessions_inline_;
+  // Send paths of sessions already replaced (guarded by session_mu_).
+  SendPathStats replaced_sessions_;
 
   std::mutex calls_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<ClientCall>> calls_;

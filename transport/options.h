@@ -22,11 +22,16 @@ inline shm::WaitOptions GrpcSessionWait() {
 }
 
 struct Options {
-  // Data area of the arena this side writes into, per session. Messages that
-  // do not fit travel over plain gRPC (see README, fallback).
+  // Data area of the arena this side writes into, per session. A new call
+  // whose request does not fit goes over plain gRPC; a message inside a call
+  // that does not fit travels inline on the socket (see README, fallback).
   size_t arena_bytes = 64 << 20;
   // Descriptors per ring (power of two).
   uint32_t ring_slots = 4096;
+  // Largest block one message may take; a larger message (or one no free
+  // run can hold) is serialized across a chain of 64 KiB-page blocks. 0: no
+  // limit, so a message takes one block whenever a free run fits it.
+  size_t max_block_bytes = 0;
   // How this side's session thread waits for frames: notify, spinning up to
   // 10 us before sleeping. Shorter than the shm layer's 100 us default
   // because a gRPC call already pays thread wake-ups inside gRPC, and on

@@ -26,17 +26,21 @@ void ReleaseSlice(void* arg) {
   delete release;
 }
 
+// One slice per frame (a chained message becomes a multi-slice buffer).
 grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
-                             const shm::ReceivedMessage& message) {
-  if (message.descriptor.length == 0) {
-    session->Release(message);
-    grpc::Slice empty;
-    return grpc::ByteBuffer(&empty, 1);
+                             const InboundMessage& message) {
+  absl::InlinedVector<grpc::Slice, 1> slices;
+  for (const shm::ReceivedMessage& frame : message.frames) {
+    if (frame.descriptor.length == 0) {
+      session->Release(frame);
+      continue;
+    }
+    slices.emplace_back(const_cast<uint8_t*>(frame.data),
+                        frame.descriptor.length, &ReleaseSlice,
+                        new SliceRelease{session, frame});
   }
-  grpc::Slice slice(const_cast<uint8_t*>(message.data),
-                    message.descriptor.length, &ReleaseSlice,
-                    new SliceRelease{session, message});
-  return grpc::ByteBuffer(&slice, 1);
+  if (slices.empty()) slices.emplace_back();
+  return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
 }  // namespace
@@ -63,9 +67,9 @@ InjectedCall::InjectedCall(std::shared_ptr<Session> session,
       receive_window_(window_bytes, window_messages) {}
 
 InjectedCall::~InjectedCall() {
-  for (const shm::ReceivedMessage& request : requests_) {
-    session_->Release(request);
-  }
+  for (const InboundMessage& request : requests_) session_->Release(request);
+  if (have_unary_request_) session_->Release(unary_request_);
+  session_->Release(assembler_.TakePending());
 }
 
 void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
@@ -80,17 +84,25 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       }
       session_->Release(message);
       break;
-    case codec::FrameType::kMessage:
-      if (unary_ && !have_unary_request_ && !half_closed_) {
-        unary_request_ = message;
-        have_unary_request_ = true;
-      } else if (call_ != nullptr && !half_closed_ && !write_failed_) {
-        requests_.push_back(message);
-        MaybeWriteLocked();
-      } else {
+    case codec::FrameType::kMessage: {
+      const bool wanted =
+          (unary_ && !have_unary_request_ && !half_closed_) ||
+          (call_ != nullptr && !half_closed_ && !write_failed_);
+      if (!wanted) {
         session_->Release(message);  // a protocol error, or after the end
+        break;
+      }
+      std::optional<InboundMessage> complete = assembler_.Add(message);
+      if (!complete) break;  // more chunks follow
+      if (unary_) {
+        unary_request_ = *std::move(complete);
+        have_unary_request_ = true;
+      } else {
+        requests_.push_back(*std::move(complete));
+        MaybeWriteLocked();
       }
       break;
+    }
     case codec::FrameType::kHalfClose:
       half_closed_ = true;
       if (unary_ && unary_call_ == nullptr && !finished_) {
@@ -193,7 +205,7 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
 void InjectedCall::MaybeWriteLocked() {
   if (finished_) {
     // The call is over: nothing more goes in.
-    for (const shm::ReceivedMessage& request : requests_) {
+    for (const InboundMessage& request : requests_) {
       session_->Release(request);
     }
     requests_.clear();
@@ -201,9 +213,9 @@ void InjectedCall::MaybeWriteLocked() {
   }
   if (!started_ || writing_ || writes_done_sent_) return;
   if (!requests_.empty() && !write_failed_) {
-    shm::ReceivedMessage request = requests_.front();
+    InboundMessage request = std::move(requests_.front());
     requests_.pop_front();
-    writing_bytes_ = request.descriptor.length;
+    writing_bytes_ = request.bytes;
     grpc::ByteBuffer buffer = WrapRequest(session_, request);
     writing_ = true;
     ++outstanding_ops_;
@@ -309,7 +321,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           }
         }
         if (write_failed_) {
-          for (const shm::ReceivedMessage& request : requests_) {
+          for (const InboundMessage& request : requests_) {
             session_->Release(request);
           }
           requests_.clear();

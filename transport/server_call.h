@@ -37,6 +37,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "shm/endpoint.h"
 #include "transport/flow_window.h"
+#include "transport/inbound_message.h"
 #include "transport/session.h"
 
 namespace shmgrpc::transport {
@@ -111,7 +112,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::string method_;
   absl::Time deadline_ = absl::InfiniteFuture();  // the client's, if any
   bool have_unary_request_ = false;
-  shm::ReceivedMessage unary_request_;
+  InboundMessage unary_request_;
   std::unique_ptr<grpc::GenericClientAsyncResponseReader> unary_call_;
   std::shared_ptr<InjectedCall> self_;  // alive until done
   int outstanding_ops_ = 0;
@@ -123,7 +124,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool finished_ = false;        // Finish completed (or never started)
   bool status_sent_ = false;
   bool done_ = false;
-  std::deque<shm::ReceivedMessage> requests_;  // not yet written
+  MessageAssembler assembler_;            // chunks of a chained request
+  std::deque<InboundMessage> requests_;   // not yet written
   uint64_t writing_bytes_ = 0;  // the request being written
   SendWindow send_window_;        // responses to the client
   ReceiveWindow receive_window_;  // requests from the client

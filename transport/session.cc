@@ -2,7 +2,10 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "codec/message_codec.h"
@@ -12,9 +15,11 @@ namespace shmgrpc::transport {
 
 std::shared_ptr<Session> Session::Start(Handshaken handshaken,
                                         FrameHandler on_frame,
-                                        ClosedHandler on_closed) {
-  std::shared_ptr<Session> session(new Session(
-      std::move(handshaken), std::move(on_frame), std::move(on_closed)));
+                                        ClosedHandler on_closed,
+                                        size_t max_block_bytes) {
+  std::shared_ptr<Session> session(
+      new Session(std::move(handshaken), std::move(on_frame),
+                  std::move(on_closed), max_block_bytes));
   // The thread keeps the session alive until it has left Run(); owners stop
   // it with Shutdown().
   session->thread_ = std::thread([self = session] { self->Run(); });
@@ -22,11 +27,13 @@ std::shared_ptr<Session> Session::Start(Handshaken handshaken,
 }
 
 Session::Session(Handshaken handshaken, FrameHandler on_frame,
-                 ClosedHandler on_closed)
+                 ClosedHandler on_closed, size_t max_block_bytes)
     : endpoint_(std::move(handshaken.endpoint)),
       peer_(handshaken.peer),
       on_frame_(std::move(on_frame)),
-      on_closed_(std::move(on_closed)) {}
+      on_closed_(std::move(on_closed)),
+      max_block_bytes_(max_block_bytes),
+      capacity_bytes_(endpoint_->Stats().arena.capacity_bytes) {}
 
 Session::~Session() {
   Shutdown();
@@ -72,9 +79,13 @@ void Session::Run() {
   on_closed_(closed);
 }
 
-size_t Session::max_payload_bytes() const {
-  return endpoint_->max_payload_bytes();
-}
+namespace {
+
+// Payload bytes per block of a chain: one 64 KiB page of the allocator minus
+// its block header, so chains use fragmented space page by page.
+constexpr size_t kChainChunkBytes = shm::kDataPageBytes - 32;
+
+}  // namespace
 
 template <typename Fill>
 absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
@@ -84,32 +95,90 @@ absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
   shm::Descriptor descriptor{shm::kNoPayload, 0,
                              static_cast<uint16_t>(type), flags, stream, 0};
   if (size == 0) return endpoint_->Send(descriptor, deadline);
-  absl::StatusOr<shm::Block> block = endpoint_->Allocate(size, stream);
-  if (block.ok()) {
-    if (absl::Status filled = fill(block->data); !filled.ok()) {
-      endpoint_->FreeUnsent(*block).IgnoreError();
-      return filled;
+  const bool may_chain = type == codec::FrameType::kMessage;
+  if (!may_chain || max_block_bytes_ == 0 || size <= max_block_bytes_) {
+    absl::StatusOr<shm::Block> block = endpoint_->Allocate(size, stream);
+    if (block.ok()) {
+      const codec::OutChunk chunk{block->data, size};
+      if (absl::Status filled = fill(absl::MakeConstSpan(&chunk, 1));
+          !filled.ok()) {
+        endpoint_->FreeUnsent(*block).IgnoreError();
+        return filled;
+      }
+      descriptor.offset = block->offset;
+      descriptor.length = static_cast<uint32_t>(size);
+      absl::Status sent = endpoint_->Send(descriptor, deadline);
+      if (!sent.ok()) endpoint_->FreeUnsent(*block).IgnoreError();
+      return sent;
     }
-    descriptor.offset = block->offset;
-    descriptor.length = static_cast<uint32_t>(size);
-    absl::Status sent = endpoint_->Send(descriptor, deadline);
-    if (!sent.ok()) endpoint_->FreeUnsent(*block).IgnoreError();
-    return sent;
+    if (block.status().code() != absl::StatusCode::kResourceExhausted) {
+      return block.status();
+    }
   }
-  if (block.status().code() != absl::StatusCode::kResourceExhausted) {
-    return block.status();
+  if (may_chain && size <= capacity_bytes_) {
+    absl::Status sent;
+    if (TrySendChained(descriptor, size, deadline, fill, &sent)) return sent;
   }
   // No shared memory for it: the bytes take the socket, the descriptor keeps
   // its place in the ring.
-  (size > endpoint_->max_payload_bytes() ? inline_too_large_
-                                         : inline_arena_full_)
+  (size > capacity_bytes_ ? inline_too_large_ : inline_arena_full_)
       .fetch_add(1, std::memory_order_relaxed);
   std::string heap(size, '\0');
-  if (absl::Status filled = fill(reinterpret_cast<uint8_t*>(heap.data()));
+  const codec::OutChunk chunk{reinterpret_cast<uint8_t*>(heap.data()), size};
+  if (absl::Status filled = fill(absl::MakeConstSpan(&chunk, 1));
       !filled.ok()) {
     return filled;
   }
   return endpoint_->SendInline(descriptor, std::move(heap), deadline);
+}
+
+template <typename Fill>
+bool Session::TrySendChained(shm::Descriptor descriptor, size_t size,
+                             absl::Time deadline, Fill& fill,
+                             absl::Status* status) {
+  const size_t chunk_bytes =
+      max_block_bytes_ == 0 ? kChainChunkBytes
+                            : std::min(max_block_bytes_, kChainChunkBytes);
+  std::vector<shm::Block> blocks;
+  std::vector<codec::OutChunk> chunks;
+  for (size_t left = size; left > 0;) {
+    const size_t n = std::min(left, chunk_bytes);
+    absl::StatusOr<shm::Block> block =
+        endpoint_->Allocate(n, descriptor.tag);
+    if (!block.ok()) {
+      for (const shm::Block& b : blocks) endpoint_->FreeUnsent(b).IgnoreError();
+      return false;
+    }
+    blocks.push_back(*block);
+    chunks.push_back({block->data, n});
+    left -= n;
+  }
+  auto free_from = [&](size_t first) {
+    for (size_t i = first; i < blocks.size(); ++i) {
+      endpoint_->FreeUnsent(blocks[i]).IgnoreError();
+    }
+  };
+  if (absl::Status filled = fill(absl::MakeConstSpan(chunks)); !filled.ok()) {
+    free_from(0);
+    *status = filled;
+    return true;
+  }
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    shm::Descriptor part = descriptor;
+    part.offset = blocks[i].offset;
+    part.length = static_cast<uint32_t>(chunks[i].size);
+    if (i + 1 < blocks.size()) part.flags |= codec::kMessageContinuesFlag;
+    if (absl::Status sent = endpoint_->Send(part, deadline); !sent.ok()) {
+      // Sent chunks are the peer's now; it drops the partial message when
+      // the call ends, which this failure makes happen.
+      free_from(i);
+      *status = sent;
+      return true;
+    }
+  }
+  chained_.fetch_add(1, std::memory_order_relaxed);
+  *status = absl::OkStatus();
+  return true;
 }
 
 absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
@@ -122,25 +191,27 @@ absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
   return endpoint_->Send(descriptor, deadline);
 }
 
-InlineStats Session::inline_stats() const {
-  InlineStats stats;
-  stats.arena_full = inline_arena_full_.load(std::memory_order_relaxed);
-  stats.too_large = inline_too_large_.load(std::memory_order_relaxed);
+SendPathStats Session::send_path_stats() const {
+  SendPathStats stats;
+  stats.chained = chained_.load(std::memory_order_relaxed);
+  stats.inline_arena_full = inline_arena_full_.load(std::memory_order_relaxed);
+  stats.inline_too_large = inline_too_large_.load(std::memory_order_relaxed);
   return stats;
 }
 
 bool Session::LikelyFits(size_t bytes) {
-  if (bytes > endpoint_->max_payload_bytes()) return false;
-  // One block header of slack; a large block also needs a contiguous run.
-  return endpoint_->FreeBytes() >= bytes + 64;
+  if (bytes > capacity_bytes_) return false;
+  // A block header per chain chunk (a single block needs one), plus one.
+  const size_t headers = (bytes / kChainChunkBytes + 2) * 32;
+  return endpoint_->FreeBytes() >= bytes + headers;
 }
 
 absl::Status Session::SendMessage(uint64_t stream,
                                   const google::protobuf::MessageLite& message,
                                   size_t size, absl::Time deadline) {
   return SendFilled(codec::FrameType::kMessage, stream, size, deadline, 0,
-                    [&](uint8_t* out) {
-                      codec::SerializeInto(message, size, out);
+                    [&](absl::Span<const codec::OutChunk> chunks) {
+                      codec::SerializeInto(message, chunks);
                       return absl::OkStatus();
                     });
 }
@@ -149,8 +220,8 @@ absl::Status Session::SendByteBuffer(uint64_t stream,
                                      const grpc::ByteBuffer& buffer,
                                      absl::Time deadline) {
   return SendFilled(codec::FrameType::kMessage, stream, buffer.Length(),
-                    deadline, 0, [&](uint8_t* out) {
-                      return codec::CopyByteBuffer(buffer, out);
+                    deadline, 0, [&](absl::Span<const codec::OutChunk> chunks) {
+                      return codec::CopyByteBuffer(buffer, chunks);
                     });
 }
 
@@ -158,10 +229,14 @@ absl::Status Session::SendFrame(codec::FrameType type, uint64_t stream,
                                 absl::string_view bytes, absl::Time deadline,
                                 uint16_t flags) {
   return SendFilled(type, stream, bytes.size(), deadline, flags,
-                    [&](uint8_t* out) {
-    std::memcpy(out, bytes.data(), bytes.size());
-    return absl::OkStatus();
-  });
+                    [&](absl::Span<const codec::OutChunk> chunks) {
+                      const char* from = bytes.data();
+                      for (const codec::OutChunk& chunk : chunks) {
+                        std::memcpy(chunk.data, from, chunk.size);
+                        from += chunk.size;
+                      }
+                      return absl::OkStatus();
+                    });
 }
 
 }  // namespace shmgrpc::transport

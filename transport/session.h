@@ -9,8 +9,11 @@
 // of this side's arena the peer still held, calls `on_closed` once and exits.
 //
 // Sends are thread-safe. Messages are serialized in place into a block of
-// this side's arena. A payload that cannot get a block (arena full, or larger
-// than any block) is serialized to the heap and sent inline on the socket, in
+// this side's arena; one that no single block can hold (no free run that
+// large, or larger than `max_block_bytes`) is serialized across a chain of
+// blocks, sent as kMessage frames flagged kMessageContinuesFlag but the last.
+// A payload that cannot get shared memory at all (arena full, or larger than
+// the arena) is serialized to the heap and sent inline on the socket, in
 // order with the rest of its stream; the next payload tries shared memory
 // again, so traffic returns to it as soon as blocks free up.
 #ifndef SHMGRPC_TRANSPORT_SESSION_H_
@@ -26,17 +29,26 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "codec/frame_type.h"
+#include "codec/message_codec.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "shm/endpoint.h"
 #include "transport/handshake.h"
+#include "transport/inbound_message.h"
 
 namespace shmgrpc::transport {
 
-// Payloads a session sent inline, by reason.
-struct InlineStats {
-  uint64_t arena_full = 0;  // a block would fit, but none was free
-  uint64_t too_large = 0;   // larger than the largest block
+// How a session's payloads left when one block was not enough.
+struct SendPathStats {
+  uint64_t chained = 0;            // messages split over several blocks
+  uint64_t inline_arena_full = 0;  // inline: not enough free shared memory
+  uint64_t inline_too_large = 0;   // inline: larger than the whole arena
+  SendPathStats& operator+=(const SendPathStats& other) {
+    chained += other.chained;
+    inline_arena_full += other.inline_arena_full;
+    inline_too_large += other.inline_too_large;
+    return *this;
+  }
 };
 
 class Session {
@@ -47,9 +59,12 @@ class Session {
   // Starts the session thread. The handlers may run until Shutdown() returns.
   // The session lives at least until its thread ends, so the owner must call
   // Shutdown() (or the peer must go away) for it to be freed.
+  // `max_block_bytes`: largest block one message may take (0: no limit;
+  // larger messages are chained).
   static std::shared_ptr<Session> Start(Handshaken handshaken,
                                         FrameHandler on_frame,
-                                        ClosedHandler on_closed);
+                                        ClosedHandler on_closed,
+                                        size_t max_block_bytes = 0);
   ~Session();
 
   // `size` is codec::SerializedSize(message), computed by the caller (once)
@@ -69,20 +84,26 @@ class Session {
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
+  void Release(const InboundMessage& message) {
+    for (const shm::ReceivedMessage& frame : message.frames) {
+      endpoint_->Release(frame);
+    }
+  }
 
-  // Largest payload one block of this side's arena can carry.
-  size_t max_payload_bytes() const;
   bool alive() const { return alive_.load(std::memory_order_acquire); }
   const PeerCredentials& peer() const { return peer_; }
   shm::EndpointStats Stats() const { return endpoint_->Stats(); }
-  InlineStats inline_stats() const;
+  SendPathStats send_path_stats() const;
+  // Bytes of shared memory this side can send from (the arena's data area).
+  size_t capacity_bytes() const { return capacity_bytes_; }
   // Blocks of this side's arena the peer still held when the session closed
   // (all freed then); 0 while alive.
   uint64_t blocks_reclaimed() const {
     return blocks_reclaimed_.load(std::memory_order_acquire);
   }
-  // True when `bytes` of payload would likely get a block now (a snapshot:
-  // the send itself still falls back inline if the space is gone).
+  // True when `bytes` of payload would likely get shared memory now, in one
+  // block or a chain (a snapshot: the send itself still falls back inline if
+  // the space is gone).
   bool LikelyFits(size_t bytes);
 
   // Closes the connection; waits for the session thread unless called from
@@ -91,9 +112,11 @@ class Session {
 
  private:
   Session(Handshaken handshaken, FrameHandler on_frame,
-          ClosedHandler on_closed);
+          ClosedHandler on_closed, size_t max_block_bytes);
   void Run();
-  // Allocates, lets `fill` write `size` bytes, and sends.
+  // Allocates one block (or, for kMessage, a chain), lets `fill` write the
+  // `size` bytes into it, and sends; inline when there is no shared memory.
+  // `fill` takes an absl::Span<const codec::OutChunk>.
   template <typename Fill>
   absl::Status SendFilled(codec::FrameType type, uint64_t stream, size_t size,
                           absl::Time deadline, uint16_t flags, Fill fill);
@@ -104,8 +127,16 @@ class Session {
   ClosedHandler on_closed_;
   std::atomic<bool> alive_{true};
   std::atomic<bool> shutdown_{false};
-  std::atomic<uint64_t> inline_arena_full_{0}, inline_too_large_{0},
-      blocks_reclaimed_{0};
+  // Sends a chain of blocks as one message's frames; false when the chain
+  // could not be allocated (nothing was sent then).
+  template <typename Fill>
+  bool TrySendChained(shm::Descriptor descriptor, size_t size,
+                      absl::Time deadline, Fill& fill, absl::Status* status);
+
+  const size_t max_block_bytes_;
+  const size_t capacity_bytes_;
+  std::atomic<uint64_t> chained_{0}, inline_arena_full_{0},
+      inline_too_large_{0}, blocks_reclaimed_{0};
   std::thread thread_;
 };
 

@@ -125,7 +125,8 @@ void ShmServer::Handshake(int sock) {
       },
       [this, weak](const absl::Status&) {
         if (auto s = weak.lock()) OnClosed(s);
-      });
+      },
+      options_.max_block_bytes);
   sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
   std::unique_lock<std::mutex> lock(mu_);
   if (shutting_down_) {
@@ -188,14 +189,10 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
   calls_cancelled_by_close_.fetch_add(calls.size(), std::memory_order_relaxed);
   blocks_reclaimed_.fetch_add(s->session->blocks_reclaimed(),
                               std::memory_order_relaxed);
-  const transport::InlineStats inline_stats = s->session->inline_stats();
-  closed_inline_arena_full_.fetch_add(inline_stats.arena_full,
-                                      std::memory_order_relaxed);
-  closed_inline_too_large_.fetch_add(inline_stats.too_large,
-                                     std::memory_order_relaxed);
   // Forget the session: its arenas are unmapped once the cancelled calls
   // and the session thread let go of it.
   std::lock_guard<std::mutex> lock(mu_);
+  closed_sessions_paths_ += s->session->send_path_stats();
   sessions_.erase(std::remove(sessions_.begin(), sessions_.end(), s),
                   sessions_.end());
 }
@@ -259,18 +256,18 @@ ServerStats ShmServer::Stats() {
   stats.sessions_closed = sessions_closed_.load();
   stats.calls_cancelled_by_close = calls_cancelled_by_close_.load();
   stats.blocks_reclaimed = blocks_reclaimed_.load();
-  stats.inline_arena_full = closed_inline_arena_full_.load();
-  stats.inline_too_large = closed_inline_too_large_.load();
   std::lock_guard<std::mutex> lock(mu_);
+  transport::SendPathStats paths = closed_sessions_paths_;
   for (const auto& s : sessions_) {
     if (s->session->alive()) ++stats.sessions_open;
-    const transport::InlineStats inline_stats = s->session->inline_stats();
-    stats.inline_arena_full += inline_stats.arena_full;
-    stats.inline_too_large += inline_stats.too_large;
+    paths += s->session->send_path_stats();
     stats.blocks_in_use += s->session->Stats().arena.blocks_in_use;
     std::lock_guard<std::mutex> session_lock(s->mu);
     stats.calls_active += s->calls.size();
   }
+  stats.messages_chained = paths.chained;
+  stats.inline_arena_full = paths.inline_arena_full;
+  stats.inline_too_large = paths.inline_too_large;
   return stats;
 }
 

@@ -42,7 +42,9 @@ struct ServerStats {
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
   uint64_t calls_cancelled_by_close = 0;  // live when their client went
-  // Responses that travelled inline on the socket, by reason.
+  // Responses that needed more than one block: chained over several
+  // blocks, or sent inline on the socket (by reason).
+  uint64_t messages_chained = 0;
   uint64_t inline_arena_full = 0;
   uint64_t inline_too_large = 0;
   // Blocks of the server's arenas: held by open sessions' clients now, and
@@ -96,8 +98,9 @@ class ShmServer {
 
   std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
       calls_injected_{0}, sessions_closed_{0}, calls_cancelled_by_close_{0},
-      blocks_reclaimed_{0}, closed_inline_arena_full_{0},
-      closed_inline_too_large_{0};
+      blocks_reclaimed_{0};
+  // Send paths of closed sessions (guarded by mu_).
+  transport::SendPathStats closed_sessions_paths_;
 };
 
 }  // namespace shmgrpc
