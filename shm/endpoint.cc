@@ -118,6 +118,18 @@ absl::Status Endpoint::Send(const Descriptor& descriptor,
   return PublishLocked(descriptor, deadline);
 }
 
+absl::Status Endpoint::TrySend(const Descriptor& descriptor) {
+  std::unique_lock<std::mutex> lock(send_mu_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    return absl::ResourceExhaustedError("another sender holds the ring");
+  }
+  const absl::Status sent = PublishLocked(descriptor, absl::InfinitePast());
+  if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
+    return absl::ResourceExhaustedError("ring full");
+  }
+  return sent;
+}
+
 absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
                                   absl::Time deadline) {
   const size_t len = bytes.size();

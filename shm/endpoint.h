@@ -89,6 +89,10 @@ class Endpoint {
   // Publishes `descriptor` (its offset from a Block of this endpoint, or
   // kNoPayload with length 0) and rings the doorbell only if the peer sleeps.
   absl::Status Send(const Descriptor& descriptor, absl::Time deadline);
+  // Send without ever waiting: ResourceExhausted when another sender holds
+  // the send lock (it may be waiting for ring space) or the ring is full.
+  // For threads that must not block (a session's reader).
+  absl::Status TrySend(const Descriptor& descriptor);
   // Publishes `descriptor` (offset/length/flags are set here) with `bytes`
   // travelling on the socket instead of shared memory. Waits for a ring slot
   // until `deadline`, then queues the bytes for the socket's writer thread

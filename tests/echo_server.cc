@@ -3,7 +3,7 @@
 //
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
-//               [--tcp_port=P] [--max_block_bytes=N]
+//               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
 // unless --no-shm, attaches shmgrpc (handshake socket <socket>.shm) with the
@@ -69,7 +69,7 @@ class StatsService final : public ServerStatsService::Service {
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
-    "[--max_block_bytes=N]\n";
+    "[--max_block_bytes=N] [--ring_slots=N]\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
@@ -86,6 +86,11 @@ int Main(int argc, char** argv) {
       }
     } else if (absl::StartsWith(arg, "--max_block_bytes=")) {
       if (!absl::SimpleAtoi(arg.substr(18), &options.max_block_bytes)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--ring_slots=")) {
+      if (!absl::SimpleAtoi(arg.substr(13), &options.ring_slots)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }

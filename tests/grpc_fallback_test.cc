@@ -190,6 +190,38 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
       << last.calls_active() << " calls still in use";
 }
 
+TEST(ExhaustionTest, TinyRingsUnderManyStreamsNeverDeadlock) {
+  // 8-slot rings both ways: every sender, the session threads' credits
+  // included, keeps finding the ring full. Nothing may wedge.
+  constexpr int kStreams = 32;
+  ServerProcess server("sync", {"--ring_slots=8"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  Options options;
+  options.ring_slots = 8;
+  auto channel = CreateChannel(server.target(), options);
+  auto stub = EchoService::NewStub(channel);
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  std::vector<StreamResult> results(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back(
+        [&, i] { results[i] = RunSoakStream(*stub, 100 + i, until); });
+  }
+  for (std::thread& t : threads) t.join();
+  int64_t messages = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_TRUE(results[i].failure.empty())
+        << "stream " << i << ": " << results[i].failure;
+    messages += results[i].messages;
+  }
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_on_shm, static_cast<uint64_t>(kStreams));
+  EXPECT_GT(stats.session.ring_full_waits, 0u) << "the rings never filled";
+  std::printf("tiny rings: %ld messages each way, %lu ring-full waits\n",
+              static_cast<long>(messages),
+              static_cast<unsigned long>(stats.session.ring_full_waits));
+}
+
 TEST(FallbackTest, UnaryThatCannotFitGoesPlainAndSucceeds) {
   ServerProcess server("sync",
                        {"--arena_bytes=" + std::to_string(kTinyArena)});

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -323,9 +324,7 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
         if (receive_window_) {
           if (std::optional<Credit> credit =
                   receive_window_->OnConsumed(c.message.bytes)) {
-            // Best effort: a gone session ends the call anyway.
-            session_->SendCredit(stream_id_, EncodeCredit(*credit), deadline_)
-                .IgnoreError();
+            SendCredit(*credit);
           }
         }
         if (!parsed.ok()) {
@@ -453,6 +452,41 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();
   Complete(ready);
+}
+
+void ClientCall::SendCredit(const Credit& credit) {
+  // This may run on the session thread, which must never wait for the ring
+  // or for the send lock (whose holder may be waiting for ring space, which
+  // the server frees only once its own session thread, possibly waiting on
+  // us, moves): try once, and only if that fails hand the send to a
+  // short-lived thread that may wait (rare: it takes a full ring or a
+  // concurrent sender stuck on one).
+  const absl::Status sent =
+      session_->TrySendCredit(stream_id_, EncodeCredit(credit));
+  if (sent.code() != absl::StatusCode::kResourceExhausted) return;  // or gone
+  std::lock_guard<std::mutex> lock(mu_);
+  deferred_credit_.messages += credit.messages;
+  deferred_credit_.bytes += credit.bytes;
+  if (credit_sender_running_) return;  // it sends this too
+  credit_sender_running_ = true;
+  std::thread([self = shared_from_this()] {
+    for (;;) {
+      Credit credit;
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        if (self->deferred_credit_.messages == 0 &&
+            self->deferred_credit_.bytes == 0) {
+          self->credit_sender_running_ = false;
+          return;
+        }
+        credit = std::exchange(self->deferred_credit_, Credit{});
+      }
+      // Best effort: a gone session ends the call anyway.
+      self->session_
+          ->SendCredit(self->stream_id_, EncodeCredit(credit), self->deadline_)
+          .IgnoreError();
+    }
+  }).detach();
 }
 
 void ClientCall::TellServerCancelled() {

@@ -113,10 +113,16 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       break;
     case codec::FrameType::kWindowUpdate:
       send_window_.OnCredit(DecodeCredit(message.descriptor.aux));
-      if (holding_response_ && send_window_.HasRoom()) {
-        holding_response_ = false;
-        SendResponseLocked(&held_response_);
-        ReadNextResponseLocked();
+      if (holding_response_ && send_window_.HasRoom() && !resume_pending_) {
+        // The held response is sent from the CQ thread, not from here: the
+        // session thread must never wait for ring space, or two sessions'
+        // readers could each wait for the other to drain (see
+        // ARCHITECTURE, fallback).
+        resume_pending_ = true;
+        ++outstanding_ops_;
+        resume_alarm_ = std::make_unique<grpc::Alarm>();
+        resume_alarm_->Set(cq_, std::chrono::system_clock::now(),
+                           &resume_tag_);
       }
       break;
     case codec::FrameType::kCancel:
@@ -332,6 +338,14 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         finished_ = true;
         send_status = true;
         if (unary_) SendUnaryReplyLocked();
+        break;
+      case Op::kResumeResponses:
+        resume_pending_ = false;
+        if (holding_response_ && send_window_.HasRoom()) {
+          holding_response_ = false;
+          SendResponseLocked(&held_response_);
+          ReadNextResponseLocked();
+        }
         break;
     }
     done = TakeIfDoneLocked();

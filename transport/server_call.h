@@ -31,6 +31,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "grpcpp/alarm.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -44,7 +45,14 @@ namespace shmgrpc::transport {
 
 class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
  public:
-  enum class Op { kStart, kInitialMetadata, kRead, kWrite, kFinish };
+  enum class Op {
+    kStart,
+    kInitialMetadata,
+    kRead,
+    kWrite,
+    kFinish,
+    kResumeResponses,  // credit came for a held response (an alarm)
+  };
   // A completion-queue tag: the call and which of its ops completed.
   struct Tag {
     InjectedCall* call;
@@ -103,6 +111,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   Tag read_tag_{this, Op::kRead};
   Tag write_tag_{this, Op::kWrite};
   Tag finish_tag_{this, Op::kFinish};
+  Tag resume_tag_{this, Op::kResumeResponses};
 
   std::mutex mu_;
   grpc::ClientContext context_;
@@ -131,6 +140,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   ReceiveWindow receive_window_;  // requests from the client
   grpc::ByteBuffer held_response_;  // read, waiting for the client's room
   bool holding_response_ = false;
+  bool resume_pending_ = false;  // resume_alarm_ is set
+  std::unique_ptr<grpc::Alarm> resume_alarm_;
   bool cancelled_ = false;
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;

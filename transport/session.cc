@@ -191,6 +191,14 @@ absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
   return endpoint_->Send(descriptor, deadline);
 }
 
+absl::Status Session::TrySendCredit(uint64_t stream, uint64_t credit_aux) {
+  if (!alive()) return absl::UnavailableError("shm session is closed");
+  return endpoint_->TrySend(shm::Descriptor{
+      shm::kNoPayload, 0,
+      static_cast<uint16_t>(codec::FrameType::kWindowUpdate), 0, stream,
+      credit_aux});
+}
+
 SendPathStats Session::send_path_stats() const {
   SendPathStats stats;
   stats.chained = chained_.load(std::memory_order_relaxed);

@@ -81,6 +81,9 @@ class Session {
   // A kWindowUpdate frame (no payload) carrying `credit_aux`.
   absl::Status SendCredit(uint64_t stream, uint64_t credit_aux,
                           absl::Time deadline);
+  // The same, never waiting (for the session thread): ResourceExhausted
+  // when it would have to wait.
+  absl::Status TrySendCredit(uint64_t stream, uint64_t credit_aux);
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
