@@ -103,6 +103,28 @@ StreamResult RunSoakStream(EchoService::Stub& stub, int stream_index,
   return result;
 }
 
+// Runs `streams` soak streams on `stub` until `until` (seeds from
+// `first_seed`), expects every one to succeed, and returns the messages
+// echoed in all.
+int64_t RunSoakStreams(EchoService::Stub& stub, int streams, int first_seed,
+                       absl::Time until) {
+  std::vector<StreamResult> results(streams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < streams; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = RunSoakStream(stub, first_seed + i, until);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int64_t messages = 0;
+  for (int i = 0; i < streams; ++i) {
+    EXPECT_TRUE(results[i].failure.empty())
+        << "stream " << i << ": " << results[i].failure;
+    messages += results[i].messages;
+  }
+  return messages;
+}
+
 TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
   constexpr int kStreams = 64;
   ServerProcess server("sync",
@@ -113,12 +135,6 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
 
   const absl::Duration soak = SoakDuration();
   const absl::Time until = absl::Now() + soak;
-  std::vector<StreamResult> results(kStreams);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back(
-        [&, i] { results[i] = RunSoakStream(*stub, i, until); });
-  }
   std::thread progress([&] {
     while (absl::Now() < until) {
       absl::SleepFor(absl::Seconds(5));
@@ -128,15 +144,9 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
                    static_cast<unsigned long>(stats.session.inline_sent));
     }
   });
-  for (std::thread& t : threads) t.join();
+  const int64_t messages = RunSoakStreams(*stub, kStreams, 0, until);
   progress.join();
 
-  int64_t messages = 0;
-  for (int i = 0; i < kStreams; ++i) {
-    EXPECT_TRUE(results[i].failure.empty())
-        << "stream " << i << ": " << results[i].failure;
-    messages += results[i].messages;
-  }
   const ClientStats client = *GetChannelStats(channel.get());
   const ServerStatsReply server_stats = FetchServerStats(server.target());
   EXPECT_EQ(client.calls_on_shm, static_cast<uint64_t>(kStreams));
@@ -200,20 +210,8 @@ TEST(ExhaustionTest, TinyRingsUnderManyStreamsNeverDeadlock) {
   options.ring_slots = 8;
   auto channel = CreateChannel(server.target(), options);
   auto stub = EchoService::NewStub(channel);
-  const absl::Time until = absl::Now() + absl::Seconds(5);
-  std::vector<StreamResult> results(kStreams);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back(
-        [&, i] { results[i] = RunSoakStream(*stub, 100 + i, until); });
-  }
-  for (std::thread& t : threads) t.join();
-  int64_t messages = 0;
-  for (int i = 0; i < kStreams; ++i) {
-    EXPECT_TRUE(results[i].failure.empty())
-        << "stream " << i << ": " << results[i].failure;
-    messages += results[i].messages;
-  }
+  const int64_t messages = RunSoakStreams(*stub, kStreams, 100,
+                                          absl::Now() + absl::Seconds(5));
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_EQ(stats.calls_on_shm, static_cast<uint64_t>(kStreams));
   EXPECT_GT(stats.session.ring_full_waits, 0u) << "the rings never filled";
