@@ -16,7 +16,10 @@
 // and forwarded to the server; TryCancel, a gone session, an oversize
 // message all end the call with the matching status and tell the server.
 // Streaming calls are flow controlled (flow_window.h): a Write waits while
-// the server's application is behind by a window.
+// the server's application is behind by a window; credit for what this side
+// consumed goes back without ever waiting on the session thread. Messages
+// may arrive chained over several blocks (MessageAssembler) and are parsed
+// in place across them.
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 #define SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 

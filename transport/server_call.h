@@ -8,15 +8,16 @@
 // reader-writer.
 //
 // Requests enter zero-copy: each message is a grpc::Slice over the client's
-// arena, released back to the client when gRPC drops the slice (right after
-// the handler parsed it). Responses are copied once from gRPC's buffer into
+// arena (one slice per block of a chained message), released back to the
+// client when gRPC drops the slice (right after the handler parsed it). Responses are copied once from gRPC's buffer into
 // this side's arena. The client's metadata and deadline are forwarded; the
 // verified peer identity is added as x-shmgrpc-peer-{pid,uid,gid} (any such
 // keys the client sent are dropped, so handlers can trust them). A kCancel
 // frame or a dead session cancels the call (the handler sees IsCancelled).
 // Streams are flow controlled both ways (flow_window.h): requests are
-// credited as the handler takes them, and the handler's responses are read
-// only while the client's window has room.
+// credited as the handler takes them; a response read while the client's
+// window is full is held, with no further read, until credit comes (sent
+// from the CQ thread: the session thread never waits for ring space).
 //
 // Thread-safety: frames arrive on the session thread, completions on CQ
 // threads; all state is under mu_, and no gRPC call is made under it except
