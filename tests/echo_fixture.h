@@ -93,6 +93,12 @@ class EchoFixtureBase : public Base {
     channel_ = CreateChannel(server_->target());
     stub_ = EchoService::NewStub(channel_);
   }
+  void TearDown() override {
+    // A server that crashed mid-test would otherwise go unnoticed.
+    if (server_ != nullptr && server_->status().ok()) {
+      EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
+    }
+  }
   ClientStats Stats() { return *GetChannelStats(channel_.get()); }
   uint64_t CallsOnShm() { return Stats().calls_on_shm; }
 

@@ -116,6 +116,7 @@ void ShmServer::Handshake(int sock) {
     close(sock);
     return;
   }
+  const pid_t peer_pid = handshaken->peer.pid;
   auto server_session = std::make_shared<ServerSession>();
   std::weak_ptr<ServerSession> weak = server_session;
   server_session->session = Session::Start(
@@ -123,7 +124,13 @@ void ShmServer::Handshake(int sock) {
       [this, weak](const shm::ReceivedMessage& message) {
         if (auto s = weak.lock()) OnFrame(s, message);
       },
-      [this, weak](const absl::Status&) {
+      [this, weak, peer_pid](const absl::Status& why) {
+        // A client that goes away is routine; anything else (a protocol
+        // error, a broken inline record) is worth a line.
+        if (!absl::IsUnavailable(why) && !why.ok()) {
+          ShmLog("session with pid ", peer_pid, " on ", shm_path_,
+                 " ended: ", why.ToString());
+        }
         if (auto s = weak.lock()) OnClosed(s);
       },
       options_.max_block_bytes);
