@@ -123,11 +123,9 @@ absl::Status Endpoint::TrySend(const Descriptor& descriptor) {
   if (!lock.owns_lock()) {
     return absl::ResourceExhaustedError("another sender holds the ring");
   }
-  const absl::Status sent = PublishLocked(descriptor, absl::InfinitePast());
-  if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
-    return absl::ResourceExhaustedError("ring full");
-  }
-  return sent;
+  absl::Status sent;
+  if (TryPublishLocked(descriptor, &sent)) return sent;
+  return absl::ResourceExhaustedError("ring full");
 }
 
 absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
@@ -158,27 +156,37 @@ absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
   return absl::OkStatus();
 }
 
+bool Endpoint::TryPublishLocked(const Descriptor& descriptor,
+                                absl::Status* status) {
+  switch (data_out_.Stage(descriptor)) {
+    case RingWriter::Result::kOk:
+      data_out_.Publish();
+      messages_sent_.Add(1);
+      bytes_sent_.Add(descriptor.length);
+      if (data_out_.ConsumerNeedsDoorbell()) {
+        doorbells_sent_.Add(1);
+        *status = side_.Ring();
+      } else {
+        doorbells_suppressed_.Add(1);
+        *status = absl::OkStatus();
+      }
+      return true;
+    case RingWriter::Result::kCorrupt:
+      *status = absl::DataLossError("peer's ring head is impossible");
+      return true;
+    case RingWriter::Result::kFull:
+      return false;
+  }
+  return false;
+}
+
 absl::Status Endpoint::PublishLocked(const Descriptor& descriptor,
                                      absl::Time deadline) {
   int64_t deadline_ns = 0;  // computed on the first full ring only
   int64_t backoff_us = 1;
   for (;;) {
-    switch (data_out_.Stage(descriptor)) {
-      case RingWriter::Result::kOk:
-        data_out_.Publish();
-        messages_sent_.Add(1);
-        bytes_sent_.Add(descriptor.length);
-        if (data_out_.ConsumerNeedsDoorbell()) {
-          doorbells_sent_.Add(1);
-          return side_.Ring();
-        }
-        doorbells_suppressed_.Add(1);
-        return absl::OkStatus();
-      case RingWriter::Result::kCorrupt:
-        return absl::DataLossError("peer's ring head is impossible");
-      case RingWriter::Result::kFull:
-        break;
-    }
+    absl::Status published;
+    if (TryPublishLocked(descriptor, &published)) return published;
     // Backpressure: the consumer frees slots without signalling, so back off
     // exponentially (1..100 us), bounded by the deadline and by the peer.
     if (deadline_ns == 0) {

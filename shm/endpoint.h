@@ -122,8 +122,11 @@ class Endpoint {
  private:
   enum class PopResult { kMessage, kEmpty, kInvalid, kCorrupt };
   PopResult TryPop(ReceivedMessage* out, absl::Status* error);
-  // Stages and publishes one descriptor, waiting out a full ring until
-  // `deadline` (send_mu_ held), and rings the doorbell if the peer sleeps.
+  // One attempt (send_mu_ held): false when the ring is full; otherwise the
+  // descriptor is published (doorbell rung if the peer sleeps) or the ring
+  // is corrupt, and `*status` says which.
+  bool TryPublishLocked(const Descriptor& descriptor, absl::Status* status);
+  // Attempts until published, waiting out a full ring until `deadline`.
   absl::Status PublishLocked(const Descriptor& descriptor, absl::Time deadline);
   void DrainReleases();       // any thread; one drains at a time
   void RetryPendingReleases();        // takes release_mu_ only if needed

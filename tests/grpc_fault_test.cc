@@ -40,6 +40,12 @@ int ConnectTo(const std::string& path) {
   return sock;
 }
 
+// True once the server has exactly one call in flight (within 5 s).
+bool OneCallActive(const std::string& target) {
+  return WaitFor([&] { return FetchServerStats(target).calls_active() == 1; },
+                 absl::Seconds(5));
+}
+
 // ---- the server dies -------------------------------------------------------
 
 TEST(ServerDeathTest, KilledDuringUnaryCallEndsItUnavailablePromptly) {
@@ -49,9 +55,7 @@ TEST(ServerDeathTest, KilledDuringUnaryCallEndsItUnavailablePromptly) {
   auto stub = EchoService::NewStub(channel);
 
   HangingCall call(stub.get(), absl::Seconds(30));
-  ASSERT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).calls_active() == 1; },
-      absl::Seconds(5)));
+  ASSERT_TRUE(OneCallActive(server.target()));
   const absl::Time killed_at = absl::Now();
   server.Kill();
   const bool prompt = WaitFor([&] { return call.returned(); }, kPrompt);
@@ -224,9 +228,7 @@ TEST(ClientDeathTest, KilledDuringUnaryCallIsCancelledAndCleanedUp) {
                        "--target=" + server.target(), "--mode=hang-unary"},
                       "calling");
   ASSERT_TRUE(client.status().ok()) << client.status();
-  ASSERT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).calls_active() == 1; },
-      absl::Seconds(5)));
+  ASSERT_TRUE(OneCallActive(server.target()));
   client.Kill();
   ExpectServerCleanedUp(server.target());
   const ServerStatsReply stats = FetchServerStats(server.target());
@@ -289,9 +291,7 @@ TEST(ShutdownTest, ServerShutdownEndsCallsInFlightUnavailable) {
   auto channel = CreateChannel(server.target());
   auto stub = EchoService::NewStub(channel);
   HangingCall call(stub.get(), absl::Seconds(30));
-  ASSERT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).calls_active() == 1; },
-      absl::Seconds(5)));
+  ASSERT_TRUE(OneCallActive(server.target()));
   const absl::Time stop_at = absl::Now();
   EXPECT_EQ(server.Stop(), 0) << "unclean server shutdown";
   const absl::Duration stop_took = absl::Now() - stop_at;

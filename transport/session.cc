@@ -181,22 +181,25 @@ bool Session::TrySendChained(shm::Descriptor descriptor, size_t size,
   return true;
 }
 
+namespace {
+
+shm::Descriptor CreditFrame(uint64_t stream, uint64_t credit_aux) {
+  return {shm::kNoPayload, 0,
+          static_cast<uint16_t>(codec::FrameType::kWindowUpdate), 0, stream,
+          credit_aux};
+}
+
+}  // namespace
+
 absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
                                  absl::Time deadline) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
-  const shm::Descriptor descriptor{
-      shm::kNoPayload, 0,
-      static_cast<uint16_t>(codec::FrameType::kWindowUpdate), 0, stream,
-      credit_aux};
-  return endpoint_->Send(descriptor, deadline);
+  return endpoint_->Send(CreditFrame(stream, credit_aux), deadline);
 }
 
 absl::Status Session::TrySendCredit(uint64_t stream, uint64_t credit_aux) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
-  return endpoint_->TrySend(shm::Descriptor{
-      shm::kNoPayload, 0,
-      static_cast<uint16_t>(codec::FrameType::kWindowUpdate), 0, stream,
-      credit_aux});
+  return endpoint_->TrySend(CreditFrame(stream, credit_aux));
 }
 
 SendPathStats Session::send_path_stats() const {
