@@ -33,7 +33,7 @@ Session::Session(Handshaken handshaken, FrameHandler on_frame,
       on_frame_(std::move(on_frame)),
       on_closed_(std::move(on_closed)),
       max_block_bytes_(max_block_bytes),
-      capacity_bytes_(endpoint_->Stats().arena.capacity_bytes) {}
+      capacity_bytes_(endpoint_->max_payload_bytes()) {}
 
 Session::~Session() {
   Shutdown();

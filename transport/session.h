@@ -97,7 +97,8 @@ class Session {
   const PeerCredentials& peer() const { return peer_; }
   shm::EndpointStats Stats() const { return endpoint_->Stats(); }
   SendPathStats send_path_stats() const;
-  // Bytes of shared memory this side can send from (the arena's data area).
+  // Largest payload this side's arena could ever hold (one block spanning
+  // the whole data area); anything larger can only travel inline.
   size_t capacity_bytes() const { return capacity_bytes_; }
   // Blocks of this side's arena the peer still held when the session closed
   // (all freed then); 0 while alive.
