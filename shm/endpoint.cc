@@ -1,5 +1,6 @@
 #include "shm/endpoint.h"
 
+#include <sched.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -287,16 +288,26 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
                               : wait_.strategy == WaitStrategy::kPoll
                                     ? std::numeric_limits<int64_t>::max()
                                     : 0;
-  // Spin phase (notify: adaptive budget; poll: until the deadline).
+  // Spin phase (notify: adaptive budget; poll: until the deadline). The
+  // first pause_spin only pauses; after that every check yields the core,
+  // so a spinning consumer never keeps the thread that will produce the
+  // message (or anything else runnable) off the CPU.
+  const int64_t pause_ns = absl::ToInt64Nanoseconds(wait_.pause_spin);
   int64_t now_ns = start_ns;
   int64_t next_liveness_ns = start_ns + liveness_ns;
+  bool yielding = pause_ns <= 0;
   for (uint32_t i = 1; now_ns - start_ns < spin_ns; ++i) {
     if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
       return done(r);
     }
-    CpuRelax();
-    if ((i & 63) != 0) continue;
+    if (yielding) {
+      sched_yield();
+    } else {
+      CpuRelax();
+      if ((i & 63) != 0) continue;
+    }
     now_ns = MonotonicNanos();
+    yielding = now_ns - start_ns >= pause_ns;
     if (now_ns >= deadline_ns) {
       return absl::DeadlineExceededError("no message before the deadline");
     }

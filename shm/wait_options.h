@@ -4,8 +4,18 @@
 //            and block on the UDS doorbell. The producer rings (1 byte) only
 //            when it sees the consumer asleep, so dense traffic is nearly
 //            syscall-free and a quick reply never pays for a wake-up.
-//   poll     spin forever (with pause); lowest latency, one busy core per
-//            waiting consumer. No doorbells.
+//   poll     spin forever; lowest latency, one busy core per waiting
+//            consumer (it yields to runnable threads). No doorbells.
+//
+// Spinning: the first `pause_spin` of every spin is CPU pauses only; after
+// that each check calls sched_yield(). A yielding spinner costs a syscall per
+// check but never keeps a runnable thread (often the one about to produce the
+// message) off its core, and it keeps its vCPU from halting, so the wake-ups
+// of the other threads on the call path stay cheap. Measured on the 2-vCPU
+// reference VM (gRPC unary, 64 B): pure-pause polling p50 40 us but p99
+// 2.4 ms (spinners holding both cores for whole time slices); yielding
+// polling p99 87 us; notify with a 300 us yielding spin p50 44 us vs 128 us
+// with a 10 us pause spin.
 //   periodic sleep `period`, then drain; lowest CPU, latency up to `period`.
 //            No doorbells.
 #ifndef SHMGRPC_SHM_WAIT_OPTIONS_H_
@@ -26,6 +36,8 @@ struct WaitOptions {
   // halves (down to min_spin) when it came much later (slow peer, idle link).
   absl::Duration max_spin = absl::Microseconds(100);
   absl::Duration min_spin = absl::Microseconds(1);
+  // Part of each spin that pauses without yielding (see above).
+  absl::Duration pause_spin = absl::Microseconds(2);
   // periodic: sleep between drains.
   absl::Duration period = absl::Microseconds(50);
   // poll: how often a spinning consumer checks that the peer is still there.
