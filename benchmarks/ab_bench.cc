@@ -457,10 +457,10 @@ std::vector<Cell> MakePlan(const AbFlags& flags) {
 std::string Conditions(const AbFlags& flags) {
   return absl::StrCat(
       sysconf(_SC_NPROCESSORS_ONLN), " CPUs; ",
-      flags.malloc_env.empty() ? "glibc malloc defaults"
-                               : "allocator env " + flags.malloc_env,
-      " for all processes; shm session spin ",
-      absl::FormatDuration(Options().wait.max_spin), " (notify), poll spins, ",
+      AllocatorConditions(), " for all processes; shm session spin ",
+      absl::FormatDuration(Options().wait.max_spin), " yielding after ",
+      absl::FormatDuration(Options().wait.pause_spin),
+      " (notify), poll spins, ",
       "periodic ", absl::FormatDuration(Options().wait.period), "; ",
       flags.common.rounds, " interleaved rounds x ",
       absl::FormatDuration(flags.duration), " per slot",

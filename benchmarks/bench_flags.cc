@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+extern char** environ;
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -87,6 +89,19 @@ std::string SizeName(size_t size) {
   if (size >= (1 << 20)) return absl::StrFormat("%dMiB", size >> 20);
   if (size >= 1024) return absl::StrFormat("%dKiB", size >> 10);
   return absl::StrFormat("%dB", size);
+}
+
+std::string AllocatorConditions() {
+  std::vector<std::string> settings;
+  for (char** var = environ; *var != nullptr; ++var) {
+    if (absl::StartsWith(*var, "MALLOC_") ||
+        absl::StartsWith(*var, "GLIBC_TUNABLES=")) {
+      settings.push_back(*var);
+    }
+  }
+  if (settings.empty()) return "glibc malloc defaults";
+  std::sort(settings.begin(), settings.end());
+  return "allocator env " + absl::StrJoin(settings, ",");
 }
 
 }  // namespace shmgrpc::bench

@@ -42,6 +42,11 @@ double Percentile(std::vector<double> samples, double p);
 // "64B", "4KiB", "1MiB".
 std::string SizeName(size_t size);
 
+// The allocator settings this process runs with (its children inherit them):
+// "glibc malloc defaults", or "allocator env K=V,..." listing every MALLOC_*
+// and GLIBC_TUNABLES variable set. For the conditions line of a report.
+std::string AllocatorConditions();
+
 }  // namespace shmgrpc::bench
 
 #endif  // SHMGRPC_BENCHMARKS_BENCH_FLAGS_H_

@@ -106,12 +106,12 @@ int Main(int argc, char** argv) {
   std::printf(
       "grpc_echo_bench: sync unary echo, %d interleaved rounds%s\n"
       "conditions: %ld CPUs; shm and uds: client and echo_server in two "
-      "processes; inproc: same service in this process; glibc malloc defaults "
+      "processes; inproc: same service in this process; %s "
       "for all; shm session wait %s (spin up to %s); server checksums and "
       "echoes the payload\n"
       "shm calls on shared memory: %lu, plain: %lu\n\n",
       flags.rounds, flags.quick ? " (--quick)" : "",
-      sysconf(_SC_NPROCESSORS_ONLN),
+      sysconf(_SC_NPROCESSORS_ONLN), AllocatorConditions().c_str(),
       std::string(shm::WaitStrategyName(Options().wait.strategy)).c_str(),
       absl::FormatDuration(Options().wait.max_spin).c_str(),
       static_cast<unsigned long>(stats.calls_on_shm),
