@@ -1,9 +1,9 @@
 #include "benchmarks/bench_flags.h"
 
+#include <unistd.h>  // environ
+
 #include <algorithm>
 #include <cstdio>
-
-extern char** environ;
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"

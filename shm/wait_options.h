@@ -6,18 +6,18 @@
 //            syscall-free and a quick reply never pays for a wake-up.
 //   poll     spin forever; lowest latency, one busy core per waiting
 //            consumer (it yields to runnable threads). No doorbells.
+//   periodic sleep `period`, then drain; lowest CPU, latency up to `period`.
+//            No doorbells.
 //
 // Spinning: the first `pause_spin` of every spin is CPU pauses only; after
 // that each check calls sched_yield(). A yielding spinner costs a syscall per
 // check but never keeps a runnable thread (often the one about to produce the
 // message) off its core, and it keeps its vCPU from halting, so the wake-ups
 // of the other threads on the call path stay cheap. Measured on the 2-vCPU
-// reference VM (gRPC unary, 64 B): pure-pause polling p50 40 us but p99
-// 2.4 ms (spinners holding both cores for whole time slices); yielding
-// polling p99 87 us; notify with a 300 us yielding spin p50 44 us vs 128 us
-// with a 10 us pause spin.
-//   periodic sleep `period`, then drain; lowest CPU, latency up to `period`.
-//            No doorbells.
+// reference VM (ab_bench, gRPC unary, 64 B): pause-only polling p50 40 us but
+// p99 2.4 ms (spinners holding both cores for whole time slices), yielding
+// polling p99 ~100 us; notify with a 100 us yielding spin p50 49 us vs 145 us
+// with a 10 us pause-only spin.
 #ifndef SHMGRPC_SHM_WAIT_OPTIONS_H_
 #define SHMGRPC_SHM_WAIT_OPTIONS_H_
 

@@ -191,8 +191,12 @@ TEST(EndpointTest, SpinnersOnOneCoreYieldToTheirPeer) {
   int cpu = 0;
   while (!CPU_ISSET(cpu, &allowed)) ++cpu;
   CPU_SET(cpu, &one_cpu);
-  // Set before the fork, so the child inherits it.
+  // Set before the fork, so the child inherits it; restored on any exit.
   ASSERT_EQ(sched_setaffinity(0, sizeof(one_cpu), &one_cpu), 0);
+  struct RestoreAffinity {
+    cpu_set_t* allowed;
+    ~RestoreAffinity() { sched_setaffinity(0, sizeof(*allowed), allowed); }
+  } restore{&allowed};
 
   EndpointConfig config;
   config.data_bytes = 1 << 20;
@@ -224,7 +228,6 @@ TEST(EndpointTest, SpinnersOnOneCoreYieldToTheirPeer) {
     round_trips.push_back(absl::Now() - start);
   }
   EXPECT_EQ(WaitPeer(peer->pid), 0);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(allowed), &allowed), 0);
   std::sort(round_trips.begin(), round_trips.end());
   const absl::Duration median = round_trips[kRoundTrips / 2];
   std::printf("%lu round trips on one CPU, both polling: median %s, max %s\n",
