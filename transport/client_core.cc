@@ -72,10 +72,9 @@ absl::Status ClientCore::Connect() {
   }
   std::weak_ptr<ClientCore> weak = weak_from_this();
   // The closed handler learns which session closed through a weak pointer
-  // filled in right after Start (the session cannot close before it knows
-  // itself: OnClosed only needs it for counting).
+  // filled in before the session starts.
   auto self = std::make_shared<std::weak_ptr<Session>>();
-  std::shared_ptr<Session> session = Session::Start(
+  std::shared_ptr<Session> session = Session::Create(
       std::move(*handshaken),
       [weak](const shm::ReceivedMessage& message) {
         if (auto core = weak.lock()) core->OnFrame(message);
@@ -88,12 +87,11 @@ absl::Status ClientCore::Connect() {
   std::shared_ptr<Session> replaced;
   {
     std::lock_guard<std::mutex> lock(session_mu_);
-    if (stopping_) {
-      session->Shutdown();
-      return absl::CancelledError("channel is being destroyed");
-    }
+    if (stopping_) return absl::CancelledError("channel is being destroyed");
     replaced = std::exchange(session_, session);
     if (replaced) replaced_sessions_ += replaced->send_path_stats();
+    // Started under the lock: whoever shuts it down reads session_ after.
+    session->Start();
   }
   sessions_opened_.fetch_add(1, std::memory_order_relaxed);
   if (replaced) replaced->Shutdown();

@@ -13,17 +13,20 @@
 
 namespace shmgrpc::transport {
 
-std::shared_ptr<Session> Session::Start(Handshaken handshaken,
-                                        FrameHandler on_frame,
-                                        ClosedHandler on_closed,
-                                        size_t max_block_bytes) {
-  std::shared_ptr<Session> session(
-      new Session(std::move(handshaken), std::move(on_frame),
-                  std::move(on_closed), max_block_bytes));
+std::shared_ptr<Session> Session::Create(Handshaken handshaken,
+                                         FrameHandler on_frame,
+                                         ClosedHandler on_closed,
+                                         size_t max_block_bytes) {
+  return std::shared_ptr<Session>(new Session(std::move(handshaken),
+                                              std::move(on_frame),
+                                              std::move(on_closed),
+                                              max_block_bytes));
+}
+
+void Session::Start() {
   // The thread keeps the session alive until it has left Run(); owners stop
   // it with Shutdown().
-  session->thread_ = std::thread([self = session] { self->Run(); });
-  return session;
+  thread_ = std::thread([self = shared_from_this()] { self->Run(); });
 }
 
 Session::Session(Handshaken handshaken, FrameHandler on_frame,

@@ -51,20 +51,26 @@ struct SendPathStats {
   }
 };
 
-class Session {
+class Session : public std::enable_shared_from_this<Session> {
  public:
   using FrameHandler = std::function<void(const shm::ReceivedMessage&)>;
   using ClosedHandler = std::function<void(const absl::Status&)>;
 
-  // Starts the session thread. The handlers may run until Shutdown() returns.
-  // The session lives at least until its thread ends, so the owner must call
-  // Shutdown() (or the peer must go away) for it to be freed.
+  // A session over a finished handshake. Nothing is received and no handler
+  // runs until Start(), so the owner can store the pointer first: a peer
+  // that sends right after the handshake (every client does) must not reach
+  // a handler that cannot find its session yet.
   // `max_block_bytes`: largest block one message may take (0: no limit;
   // larger messages are chained).
-  static std::shared_ptr<Session> Start(Handshaken handshaken,
-                                        FrameHandler on_frame,
-                                        ClosedHandler on_closed,
-                                        size_t max_block_bytes = 0);
+  static std::shared_ptr<Session> Create(Handshaken handshaken,
+                                         FrameHandler on_frame,
+                                         ClosedHandler on_closed,
+                                         size_t max_block_bytes = 0);
+  // Starts the session thread, once. The handlers may run until Shutdown()
+  // returns. Must happen before any Shutdown() from another thread. The
+  // session then lives at least until its thread ends, so the owner must
+  // call Shutdown() (or the peer must go away) for it to be freed.
+  void Start();
   ~Session();
 
   // `size` is codec::SerializedSize(message), computed by the caller (once)

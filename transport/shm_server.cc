@@ -119,7 +119,7 @@ void ShmServer::Handshake(int sock) {
   const pid_t peer_pid = handshaken->peer.pid;
   auto server_session = std::make_shared<ServerSession>();
   std::weak_ptr<ServerSession> weak = server_session;
-  server_session->session = Session::Start(
+  server_session->session = Session::Create(
       std::move(*handshaken),
       [this, weak](const shm::ReceivedMessage& message) {
         if (auto s = weak.lock()) OnFrame(s, message);
@@ -135,15 +135,12 @@ void ShmServer::Handshake(int sock) {
       },
       options_.max_block_bytes);
   sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
-  std::unique_lock<std::mutex> lock(mu_);
-  if (shutting_down_) {
-    lock.unlock();
-    server_session->session->Shutdown();
-    return;
-  }
-  // alive_ drops before OnClosed runs, so a session that already closed is
-  // never added after OnClosed tried to remove it.
-  if (server_session->session->alive()) sessions_.push_back(server_session);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shutting_down_) return;  // never started: closing it is dropping it
+  // Listed before it starts, so its OnClosed (which waits for mu_) always
+  // finds it; Shutdown() joins this thread before it reads sessions_.
+  sessions_.push_back(server_session);
+  server_session->session->Start();
 }
 
 void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
