@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
                        err);
   }
   void* base =
-      mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+      mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
            fd, 0);
   if (base == MAP_FAILED) {
     const int err = errno;
@@ -99,8 +99,7 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::MapPeer(int fd,
         absl::StrCat("peer arena is ", st.st_size, " bytes, expected ",
                      expected_bytes)));
   }
-  void* base = mmap(nullptr, expected_bytes, PROT_READ,
-                    MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* base = mmap(nullptr, expected_bytes, PROT_READ, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) return fail(ErrnoStatus("mmap(PROT_READ)", errno));
   return std::unique_ptr<Arena>(new Arena(fd, static_cast<uint8_t*>(base),
                                           expected_bytes, /*writable=*/false));
