@@ -111,22 +111,55 @@ class AsyncHandler {
 };
 
 // One outstanding Unary request on the CQ; re-arms itself when it gets one.
+// A `hang` request is not answered: an async handler must not block its CQ
+// thread (and IsCancelled() is only valid once AsyncNotifyWhenDone's tag has
+// come back), so it waits for that tag, counts a cancellation and finishes.
 class UnaryHandler : public AsyncHandler {
  public:
   UnaryHandler(AsyncEchoServer::Service* service,
                grpc::ServerCompletionQueue* cq)
-      : service_(service), cq_(cq), responder_(&context_) {
+      : service_(service), cq_(cq), responder_(&context_), done_(this) {
+    context_.AsyncNotifyWhenDone(&done_);
     service_->RequestUnary(&context_, &request_, &responder_, cq_, cq_, this);
   }
-  // `ok` false: the server is shutting down (or the finish failed).
+  // The request tag, then the finish tag.
   void OnEvent(bool ok) override {
-    if (finishing_ || !ok) {
-      delete this;
+    if (state_ == State::kRequested) {
+      if (!ok) {  // shutting down; a call that never started gets no done tag
+        delete this;
+        return;
+      }
+      new UnaryHandler(service_, cq_);
+      if (request_.hang()) {
+        state_ = State::kHanging;
+        return;
+      }
+      Finish(HandleUnary(&context_, request_, &response_));
       return;
     }
-    new UnaryHandler(service_, cq_);
-    finishing_ = true;
-    const grpc::Status status = HandleUnary(&context_, request_, &response_);
+    finished_ = true;  // the finish tag (ok false: the client went away)
+    if (done_seen_) delete this;
+  }
+
+ private:
+  enum class State { kRequested, kHanging, kFinishing };
+  struct DoneTag : AsyncHandler {
+    explicit DoneTag(UnaryHandler* handler) : handler(handler) {}
+    void OnEvent(bool) override { handler->OnDone(); }
+    UnaryHandler* handler;
+  };
+
+  void OnDone() {
+    done_seen_ = true;
+    if (state_ == State::kHanging) {
+      if (context_.IsCancelled()) CountCancellation();
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "handler saw cancel"));
+      return;
+    }
+    if (finished_) delete this;
+  }
+  void Finish(const grpc::Status& status) {
+    state_ = State::kFinishing;
     if (status.ok()) {
       responder_.Finish(response_, status, this);
     } else {
@@ -134,14 +167,16 @@ class UnaryHandler : public AsyncHandler {
     }
   }
 
- private:
   AsyncEchoServer::Service* service_;
   grpc::ServerCompletionQueue* cq_;
   grpc::ServerContext context_;
   EchoRequest request_;
   EchoResponse response_;
   grpc::ServerAsyncResponseWriter<EchoResponse> responder_;
-  bool finishing_ = false;
+  DoneTag done_;
+  State state_ = State::kRequested;
+  bool finished_ = false;
+  bool done_seen_ = false;
 };
 
 // One Bidi stream: echoes each request as it comes (read, write, read, ...),

@@ -221,8 +221,12 @@ void ExpectServerStillServesShm(const std::string& target) {
   EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
-TEST(ClientDeathTest, KilledDuringUnaryCallIsCancelledAndCleanedUp) {
-  ServerProcess server("sync");
+// Per server style: the async echo server waits for AsyncNotifyWhenDone
+// instead of polling IsCancelled() (which crashed it before that tag).
+class ClientDeathByStyleTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ClientDeathByStyleTest, KilledDuringUnaryCallIsCancelledAndCleanedUp) {
+  ServerProcess server(GetParam());
   ASSERT_TRUE(server.status().ok()) << server.status();
   ChildProcess client({RunfilePath("tests/echo_client"),
                        "--target=" + server.target(), "--mode=hang-unary"},
@@ -241,6 +245,9 @@ TEST(ClientDeathTest, KilledDuringUnaryCallIsCancelledAndCleanedUp) {
       << "the handler never saw IsCancelled()";
   ExpectServerStillServesShm(server.target());
 }
+
+INSTANTIATE_TEST_SUITE_P(AllServerStyles, ClientDeathByStyleTest,
+                         ::testing::Values("sync", "callback", "async"));
 
 TEST(ClientDeathTest, KilledMidStreamIsCancelledAndEveryBlockReclaimed) {
   ServerProcess server("sync");
