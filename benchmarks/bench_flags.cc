@@ -16,17 +16,18 @@ namespace {
 
 void Usage(const char* argv0, const std::vector<size_t>& default_sizes,
            size_t min_size, size_t max_size, const ExtraFlags* extra) {
-  std::fprintf(stderr,
-               "usage: %s [--quick] [--rounds=N] [--sizes=A,B,...] "
-               "[--json=FILE] %s\n"
-               "  --quick      short run\n"
-               "  --rounds=N   interleaved rounds (default 10; 3 with --quick)\n"
-               "  --sizes=...  message sizes in bytes, each in [%zu, %zu] "
-               "(default %s)\n"
-               "  --json=FILE  also write the result rows as JSON\n%s",
-               argv0, extra ? extra->usage_synopsis.c_str() : "", min_size,
-               max_size, absl::StrJoin(default_sizes, ",").c_str(),
-               extra ? extra->usage_lines.c_str() : "");
+  std::fprintf(
+      stderr,
+      "usage: %s [--quick] [--rounds=N] [--sizes=A,B,...] "
+      "[--json=FILE] %s\n"
+      "  --quick      short run\n"
+      "  --rounds=N   interleaved rounds (default 10; 3 with --quick)\n"
+      "  --sizes=...  message sizes in bytes, each in [%zu, %zu] "
+      "(default %s)\n"
+      "  --json=FILE  also write the result rows as JSON\n%s",
+      argv0, extra ? extra->usage_synopsis.c_str() : "", min_size, max_size,
+      absl::StrJoin(default_sizes, ",").c_str(),
+      extra ? extra->usage_lines.c_str() : "");
 }
 
 }  // namespace

@@ -42,8 +42,8 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     return absl::InvalidArgumentError("arena size must be positive");
   }
   const size_t size = RoundUpToPage(size_bytes);
-  const int fd = memfd_create(debug_name.c_str(),
-                              MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  const int fd =
+      memfd_create(debug_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return ErrnoStatus("memfd_create", errno);
   if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
     const int err = errno;
@@ -57,9 +57,7 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     return ErrnoStatus(absl::StrCat("posix_fallocate of ", size, " bytes"),
                        err);
   }
-  void* base =
-      mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
-           fd, 0);
+  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) {
     const int err = errno;
     close(fd);
@@ -95,9 +93,8 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::MapPeer(int fd,
   struct stat st;
   if (fstat(fd, &st) != 0) return fail(ErrnoStatus("fstat", errno));
   if (static_cast<uint64_t>(st.st_size) != expected_bytes) {
-    return fail(absl::FailedPreconditionError(
-        absl::StrCat("peer arena is ", st.st_size, " bytes, expected ",
-                     expected_bytes)));
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "peer arena is ", st.st_size, " bytes, expected ", expected_bytes)));
   }
   void* base = mmap(nullptr, expected_bytes, PROT_READ, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) return fail(ErrnoStatus("mmap(PROT_READ)", errno));

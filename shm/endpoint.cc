@@ -53,15 +53,14 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
       allocator_(local_->mutable_base() + local_layout.data_offset,
                  local_layout.data_bytes),
       side_(sock, max_inline_bytes),
-      data_out_(At<RingProducerState>(*local_, local_layout.data_ring_offset),
-                At<const RingConsumerState>(*peer_,
-                                            peer_layout.data_consumer_offset),
-                local_layout.ring_slots),
-      data_in_(At<const RingProducerState>(*peer_,
-                                           peer_layout.data_ring_offset),
-               At<RingConsumerState>(*local_,
-                                     local_layout.data_consumer_offset),
-               peer_layout.ring_slots),
+      data_out_(
+          At<RingProducerState>(*local_, local_layout.data_ring_offset),
+          At<const RingConsumerState>(*peer_, peer_layout.data_consumer_offset),
+          local_layout.ring_slots),
+      data_in_(
+          At<const RingProducerState>(*peer_, peer_layout.data_ring_offset),
+          At<RingConsumerState>(*local_, local_layout.data_consumer_offset),
+          peer_layout.ring_slots),
       release_out_(
           At<RingProducerState>(*local_, local_layout.release_ring_offset),
           At<const RingConsumerState>(*peer_,
@@ -69,8 +68,7 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
           local_layout.ring_slots),
       release_in_(
           At<const RingProducerState>(*peer_, peer_layout.release_ring_offset),
-          At<RingConsumerState>(*local_,
-                                local_layout.release_consumer_offset),
+          At<RingConsumerState>(*local_, local_layout.release_consumer_offset),
           peer_layout.ring_slots),
       spin_budget_ns_(absl::ToInt64Nanoseconds(wait.max_spin)) {}
 
@@ -113,8 +111,7 @@ void Endpoint::DrainReleases() {
   draining_.clear(std::memory_order_release);
 }
 
-absl::Status Endpoint::Send(const Descriptor& descriptor,
-                            absl::Time deadline) {
+absl::Status Endpoint::Send(const Descriptor& descriptor, absl::Time deadline) {
   std::lock_guard<std::mutex> lock(send_mu_);
   return PublishLocked(descriptor, deadline);
 }
@@ -133,9 +130,9 @@ absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
                                   absl::Time deadline) {
   const size_t len = bytes.size();
   if (len > max_inline_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "message of ", len, " bytes exceeds the inline limit of ",
-        max_inline_bytes_));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("message of ", len, " bytes exceeds the inline limit of ",
+                     max_inline_bytes_));
   }
   descriptor.offset = kNoPayload;
   descriptor.length = static_cast<uint32_t>(len);
@@ -146,8 +143,7 @@ absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
     return published;
   }
   // Queued under send_mu_, so records follow their descriptors' order.
-  if (absl::Status queued = side_.QueueRecord(std::move(bytes));
-      !queued.ok()) {
+  if (absl::Status queued = side_.QueueRecord(std::move(bytes)); !queued.ok()) {
     // The descriptor is out without its record: the stream is broken.
     ::shutdown(sock_, SHUT_RDWR);
     return queued;
@@ -222,9 +218,9 @@ Endpoint::PopResult Endpoint::TryPop(ReceivedMessage* out,
     if (out->descriptor.offset != kNoPayload ||
         out->descriptor.length > max_inline_bytes_) {
       invalid_descriptors_.Add(1);
-      *error = absl::DataLossError(absl::StrCat(
-          "inline descriptor with offset ", out->descriptor.offset,
-          " and length ", out->descriptor.length));
+      *error = absl::DataLossError(
+          absl::StrCat("inline descriptor with offset ", out->descriptor.offset,
+                       " and length ", out->descriptor.length));
       return PopResult::kCorrupt;
     }
     absl::StatusOr<std::shared_ptr<const std::string>> record =
@@ -285,9 +281,9 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
   const int64_t liveness_ns = absl::ToInt64Nanoseconds(wait_.liveness_check);
   const int64_t spin_ns = wait_.strategy == WaitStrategy::kNotify
                               ? spin_budget_ns_
-                              : wait_.strategy == WaitStrategy::kPoll
-                                    ? std::numeric_limits<int64_t>::max()
-                                    : 0;
+                          : wait_.strategy == WaitStrategy::kPoll
+                              ? std::numeric_limits<int64_t>::max()
+                              : 0;
   // Spin phase (notify: adaptive budget; poll: until the deadline). The
   // first pause_spin only pauses; after that every check yields the core,
   // so a spinning consumer never keeps the thread that will produce the

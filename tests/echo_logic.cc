@@ -99,7 +99,8 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
   return grpc::Status::OK;
 }
 
-// ---- async style -------------------------------------------------------------
+// ---- async style
+// -------------------------------------------------------------
 
 namespace {
 

@@ -48,8 +48,7 @@ int ProduceMixed(Endpoint& endpoint, uint64_t count) {
   const absl::Time deadline = absl::Now() + absl::Seconds(120);
   for (uint64_t seq = 0; seq < count; ++seq) {
     const size_t size = MixedSize(seq);
-    Descriptor d{kNoPayload, static_cast<uint32_t>(size), kDataType, 0, seq,
-                 0};
+    Descriptor d{kNoPayload, static_cast<uint32_t>(size), kDataType, 0, seq, 0};
     if (size > 0) {
       absl::StatusOr<Block> block;
       while (!(block = endpoint.Allocate(size, seq)).ok()) {
@@ -143,14 +142,15 @@ TEST(EndpointTest, DenseOneWayTrafficRarelyRingsTheDoorbell) {
       absl::StatusOr<Block> block;
       while (!(block = (*endpoint)->Allocate(64, seq)).ok()) usleep(10);
       FillPayload(block->data, 64, seq);
-      Descriptor d{block->offset, 64, kDataType, 0, seq,
-                   Checksum(block->data, 64)};
+      Descriptor d{
+          block->offset, 64, kDataType, 0, seq, Checksum(block->data, 64)};
       if (!(*endpoint)->Send(d, deadline).ok()) return 3;
     }
     const EndpointStats stats = (*endpoint)->Stats();
     // The producer's doorbell counts travel back in a summary message.
-    Descriptor summary{kNoPayload, 0, kSummaryType, 0, stats.doorbells_sent,
-                       stats.doorbells_suppressed};
+    Descriptor summary{kNoPayload,           0,
+                       kSummaryType,         0,
+                       stats.doorbells_sent, stats.doorbells_suppressed};
     if (!(*endpoint)->Send(summary, deadline).ok()) return 4;
     return 0;
   });
@@ -248,12 +248,12 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
   config.ring_slots = 64;
   const uint64_t data_bytes = config.data_bytes;
   const Descriptor hostile[] = {
-      {data_bytes, 16, kDataType, 0, 100, 0},                // past the end
-      {data_bytes - 64, 4096, kDataType, 0, 101, 0},         // overruns end
-      {~uint64_t{0} - 31, 64, kDataType, 0, 102, 0},         // wraps around
-      {64, UINT32_MAX, kDataType, 0, 103, 0},                // length overflow
-      {48, 16, kDataType, 0, 104, 0},                        // misaligned
-      {kNoPayload, 1, kDataType, 0, 105, 0},                 // no payload + len
+      {data_bytes, 16, kDataType, 0, 100, 0},         // past the end
+      {data_bytes - 64, 4096, kDataType, 0, 101, 0},  // overruns end
+      {~uint64_t{0} - 31, 64, kDataType, 0, 102, 0},  // wraps around
+      {64, UINT32_MAX, kDataType, 0, 103, 0},         // length overflow
+      {48, 16, kDataType, 0, 104, 0},                 // misaligned
+      {kNoPayload, 1, kDataType, 0, 105, 0},          // no payload + len
   };
   auto peer = ForkPeer([&](int sock) {
     auto segments = ExchangeSegments(sock, config, "hostile");
@@ -261,11 +261,11 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
     auto* producer = reinterpret_cast<RingProducerState*>(
         segments->local->mutable_base() +
         segments->local_layout.data_ring_offset);
-    RingWriter writer(
-        producer,
-        reinterpret_cast<const RingConsumerState*>(
-            segments->peer->base() + segments->peer_layout.data_consumer_offset),
-        segments->local_layout.ring_slots);
+    RingWriter writer(producer,
+                      reinterpret_cast<const RingConsumerState*>(
+                          segments->peer->base() +
+                          segments->peer_layout.data_consumer_offset),
+                      segments->local_layout.ring_slots);
     for (const Descriptor& d : hostile) {
       if (writer.Stage(d) != RingWriter::Result::kOk) return 2;
     }
@@ -273,17 +273,18 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
     uint8_t* data =
         segments->local->mutable_base() + segments->local_layout.data_offset;
     std::memcpy(data + 64, "honest", 6);
-    if (writer.Stage({64, 6, kDataType, 0, 200, 0}) != RingWriter::Result::kOk) {
+    if (writer.Stage({64, 6, kDataType, 0, 200, 0}) !=
+        RingWriter::Result::kOk) {
       return 3;
     }
     writer.Publish();
     SideChannel(sock, 0).Ring().IgnoreError();
     // Wait until the consumer has taken everything, then lie about the tail.
-    while (segments->peer->base() != nullptr &&
-           reinterpret_cast<const RingConsumerState*>(
-               segments->peer->base() +
-               segments->peer_layout.data_consumer_offset)
-                   ->head.load() != writer.published()) {
+    while (
+        segments->peer->base() != nullptr &&
+        reinterpret_cast<const RingConsumerState*>(
+            segments->peer->base() + segments->peer_layout.data_consumer_offset)
+                ->head.load() != writer.published()) {
       usleep(100);
     }
     producer->tail.store(writer.published() + 1000);

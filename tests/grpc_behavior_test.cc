@@ -10,14 +10,14 @@
 #include <thread>
 #include <vector>
 
-#include "gtest/gtest.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
+#include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
 #include "tests/peer_process.h"
-#include "tests/echo_fixture.h"
 #include "tests/server_process.h"
 #include "transport/handshake.h"
 
@@ -237,8 +237,8 @@ TEST_F(BehaviorTest, ManyFreshChannelsCallRightAfterTheirHandshake) {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(10));
     const grpc::Status status = stub->Unary(&context, request, &response);
-    ASSERT_TRUE(status.ok()) << "channel " << i << ": "
-                             << status.error_message();
+    ASSERT_TRUE(status.ok())
+        << "channel " << i << ": " << status.error_message();
     ASSERT_EQ(response.seq(), i);
     on_shm += static_cast<int>(GetChannelStats(channel.get())->calls_on_shm);
   }
@@ -269,11 +269,12 @@ TEST_F(BehaviorTest, GenericStubCallGoesOverThePlainPath) {
                       cv.notify_one();
                     });
   std::unique_lock<std::mutex> lock(mu);
-  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
+  ASSERT_TRUE(
+      cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
   ASSERT_TRUE(result.ok()) << result.error_message();
   EchoResponse response;
-  ASSERT_TRUE(grpc::SerializationTraits<EchoResponse>::Deserialize(
-                  &reply_bytes, &response)
+  ASSERT_TRUE(grpc::SerializationTraits<EchoResponse>::Deserialize(&reply_bytes,
+                                                                   &response)
                   .ok());
   EXPECT_TRUE(PayloadIntact(response));
   EXPECT_EQ(response.seq(), 5);

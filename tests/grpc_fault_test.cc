@@ -252,10 +252,10 @@ INSTANTIATE_TEST_SUITE_P(AllServerStyles, ClientDeathByStyleTest,
 TEST(ClientDeathTest, KilledMidStreamIsCancelledAndEveryBlockReclaimed) {
   ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
-  ChildProcess client({RunfilePath("tests/echo_client"),
-                       "--target=" + server.target(), "--mode=stream",
-                       "--size=65536"},
-                      "in-call");
+  ChildProcess client(
+      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
+       "--mode=stream", "--size=65536"},
+      "in-call");
   ASSERT_TRUE(client.status().ok()) << client.status();
   client.Kill();
   ExpectServerCleanedUp(server.target());

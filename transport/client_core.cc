@@ -29,7 +29,7 @@ ClientCore::~ClientCore() {
 
 void ClientCore::Start() {
   if (shm_path_.empty()) return;  // not a unix target: always plain
-  Connect().IgnoreError();         // no shm yet: calls go plain meanwhile
+  Connect().IgnoreError();        // no shm yet: calls go plain meanwhile
   reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
 }
 
@@ -39,9 +39,8 @@ void ClientCore::ReconnectLoop() {
   while (!stopping_) {
     if (session_ && session_->alive()) {
       backoff = options_.reconnect_backoff_initial;
-      session_down_.wait(lock, [&] {
-        return stopping_ || !session_ || !session_->alive();
-      });
+      session_down_.wait(
+          lock, [&] { return stopping_ || !session_ || !session_->alive(); });
       continue;
     }
     // Wait first: a server that just died is rarely back within 0 ms, and
@@ -133,8 +132,9 @@ bool ClientCore::IsProtobufMethod(const char* method) {
   bool known = false;
   if (slash != std::string::npos) {
     name[slash] = '.';
-    known = google::protobuf::DescriptorPool::generated_pool()
-                ->FindMethodByName(name) != nullptr;
+    known =
+        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(
+            name) != nullptr;
   }
   std::lock_guard<std::mutex> lock(methods_mu_);
   generated_methods_.emplace(method, known);

@@ -17,10 +17,9 @@ std::shared_ptr<Session> Session::Create(Handshaken handshaken,
                                          FrameHandler on_frame,
                                          ClosedHandler on_closed,
                                          size_t max_block_bytes) {
-  return std::shared_ptr<Session>(new Session(std::move(handshaken),
-                                              std::move(on_frame),
-                                              std::move(on_closed),
-                                              max_block_bytes));
+  return std::shared_ptr<Session>(
+      new Session(std::move(handshaken), std::move(on_frame),
+                  std::move(on_closed), max_block_bytes));
 }
 
 void Session::Start() {
@@ -95,8 +94,8 @@ absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
                                  size_t size, absl::Time deadline,
                                  uint16_t flags, Fill fill) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
-  shm::Descriptor descriptor{shm::kNoPayload, 0,
-                             static_cast<uint16_t>(type), flags, stream, 0};
+  shm::Descriptor descriptor{
+      shm::kNoPayload, 0, static_cast<uint16_t>(type), flags, stream, 0};
   if (size == 0) return endpoint_->Send(descriptor, deadline);
   const bool may_chain = type == codec::FrameType::kMessage;
   if (!may_chain || max_block_bytes_ == 0 || size <= max_block_bytes_) {
@@ -139,15 +138,14 @@ template <typename Fill>
 bool Session::TrySendChained(shm::Descriptor descriptor, size_t size,
                              absl::Time deadline, Fill& fill,
                              absl::Status* status) {
-  const size_t chunk_bytes =
-      max_block_bytes_ == 0 ? kChainChunkBytes
-                            : std::min(max_block_bytes_, kChainChunkBytes);
+  const size_t chunk_bytes = max_block_bytes_ == 0
+                                 ? kChainChunkBytes
+                                 : std::min(max_block_bytes_, kChainChunkBytes);
   std::vector<shm::Block> blocks;
   std::vector<codec::OutChunk> chunks;
   for (size_t left = size; left > 0;) {
     const size_t n = std::min(left, chunk_bytes);
-    absl::StatusOr<shm::Block> block =
-        endpoint_->Allocate(n, descriptor.tag);
+    absl::StatusOr<shm::Block> block = endpoint_->Allocate(n, descriptor.tag);
     if (!block.ok()) {
       for (const shm::Block& b : blocks) endpoint_->FreeUnsent(b).IgnoreError();
       return false;
@@ -187,8 +185,11 @@ bool Session::TrySendChained(shm::Descriptor descriptor, size_t size,
 namespace {
 
 shm::Descriptor CreditFrame(uint64_t stream, uint64_t credit_aux) {
-  return {shm::kNoPayload, 0,
-          static_cast<uint16_t>(codec::FrameType::kWindowUpdate), 0, stream,
+  return {shm::kNoPayload,
+          0,
+          static_cast<uint16_t>(codec::FrameType::kWindowUpdate),
+          0,
+          stream,
           credit_aux};
 }
 

@@ -121,8 +121,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void Shutdown();
 
  private:
-  Session(Handshaken handshaken, FrameHandler on_frame,
-          ClosedHandler on_closed, size_t max_block_bytes);
+  Session(Handshaken handshaken, FrameHandler on_frame, ClosedHandler on_closed,
+          size_t max_block_bytes);
   void Run();
   // Allocates one block (or, for kMessage, a chain), lets `fill` write the
   // `size` bytes into it, and sends; inline when there is no shared memory.

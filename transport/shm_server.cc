@@ -35,8 +35,8 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
     grpc::Server* server, const std::string& target, const Options& options) {
   const std::string path = UnixPathOf(target);
   if (path.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shm needs a unix: target (got '", target, "')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shm needs a unix: target (got '", target, "')"));
   }
   const std::string shm_path = path + ".shm";
   absl::StatusOr<int> fd = transport::ListenUnix(shm_path);
@@ -45,8 +45,8 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
       new ShmServer(server, shm_path, *fd, options));
 }
 
-ShmServer::ShmServer(grpc::Server* server, std::string shm_path,
-                     int listen_fd, const Options& options)
+ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
+                     const Options& options)
     : shm_path_(std::move(shm_path)), options_(options), listen_fd_(listen_fd) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
   grpc::ChannelArguments args;
@@ -203,8 +203,9 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
 
 namespace {
 
-bool CallsEnded(std::mutex& mu,
-                const std::map<uint64_t, std::shared_ptr<InjectedCall>>& calls) {
+bool CallsEnded(
+    std::mutex& mu,
+    const std::map<uint64_t, std::shared_ptr<InjectedCall>>& calls) {
   std::lock_guard<std::mutex> lock(mu);
   return calls.empty();
 }
