@@ -77,8 +77,8 @@ void ClientCall::Intercept(Batch* m) {
     bool post_pass;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = std::find(forwarded_batches_.begin(),
-                          forwarded_batches_.end(), m);
+      auto it =
+          std::find(forwarded_batches_.begin(), forwarded_batches_.end(), m);
       post_pass = it != forwarded_batches_.end();
       if (post_pass) {
         forwarded_batches_.erase(it);
@@ -142,8 +142,8 @@ bool ClientCall::DecideHijack(Batch* m) {
   }
   if (info_->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) {
     const Options& options = core_->options();
-    send_window_ = std::make_unique<SendWindow>(
-        options.stream_window_bytes, options.stream_window_messages);
+    send_window_ = std::make_unique<SendWindow>(options.stream_window_bytes,
+                                                options.stream_window_messages);
     receive_window_ = std::make_unique<ReceiveWindow>(
         options.stream_window_bytes, options.stream_window_messages);
   }
@@ -225,14 +225,15 @@ void ClientCall::SendMessage(Batch* m) {
   const size_t max_bytes = core_->options().max_message_bytes;
   absl::Status sent;
   if (const void* raw = m->GetSendMessage(); raw != nullptr) {
-    const auto& message = *static_cast<const google::protobuf::MessageLite*>(raw);
+    const auto& message =
+        *static_cast<const google::protobuf::MessageLite*>(raw);
     const size_t size = first_message_size_.has_value()
                             ? *std::exchange(first_message_size_, std::nullopt)
                             : codec::SerializedSize(message);
     if (size > max_bytes) {
-      return FailSend(m, absl::ResourceExhaustedError(absl::StrCat(
-                             "Sent message larger than max (", size, " vs. ",
-                             max_bytes, ")")));
+      return FailSend(m, absl::ResourceExhaustedError(
+                             absl::StrCat("Sent message larger than max (",
+                                          size, " vs. ", max_bytes, ")")));
     }
     if (send_window_) {
       if (absl::Status room = send_window_->WaitForRoom(deadline_);
@@ -248,8 +249,8 @@ void ClientCall::SendMessage(Batch* m) {
     const grpc::ByteBuffer* buffer = m->GetSerializedSendMessage();
     if (buffer->Length() > max_bytes) {
       return FailSend(m, absl::ResourceExhaustedError(absl::StrCat(
-                             "Sent message larger than max (",
-                             buffer->Length(), " vs. ", max_bytes, ")")));
+                             "Sent message larger than max (", buffer->Length(),
+                             " vs. ", max_bytes, ")")));
     }
     if (send_window_) {
       if (absl::Status room = send_window_->WaitForRoom(deadline_);
@@ -285,9 +286,8 @@ void ClientCall::TakeReadyLocked(std::vector<Completion>* ready) {
   while (it != pending_.end()) {
     const PendingRecv& recv = *it;
     const bool can_complete =
-        finished_ ||
-        ((!recv.initial_metadata || got_initial_metadata_) &&
-         (!recv.message || !messages_.empty()) && !recv.status);
+        finished_ || ((!recv.initial_metadata || got_initial_metadata_) &&
+                      (!recv.message || !messages_.empty()) && !recv.status);
     if (!can_complete) {
       ++it;
       continue;
@@ -317,8 +317,8 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
     grpc::Status parse_error;
     if (c.recv.message) {
       if (c.have_message) {
-        auto* out = static_cast<google::protobuf::MessageLite*>(
-            m->GetRecvMessage());
+        auto* out =
+            static_cast<google::protobuf::MessageLite*>(m->GetRecvMessage());
         absl::Status parsed = codec::ParseFrom(c.message.Chunks(), out);
         session_->Release(c.message);
         if (receive_window_) {
@@ -349,8 +349,8 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
 
 void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   const auto type = static_cast<codec::FrameType>(message.descriptor.type);
-  const absl::string_view payload(
-      reinterpret_cast<const char*>(message.data), message.descriptor.length);
+  const absl::string_view payload(reinterpret_cast<const char*>(message.data),
+                                  message.descriptor.length);
   std::vector<Completion> ready;
   switch (type) {
     case codec::FrameType::kMessage: {
@@ -361,7 +361,8 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         session_->Release(message);
         return;
       }
-      const size_t bytes = assembler_.pending_bytes() + message.descriptor.length;
+      const size_t bytes =
+          assembler_.pending_bytes() + message.descriptor.length;
       if (bytes > max_bytes) {
         InboundMessage partial = assembler_.TakePending();
         lock.unlock();
@@ -461,8 +462,8 @@ void ClientCall::SendCredit(const Credit& credit) {
   // us, moves): try once, and only if that fails hand the send to a
   // short-lived thread that may wait (rare: it takes a full ring or a
   // concurrent sender stuck on one).
-  const absl::Status sent =
-      session_->TrySendCredit(stream_id_, EncodeCredit(credit));
+  const absl::Status sent = session_->TrySendControl(
+      codec::FrameType::kWindowUpdate, stream_id_, EncodeCredit(credit));
   if (sent.code() != absl::StatusCode::kResourceExhausted) return;  // or gone
   std::lock_guard<std::mutex> lock(mu_);
   deferred_credit_.messages += credit.messages;
@@ -483,7 +484,8 @@ void ClientCall::SendCredit(const Credit& credit) {
       }
       // Best effort: a gone session ends the call anyway.
       self->session_
-          ->SendCredit(self->stream_id_, EncodeCredit(credit), self->deadline_)
+          ->SendControl(codec::FrameType::kWindowUpdate, self->stream_id_,
+                        EncodeCredit(credit), self->deadline_)
           .IgnoreError();
     }
   }).detach();
@@ -491,11 +493,19 @@ void ClientCall::SendCredit(const Credit& credit) {
 
 void ClientCall::TellServerCancelled() {
   if (!session_) return;
-  // Best effort: a gone session cancels the server side anyway.
-  session_
-      ->SendFrame(codec::FrameType::kCancel, stream_id_, "",
-                  absl::Now() + absl::Seconds(1))
-      .IgnoreError();
+  // Best effort: a gone session cancels the server side anyway. This may run
+  // on the session thread (a reply over the size limit ends the call
+  // there), which must never wait for ring space: try once, and only if
+  // that fails send from a short-lived thread that may wait up to 1 s.
+  const absl::Status sent =
+      session_->TrySendControl(codec::FrameType::kCancel, stream_id_, 0);
+  if (sent.code() != absl::StatusCode::kResourceExhausted) return;
+  std::thread([session = session_, stream = stream_id_] {
+    session
+        ->SendControl(codec::FrameType::kCancel, stream, 0,
+                      absl::Now() + absl::Seconds(1))
+        .IgnoreError();
+  }).detach();
 }
 
 std::deque<InboundMessage> ClientCall::TakeUnreadLocked() {

@@ -53,10 +53,9 @@ absl::Time InjectedCall::SendDeadline() const {
   return std::min(deadline_, absl::Now() + kMaxRingFullWait);
 }
 
-InjectedCall::InjectedCall(std::shared_ptr<Session> session,
-                           uint64_t stream_id, grpc::GenericStub* stub,
-                           grpc::CompletionQueue* cq, uint64_t window_bytes,
-                           uint64_t window_messages,
+InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
+                           grpc::GenericStub* stub, grpc::CompletionQueue* cq,
+                           uint64_t window_bytes, uint64_t window_messages,
                            std::function<void(uint64_t)> on_done)
     : session_(std::move(session)),
       stream_id_(stream_id),
@@ -73,7 +72,7 @@ InjectedCall::~InjectedCall() {
 }
 
 void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
-  std::unique_lock<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   bool send_status = false;
   switch (static_cast<codec::FrameType>(message.descriptor.type)) {
     case codec::FrameType::kCallHeaders:
@@ -85,9 +84,8 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       session_->Release(message);
       break;
     case codec::FrameType::kMessage: {
-      const bool wanted =
-          (unary_ && !have_unary_request_ && !half_closed_) ||
-          (call_ != nullptr && !half_closed_ && !write_failed_);
+      const bool wanted = (unary_ && !have_unary_request_ && !half_closed_) ||
+                          (call_ != nullptr && !half_closed_ && !write_failed_);
       if (!wanted) {
         session_->Release(message);  // a protocol error, or after the end
         break;
@@ -121,8 +119,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         resume_pending_ = true;
         ++outstanding_ops_;
         resume_alarm_ = std::make_unique<grpc::Alarm>();
-        resume_alarm_->Set(cq_, std::chrono::system_clock::now(),
-                           &resume_tag_);
+        resume_alarm_->Set(cq_, std::chrono::system_clock::now(), &resume_tag_);
       }
       break;
     case codec::FrameType::kCancel:
@@ -137,8 +134,14 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       session_->Release(message);
       break;
   }
-  lock.unlock();
-  if (send_status) SendStatusAndFinish();
+  if (send_status) {
+    // The status of a call that never started (bad headers, cancelled or
+    // half-closed without a request). This is the session thread, which
+    // must never wait for ring space: the CQ thread sends it.
+    ++outstanding_ops_;
+    status_alarm_ = std::make_unique<grpc::Alarm>();
+    status_alarm_->Set(cq_, std::chrono::system_clock::now(), &status_tag_);
+  }
 }
 
 bool InjectedCall::FinishUnstartedLocked(grpc::StatusCode code,
@@ -274,8 +277,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
       case Op::kInitialMetadata: {
         if (ok) {
           codec::Metadata metadata;
-          for (const auto& [key, value] :
-               context_.GetServerInitialMetadata()) {
+          for (const auto& [key, value] : context_.GetServerInitialMetadata()) {
             metadata.emplace_back(std::string(key.data(), key.size()),
                                   std::string(value.data(), value.size()));
           }
@@ -321,8 +323,9 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           // The handler's side took the request: credit the client.
           if (std::optional<Credit> credit =
                   receive_window_.OnConsumed(writing_bytes_)) {
-            session_->SendCredit(stream_id_, EncodeCredit(*credit),
-                                 SendDeadline())
+            session_
+                ->SendControl(codec::FrameType::kWindowUpdate, stream_id_,
+                              EncodeCredit(*credit), SendDeadline())
                 .IgnoreError();  // a gone client needs no credit
           }
         }
@@ -338,6 +341,9 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         finished_ = true;
         send_status = true;
         if (unary_) SendUnaryReplyLocked();
+        break;
+      case Op::kSendStatus:
+        send_status = true;
         break;
       case Op::kResumeResponses:
         resume_pending_ = false;
@@ -389,7 +395,7 @@ void InjectedCall::SendStatusAndFinish() {
   session_
       ->SendFrame(codec::FrameType::kStatus, stream_id_,
                   codec::EncodeCallStatus(status), SendDeadline())
-      .IgnoreError();  // a gone client needs no status
+      .IgnoreError();                  // a gone client needs no status
   std::shared_ptr<InjectedCall> done;  // released after the lock
   std::lock_guard<std::mutex> lock(mu_);
   status_sent_ = true;

@@ -9,15 +9,16 @@
 //
 // Requests enter zero-copy: each message is a grpc::Slice over the client's
 // arena (one slice per block of a chained message), released back to the
-// client when gRPC drops the slice (right after the handler parsed it). Responses are copied once from gRPC's buffer into
-// this side's arena. The client's metadata and deadline are forwarded; the
-// verified peer identity is added as x-shmgrpc-peer-{pid,uid,gid} (any such
-// keys the client sent are dropped, so handlers can trust them). A kCancel
-// frame or a dead session cancels the call (the handler sees IsCancelled).
-// Streams are flow controlled both ways (flow_window.h): requests are
-// credited as the handler takes them; a response read while the client's
-// window is full is held, with no further read, until credit comes (sent
-// from the CQ thread: the session thread never waits for ring space).
+// client when gRPC drops the slice (right after the handler parsed it).
+// Responses are copied once from gRPC's buffer into this side's arena. The
+// client's metadata and deadline are forwarded; the verified peer identity is
+// added as x-shmgrpc-peer-{pid,uid,gid} (any such keys the client sent are
+// dropped, so handlers can trust them). A kCancel frame or a dead session
+// cancels the call (the handler sees IsCancelled). Streams are flow controlled
+// both ways (flow_window.h): requests are credited as the handler takes them; a
+// response read while the client's window is full is held, with no further
+// read, until credit comes (sent from the CQ thread: the session thread never
+// waits for ring space).
 //
 // Thread-safety: frames arrive on the session thread, completions on CQ
 // threads; all state is under mu_, and no gRPC call is made under it except
@@ -53,6 +54,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     kWrite,
     kFinish,
     kResumeResponses,  // credit came for a held response (an alarm)
+    kSendStatus,       // send an unstarted call's status (an alarm)
   };
   // A completion-queue tag: the call and which of its ops completed.
   struct Tag {
@@ -113,6 +115,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   Tag write_tag_{this, Op::kWrite};
   Tag finish_tag_{this, Op::kFinish};
   Tag resume_tag_{this, Op::kResumeResponses};
+  Tag status_tag_{this, Op::kSendStatus};
 
   std::mutex mu_;
   grpc::ClientContext context_;
@@ -128,21 +131,22 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   int outstanding_ops_ = 0;
   bool started_ = false;
   bool writing_ = false;
-  bool half_closed_ = false;     // client sent kHalfClose
+  bool half_closed_ = false;  // client sent kHalfClose
   bool writes_done_sent_ = false;
   bool write_failed_ = false;
-  bool finished_ = false;        // Finish completed (or never started)
+  bool finished_ = false;  // Finish completed (or never started)
   bool status_sent_ = false;
   bool done_ = false;
-  MessageAssembler assembler_;            // chunks of a chained request
-  std::deque<InboundMessage> requests_;   // not yet written
-  uint64_t writing_bytes_ = 0;  // the request being written
-  SendWindow send_window_;        // responses to the client
-  ReceiveWindow receive_window_;  // requests from the client
-  grpc::ByteBuffer held_response_;  // read, waiting for the client's room
+  MessageAssembler assembler_;           // chunks of a chained request
+  std::deque<InboundMessage> requests_;  // not yet written
+  uint64_t writing_bytes_ = 0;           // the request being written
+  SendWindow send_window_;               // responses to the client
+  ReceiveWindow receive_window_;         // requests from the client
+  grpc::ByteBuffer held_response_;       // read, waiting for the client's room
   bool holding_response_ = false;
   bool resume_pending_ = false;  // resume_alarm_ is set
   std::unique_ptr<grpc::Alarm> resume_alarm_;
+  std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
   bool cancelled_ = false;
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;

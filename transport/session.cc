@@ -184,26 +184,23 @@ bool Session::TrySendChained(shm::Descriptor descriptor, size_t size,
 
 namespace {
 
-shm::Descriptor CreditFrame(uint64_t stream, uint64_t credit_aux) {
-  return {shm::kNoPayload,
-          0,
-          static_cast<uint16_t>(codec::FrameType::kWindowUpdate),
-          0,
-          stream,
-          credit_aux};
+shm::Descriptor ControlFrame(codec::FrameType type, uint64_t stream,
+                             uint64_t aux) {
+  return {shm::kNoPayload, 0, static_cast<uint16_t>(type), 0, stream, aux};
 }
 
 }  // namespace
 
-absl::Status Session::SendCredit(uint64_t stream, uint64_t credit_aux,
-                                 absl::Time deadline) {
+absl::Status Session::SendControl(codec::FrameType type, uint64_t stream,
+                                  uint64_t aux, absl::Time deadline) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
-  return endpoint_->Send(CreditFrame(stream, credit_aux), deadline);
+  return endpoint_->Send(ControlFrame(type, stream, aux), deadline);
 }
 
-absl::Status Session::TrySendCredit(uint64_t stream, uint64_t credit_aux) {
+absl::Status Session::TrySendControl(codec::FrameType type, uint64_t stream,
+                                     uint64_t aux) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
-  return endpoint_->TrySend(CreditFrame(stream, credit_aux));
+  return endpoint_->TrySend(ControlFrame(type, stream, aux));
 }
 
 SendPathStats Session::send_path_stats() const {

@@ -84,12 +84,13 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::Status SendFrame(codec::FrameType type, uint64_t stream,
                          absl::string_view bytes, absl::Time deadline,
                          uint16_t flags = 0);
-  // A kWindowUpdate frame (no payload) carrying `credit_aux`.
-  absl::Status SendCredit(uint64_t stream, uint64_t credit_aux,
-                          absl::Time deadline);
+  // A frame without payload (kWindowUpdate, kCancel) carrying `aux`.
+  absl::Status SendControl(codec::FrameType type, uint64_t stream, uint64_t aux,
+                           absl::Time deadline);
   // The same, never waiting (for the session thread): ResourceExhausted
   // when it would have to wait.
-  absl::Status TrySendCredit(uint64_t stream, uint64_t credit_aux);
+  absl::Status TrySendControl(codec::FrameType type, uint64_t stream,
+                              uint64_t aux);
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }

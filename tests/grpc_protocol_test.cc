@@ -1,0 +1,207 @@
+// A hand-written client speaking frames to a live echo_server, for what the
+// real client never sends: call headers that do not decode, a unary call
+// cancelled before its request, a unary call half-closed without a request,
+// frames for streams that do not exist. Each gets the right status on its
+// own stream (sent by the server's CQ thread: its session thread never waits
+// for ring space), and a well-formed call on the same session still works.
+#include <unistd.h>
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "codec/call_frames.h"
+#include "codec/frame_type.h"
+#include "gtest/gtest.h"
+#include "tests/echo.pb.h"
+#include "tests/echo_logic.h"
+#include "tests/server_process.h"
+#include "transport/handshake.h"
+#include "transport/options.h"
+#include "transport/session.h"
+
+namespace shmgrpc::test {
+namespace {
+
+using codec::FrameType;
+using testing::ServerProcess;
+using transport::Session;
+
+constexpr char kUnaryMethod[] = "/shmgrpc.test.EchoService/Unary";
+
+// A raw session to the server that records, per stream, the status it gets
+// and the messages before it.
+class RawClient {
+ public:
+  explicit RawClient(const std::string& socket_path) {
+    absl::StatusOr<int> sock = transport::ConnectUnix(socket_path + ".shm");
+    if (!sock.ok()) {
+      status_ = sock.status();
+      return;
+    }
+    absl::StatusOr<transport::Handshaken> handshaken =
+        transport::ClientHandshake(*sock, Options());
+    if (!handshaken.ok()) {
+      close(*sock);
+      status_ = handshaken.status();
+      return;
+    }
+    session_ = Session::Create(
+        std::move(*handshaken),
+        [this](const shm::ReceivedMessage& frame) { OnFrame(frame); },
+        [](const absl::Status&) {});
+    session_->Start();
+  }
+  ~RawClient() {
+    if (session_) session_->Shutdown();
+  }
+
+  const absl::Status& status() const { return status_; }
+  Session& session() { return *session_; }
+
+  absl::Status Send(FrameType type, uint64_t stream, absl::string_view bytes,
+                    uint16_t flags = 0) {
+    return session_->SendFrame(type, stream, bytes,
+                               absl::Now() + absl::Seconds(5), flags);
+  }
+  absl::Status SendHeaders(uint64_t stream, const std::string& method) {
+    codec::CallHeaders headers;
+    headers.method = method;
+    return Send(FrameType::kCallHeaders, stream,
+                codec::EncodeCallHeaders(headers), codec::kUnaryCallFlag);
+  }
+
+  // The status of `stream`, waiting up to 5 s; nullopt if none came.
+  std::optional<codec::CallStatus> StatusOf(uint64_t stream) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(5),
+                 [&] { return statuses_.count(stream) > 0; });
+    auto it = statuses_.find(stream);
+    if (it == statuses_.end()) return std::nullopt;
+    return it->second;
+  }
+  int MessagesOn(uint64_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return messages_[stream];
+  }
+  std::string LastMessageOn(uint64_t stream) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_message_[stream];
+  }
+
+ private:
+  void OnFrame(const shm::ReceivedMessage& frame) {
+    const absl::string_view bytes(reinterpret_cast<const char*>(frame.data),
+                                  frame.descriptor.length);
+    const uint64_t stream = frame.descriptor.tag;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      switch (static_cast<FrameType>(frame.descriptor.type)) {
+        case FrameType::kStatus: {
+          absl::StatusOr<codec::CallStatus> status =
+              codec::DecodeCallStatus(bytes);
+          if (status.ok()) statuses_[stream] = *status;
+          break;
+        }
+        case FrameType::kMessage:
+          ++messages_[stream];
+          last_message_[stream] = std::string(bytes);
+          break;
+        default:
+          break;
+      }
+    }
+    session_->Release(frame);
+    cv_.notify_all();
+  }
+
+  absl::Status status_;
+  std::shared_ptr<Session> session_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, codec::CallStatus> statuses_;
+  std::map<uint64_t, int> messages_;
+  std::map<uint64_t, std::string> last_message_;
+};
+
+class ProtocolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>("sync");
+    ASSERT_TRUE(server_->status().ok()) << server_->status();
+    client_ = std::make_unique<RawClient>(server_->socket_path());
+    ASSERT_TRUE(client_->status().ok()) << client_->status();
+  }
+  void TearDown() override {
+    // After whatever came before, a well-formed unary call on the same
+    // session is answered.
+    if (client_ != nullptr && client_->status().ok()) ExpectEchoWorks(999);
+    client_.reset();
+    if (server_ != nullptr && server_->status().ok()) {
+      EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
+    }
+  }
+
+  void ExpectEchoWorks(uint64_t stream) {
+    EchoRequest request;
+    FillRequest(&request, 100, 7);
+    ASSERT_TRUE(client_->SendHeaders(stream, kUnaryMethod).ok());
+    ASSERT_TRUE(
+        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
+            .ok());
+    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
+    ASSERT_TRUE(status.has_value()) << "no status for the echo call";
+    EXPECT_EQ(status->code, 0) << status->message;
+    EXPECT_EQ(client_->MessagesOn(stream), 1);
+    EchoResponse response;
+    ASSERT_TRUE(response.ParseFromString(client_->LastMessageOn(stream)));
+    EXPECT_EQ(response.seq(), 7);
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<RawClient> client_;
+};
+
+TEST_F(ProtocolTest, HeadersThatDoNotDecodeEndThatStreamInternal) {
+  ASSERT_TRUE(client_
+                  ->Send(FrameType::kCallHeaders, 1, "\x07garbage",
+                         codec::kUnaryCallFlag)
+                  .ok());
+  std::optional<codec::CallStatus> status = client_->StatusOf(1);
+  ASSERT_TRUE(status.has_value()) << "no status for bad headers";
+  EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL));
+}
+
+TEST_F(ProtocolTest, UnaryCallCancelledBeforeItsRequestEndsCancelled) {
+  ASSERT_TRUE(client_->SendHeaders(3, kUnaryMethod).ok());
+  ASSERT_TRUE(client_->Send(FrameType::kCancel, 3, "").ok());
+  std::optional<codec::CallStatus> status = client_->StatusOf(3);
+  ASSERT_TRUE(status.has_value()) << "no status for the cancelled call";
+  EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::CANCELLED));
+}
+
+TEST_F(ProtocolTest, UnaryCallHalfClosedWithoutRequestEndsInternal) {
+  ASSERT_TRUE(client_->SendHeaders(5, kUnaryMethod).ok());
+  ASSERT_TRUE(client_->Send(FrameType::kHalfClose, 5, "").ok());
+  std::optional<codec::CallStatus> status = client_->StatusOf(5);
+  ASSERT_TRUE(status.has_value()) << "no status for the empty call";
+  EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL));
+}
+
+TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
+  // Message, half-close and cancel for streams that never began: no status
+  // (there is no call), no effect on the session.
+  ASSERT_TRUE(client_->Send(FrameType::kMessage, 11, "abc").ok());
+  ASSERT_TRUE(client_->Send(FrameType::kHalfClose, 13, "").ok());
+  ASSERT_TRUE(client_->Send(FrameType::kCancel, 15, "").ok());
+  ExpectEchoWorks(17);
+  EXPECT_FALSE(client_->StatusOf(11).has_value());
+}
+
+}  // namespace
+}  // namespace shmgrpc::test
