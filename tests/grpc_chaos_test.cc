@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -92,7 +93,12 @@ class ChaosTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(ChaosTest, RandomClientsKilledMidCallLeaveTheServerClean) {
   ServerProcess server(GetParam(), {"--arena_bytes=262144", "--ring_slots=8"});
   ASSERT_TRUE(server.status().ok()) << server.status();
-  const uint32_t seed = std::random_device{}();
+  // SHMGRPC_CHAOS_SEED=N replays a run (the seed is printed).
+  const char* seed_env = std::getenv("SHMGRPC_CHAOS_SEED");
+  const uint32_t seed =
+      seed_env != nullptr
+          ? static_cast<uint32_t>(std::strtoul(seed_env, nullptr, 10))
+          : std::random_device{}();
   std::mt19937 rng(seed);
   SCOPED_TRACE(absl::StrCat("seed ", seed));
 
