@@ -2,8 +2,11 @@
 // unary request that cannot fit, a message larger than the whole arena, and
 // a handler that stalls. Nothing is lost, nothing is stuck, and traffic goes
 // back to shared memory when it frees up.
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -111,9 +114,8 @@ int64_t RunSoakStreams(EchoService::Stub& stub, int streams, int first_seed,
   std::vector<StreamResult> results(streams);
   std::vector<std::thread> threads;
   for (int i = 0; i < streams; ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = RunSoakStream(stub, first_seed + i, until);
-    });
+    threads.emplace_back(
+        [&, i] { results[i] = RunSoakStream(stub, first_seed + i, until); });
   }
   for (std::thread& t : threads) t.join();
   int64_t messages = 0;
@@ -127,8 +129,7 @@ int64_t RunSoakStreams(EchoService::Stub& stub, int streams, int first_seed,
 
 TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
   constexpr int kStreams = 64;
-  ServerProcess server("sync",
-                       {"--arena_bytes=" + std::to_string(kTinyArena)});
+  ServerProcess server("sync", {"--arena_bytes=" + std::to_string(kTinyArena)});
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target(), TinyArenaOptions());
   auto stub = EchoService::NewStub(channel);
@@ -158,8 +159,8 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
       "soak %s: %ld messages each way on %d streams; client: chained=%lu "
       "inline arena_full=%lu too_large=%lu; server: chained=%lu inline "
       "arena_full=%lu too_large=%lu\n",
-      absl::FormatDuration(soak).c_str(), static_cast<long>(messages),
-      kStreams, static_cast<unsigned long>(client.messages_chained),
+      absl::FormatDuration(soak).c_str(), static_cast<long>(messages), kStreams,
+      static_cast<unsigned long>(client.messages_chained),
       static_cast<unsigned long>(client.inline_arena_full),
       static_cast<unsigned long>(client.inline_too_large),
       static_cast<unsigned long>(server_stats.messages_chained()),
@@ -184,8 +185,7 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
   EXPECT_GE(after.session.messages_sent, sent_before + 60);  // hdr+msg+close
   EXPECT_TRUE(WaitFor(
       [&] {
-        return GetChannelStats(channel.get())->session.arena.blocks_in_use ==
-               0;
+        return GetChannelStats(channel.get())->session.arena.blocks_in_use == 0;
       },
       absl::Seconds(5)))
       << "client blocks still in use";
@@ -210,8 +210,8 @@ TEST(ExhaustionTest, TinyRingsUnderManyStreamsNeverDeadlock) {
   options.ring_slots = 8;
   auto channel = CreateChannel(server.target(), options);
   auto stub = EchoService::NewStub(channel);
-  const int64_t messages = RunSoakStreams(*stub, kStreams, 100,
-                                          absl::Now() + absl::Seconds(5));
+  const int64_t messages =
+      RunSoakStreams(*stub, kStreams, 100, absl::Now() + absl::Seconds(5));
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_EQ(stats.calls_on_shm, static_cast<uint64_t>(kStreams));
   EXPECT_GT(stats.session.ring_full_waits, 0u) << "the rings never filled";
@@ -221,8 +221,7 @@ TEST(ExhaustionTest, TinyRingsUnderManyStreamsNeverDeadlock) {
 }
 
 TEST(FallbackTest, UnaryThatCannotFitGoesPlainAndSucceeds) {
-  ServerProcess server("sync",
-                       {"--arena_bytes=" + std::to_string(kTinyArena)});
+  ServerProcess server("sync", {"--arena_bytes=" + std::to_string(kTinyArena)});
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target(), TinyArenaOptions());
   auto stub = EchoService::NewStub(channel);
@@ -241,8 +240,7 @@ TEST(FallbackTest, UnaryThatCannotFitGoesPlainAndSucceeds) {
 }
 
 TEST(FallbackTest, StreamMessagesLargerThanTheArenaTravelInline) {
-  ServerProcess server("sync",
-                       {"--arena_bytes=" + std::to_string(kTinyArena)});
+  ServerProcess server("sync", {"--arena_bytes=" + std::to_string(kTinyArena)});
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target(), TinyArenaOptions());
   auto stub = EchoService::NewStub(channel);
@@ -284,9 +282,8 @@ class ChainedTest : public ::testing::Test {
   static constexpr size_t kMaxBlock = 64 << 10;
   void SetUp() override {
     server_ = std::make_unique<ServerProcess>(
-        "sync",
-        std::vector<std::string>{"--max_block_bytes=" +
-                                 std::to_string(kMaxBlock)});
+        "sync", std::vector<std::string>{"--max_block_bytes=" +
+                                         std::to_string(kMaxBlock)});
     ASSERT_TRUE(server_->status().ok()) << server_->status();
     Options options;
     options.max_block_bytes = kMaxBlock;
@@ -389,6 +386,91 @@ TEST(FallbackTest, StalledHandlerBlocksTheStreamWhichThenResumes) {
   EXPECT_GE(written_while_stalled, 1);
   std::printf("writer was %d messages ahead while the handler stalled\n",
               written_while_stalled);
+}
+
+// The callback API's StartWrite must not block its caller (often gRPC's own
+// callback thread) when the stream's window is full: the write is parked and
+// OnWriteDone comes once the server's handler catches up.
+class TimedWriter : public grpc::ClientBidiReactor<EchoRequest, EchoResponse> {
+ public:
+  TimedWriter(EchoService::Stub* stub, int messages) : messages_(messages) {
+    stub->async()->Bidi(&context_, this);
+    StartRead(&response_);
+    NextWrite();
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (ok) NextWrite();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    if (response_.seq() != received_ || !PayloadIntact(response_)) ++errors_;
+    if (++received_ < messages_) StartRead(&response_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    done_ = true;
+    cv_.notify_one();
+  }
+  bool Await() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(30), [&] { return done_; });
+  }
+  grpc::Status status() { return status_; }
+  int received() const { return received_; }
+  int sent() const { return sent_; }
+  int errors() const { return errors_; }
+  absl::Duration longest_start_write() const { return longest_; }
+
+ private:
+  void NextWrite() {
+    if (sent_ == messages_) {
+      StartWritesDone();
+      return;
+    }
+    request_.Clear();
+    FillRequest(&request_, 1024, sent_);
+    if (sent_ == 0) request_.set_delay_ms(1500);  // the handler stalls on it
+    ++sent_;
+    const absl::Time start = absl::Now();
+    StartWrite(&request_);
+    longest_ = std::max(longest_, absl::Now() - start);
+  }
+  grpc::ClientContext context_;
+  EchoRequest request_;
+  EchoResponse response_;
+  const int messages_;
+  int sent_ = 0, received_ = 0, errors_ = 0;
+  absl::Duration longest_ = absl::ZeroDuration();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  grpc::Status status_;
+};
+
+TEST(FallbackTest, CallbackWriterIsNotBlockedByAFullWindow) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());  // window: 64 messages
+  auto stub = EchoService::NewStub(channel);
+  constexpr int kMessages = 300;
+  const absl::Time start = absl::Now();
+  TimedWriter writer(stub.get(), kMessages);
+  ASSERT_TRUE(writer.Await()) << "the stream hung: sent " << writer.sent()
+                              << ", received " << writer.received();
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(writer.status().ok()) << writer.status().error_message();
+  EXPECT_EQ(writer.received(), kMessages);
+  EXPECT_EQ(writer.errors(), 0);
+  EXPECT_GE(took, absl::Milliseconds(1400));  // the handler did stall it
+  // Before parking, the write that found the window full waited ~1.5 s
+  // inside StartWrite.
+  EXPECT_LT(writer.longest_start_write(), absl::Milliseconds(200));
+  std::printf("%d messages in %s; longest StartWrite call %s\n", kMessages,
+              absl::FormatDuration(took).c_str(),
+              absl::FormatDuration(writer.longest_start_write()).c_str());
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
 }  // namespace

@@ -94,6 +94,7 @@ void ClientCall::Intercept(Batch* m) {
     std::lock_guard<std::mutex> lock(mu_);
     forwarded_batches_.push_back(m);
   }
+  if (!first_batch && ParkIfWindowFull(m)) return;
   SendPass(m);
   tls_recv_pass_of = this;
   if (first_batch) {
@@ -102,6 +103,58 @@ void ClientCall::Intercept(Batch* m) {
     m->Proceed();
   }
   tls_recv_pass_of = nullptr;
+}
+
+bool ClientCall::ParkIfWindowFull(Batch* m) {
+  const bool message = Has(m, Hook::PRE_SEND_MESSAGE);
+  if (!send_window_ || (!message && !Has(m, Hook::PRE_SEND_CLOSE))) {
+    return false;
+  }
+  // Under mu_, which the credit path takes after crediting the window: a
+  // credit either lands before this check or finds the batch parked.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_) return false;  // its send fails at once
+  if (parked_sends_.empty() && !resuming_ &&
+      (!message || send_window_->HasRoom())) {
+    return false;
+  }
+  parked_sends_.push_back(m);
+  return true;
+}
+
+bool ClientCall::CanResumeLocked() {
+  if (parked_sends_.empty()) return false;
+  return finished_ || !Has(parked_sends_.front(), Hook::PRE_SEND_MESSAGE) ||
+         send_window_->HasRoom();
+}
+
+void ClientCall::ResumeParkedSends() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (resuming_ || !CanResumeLocked()) return;
+    resuming_ = true;
+  }
+  // Not on this thread: it may be the session thread, and sending may wait
+  // for ring space. Rare: once per window's worth of messages that a writer
+  // gets ahead of its reader.
+  std::thread([self = shared_from_this()] {
+    for (;;) {
+      Batch* m;
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        if (!self->CanResumeLocked()) {
+          self->resuming_ = false;  // the next credit starts another
+          return;
+        }
+        m = self->parked_sends_.front();
+        self->parked_sends_.pop_front();
+      }
+      self->SendPass(m);
+      tls_recv_pass_of = self.get();
+      m->Proceed();
+      tls_recv_pass_of = nullptr;
+    }
+  }).detach();
 }
 
 bool ClientCall::DecideHijack(Batch* m) {
@@ -425,6 +478,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kWindowUpdate:
       if (send_window_) {
         send_window_->OnCredit(DecodeCredit(message.descriptor.aux));
+        ResumeParkedSends();
       }
       return;
     default:  // not a server-to-client frame
@@ -452,6 +506,7 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
   if (send_window_) send_window_->Close();
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();
+  ResumeParkedSends();  // their messages now fail
   Complete(ready);
 }
 

@@ -15,9 +15,12 @@
 // whichever thread made it ready. Deadlines are enforced with a grpc::Alarm
 // and forwarded to the server; TryCancel, a gone session, an oversize
 // message all end the call with the matching status and tell the server.
-// Streaming calls are flow controlled (flow_window.h): a Write waits while
-// the server's application is behind by a window; credit for what this side
-// consumed goes back without ever waiting on the session thread. Messages
+// Streaming calls are flow controlled (flow_window.h): a write batch that
+// finds the window full is parked, not waited for (the app's thread or
+// gRPC's callback thread is never blocked in here; a sync Write still blocks
+// in gRPC until the batch completes), and resumed when credit comes; credit
+// for what this side consumed goes back without ever waiting on the session
+// thread. Messages
 // may arrive chained over several blocks (MessageAssembler) and are parsed
 // in place across them.
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CALL_H_
@@ -76,6 +79,14 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   };
 
   bool DecideHijack(Batch* methods);
+  // A write whose stream window is full is parked instead of waiting on the
+  // app's (or gRPC's callback) thread, and so is every send batch after it
+  // (a half-close must not overtake it); credit or the call's end resumes
+  // them, in order, on a short-lived thread. True if `methods` was parked.
+  bool ParkIfWindowFull(Batch* methods);
+  void ResumeParkedSends();
+  // The first parked batch may go now (mu_ held).
+  bool CanResumeLocked();
   void SendPass(Batch* methods);
   void SendHeaders(Batch* methods);
   void SendMessage(Batch* methods);
@@ -108,7 +119,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // Streaming calls only (null for unary): flow control both ways.
   std::unique_ptr<SendWindow> send_window_;
   std::unique_ptr<ReceiveWindow> receive_window_;
-  Credit deferred_credit_;             // guarded by mu_
+  Credit deferred_credit_;              // guarded by mu_
   bool credit_sender_running_ = false;  // guarded by mu_
 
   std::mutex mu_;
@@ -118,6 +129,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // Batches past their forward pass, awaiting their POST pass (a handful at
   // most: one per op kind in flight).
   std::vector<const Batch*> forwarded_batches_;
+  std::deque<Batch*> parked_sends_;  // send batches waiting, in order
+  bool resuming_ = false;            // a thread is sending parked batches
   bool got_initial_metadata_ = false;
   codec::Metadata initial_metadata_;  // fixed once got_initial_metadata_
   bool finished_ = false;             // status_ is final
@@ -132,7 +145,8 @@ class ClientCallInterceptor : public grpc::experimental::Interceptor {
   explicit ClientCallInterceptor(std::shared_ptr<ClientCall> call)
       : call_(std::move(call)) {}
   ~ClientCallInterceptor() override { call_->Finish(); }
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
     call_->Intercept(methods);
   }
 
