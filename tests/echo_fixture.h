@@ -11,10 +11,11 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
+#include "tests/echo_logic.h"
 #include "tests/server_process.h"
 
 namespace shmgrpc::test {
@@ -22,7 +23,8 @@ namespace shmgrpc::test {
 // The echo_server's shm counters, fetched over a plain channel (so asking
 // does not change them). Fails the test on error.
 inline ServerStatsReply FetchServerStats(const std::string& target) {
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = ServerStatsService::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -78,6 +80,44 @@ bool WaitFor(Condition condition, absl::Duration timeout) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   return true;
+}
+
+// Waits (up to 5 s) until the server has no shm session, no call and no
+// block in use, failing the test otherwise; returns its last counters.
+inline ServerStatsReply ExpectServerIdle(const std::string& target) {
+  ServerStatsReply stats;
+  const bool idle = WaitFor(
+      [&] {
+        stats = FetchServerStats(target);
+        return stats.sessions_open() == 0 && stats.calls_active() == 0 &&
+               stats.blocks_in_use() == 0;
+      },
+      absl::Seconds(5));
+  EXPECT_TRUE(idle) << "sessions_open=" << stats.sessions_open()
+                    << " calls_active=" << stats.calls_active()
+                    << " blocks_in_use=" << stats.blocks_in_use();
+  return stats;
+}
+
+// One Unary echo of a `size`-byte checksummed payload, 10 s deadline.
+inline grpc::Status UnaryEcho(EchoService::Stub* stub, size_t size, int64_t seq,
+                              EchoResponse* response) {
+  EchoRequest request;
+  FillRequest(&request, size, seq);
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  return stub->Unary(&context, request, response);
+}
+
+// A fresh shm channel's 4 KiB unary call succeeds, intact, over shm.
+inline void ExpectServerStillServesShm(const std::string& target) {
+  auto channel = CreateChannel(target);
+  auto stub = EchoService::NewStub(channel);
+  EchoResponse response;
+  const grpc::Status status = UnaryEcho(stub.get(), 4096, 7, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(PayloadIntact(response));
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
 // `Base` is ::testing::Test or ::testing::TestWithParam<std::string> (the

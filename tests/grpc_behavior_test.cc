@@ -230,13 +230,8 @@ TEST_F(BehaviorTest, ManyFreshChannelsCallRightAfterTheirHandshake) {
   for (int i = 0; i < kChannels; ++i) {
     std::shared_ptr<grpc::Channel> channel = CreateChannel(server_->target());
     auto stub = EchoService::NewStub(channel);
-    EchoRequest request;
-    FillRequest(&request, 64, i);
     EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::seconds(10));
-    const grpc::Status status = stub->Unary(&context, request, &response);
+    const grpc::Status status = UnaryEcho(stub.get(), 64, i, &response);
     ASSERT_TRUE(status.ok())
         << "channel " << i << ": " << status.error_message();
     ASSERT_EQ(response.seq(), i);

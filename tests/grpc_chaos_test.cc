@@ -137,31 +137,8 @@ TEST_P(ChaosTest, RandomClientsKilledMidCallLeaveTheServerClean) {
   std::printf("[%s] seed %u: %d clients, %d plain runs succeeded, %d killed\n",
               GetParam().c_str(), seed, started, succeeded, killed);
 
-  ServerStatsReply stats;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        stats = FetchServerStats(server.target());
-        return stats.sessions_open() == 0 && stats.calls_active() == 0 &&
-               stats.blocks_in_use() == 0;
-      },
-      absl::Seconds(5)))
-      << "sessions_open=" << stats.sessions_open()
-      << " calls_active=" << stats.calls_active()
-      << " blocks_in_use=" << stats.blocks_in_use();
-
-  // Still serving shared memory.
-  auto channel = CreateChannel(server.target());
-  auto stub = EchoService::NewStub(channel);
-  EchoRequest request;
-  FillRequest(&request, 4096, 1);
-  EchoResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(In(absl::Seconds(10)));
-  const grpc::Status status = stub->Unary(&context, request, &response);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_TRUE(PayloadIntact(response));
-  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
-  channel.reset();
+  ExpectServerIdle(server.target());
+  ExpectServerStillServesShm(server.target());
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 

@@ -171,12 +171,8 @@ TEST(ExhaustionTest, TinyArenas64BidiStreamsLoseNothingAndReturnToShm) {
   const uint64_t inline_before = client.session.inline_sent;
   const uint64_t sent_before = client.session.messages_sent;
   for (int i = 0; i < 20; ++i) {
-    EchoRequest request;
-    FillRequest(&request, 4096, i);
     EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(In(absl::Seconds(10)));
-    ASSERT_TRUE(stub->Unary(&context, request, &response).ok());
+    ASSERT_TRUE(UnaryEcho(stub.get(), 4096, i, &response).ok());
     ASSERT_TRUE(PayloadIntact(response));
   }
   const ClientStats after = *GetChannelStats(channel.get());
@@ -225,12 +221,9 @@ TEST(FallbackTest, UnaryThatCannotFitGoesPlainAndSucceeds) {
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target(), TinyArenaOptions());
   auto stub = EchoService::NewStub(channel);
-  EchoRequest request;
-  FillRequest(&request, 1 << 20, 1);  // 4x the arena
   EchoResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(In(absl::Seconds(10)));
-  const grpc::Status status = stub->Unary(&context, request, &response);
+  const grpc::Status status =
+      UnaryEcho(stub.get(), 1 << 20, 1, &response);  // 4x the arena
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_TRUE(PayloadIntact(response));
   EXPECT_EQ(response.payload().size(), size_t{1} << 20);

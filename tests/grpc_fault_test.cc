@@ -168,12 +168,8 @@ TEST_P(HandshakeDeathTest, ServerGoneMidHandshakeLeavesCallsOnThePlainPath) {
       << "longer than the handshake timeout";
   auto stub = EchoService::NewStub(channel);
   for (int i = 0; i < 20; ++i) {
-    EchoRequest request;
-    FillRequest(&request, 1024, i);
     EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(In(absl::Seconds(10)));
-    const grpc::Status status = stub->Unary(&context, request, &response);
+    const grpc::Status status = UnaryEcho(stub.get(), 1024, i, &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_TRUE(PayloadIntact(response));
   }
@@ -192,33 +188,9 @@ INSTANTIATE_TEST_SUITE_P(DroppedOrSilent, HandshakeDeathTest,
 // ---- the client dies -------------------------------------------------------
 
 // Waits until the server has no session, no call and no block in use left.
+// The one client that went away left nothing behind on the server.
 void ExpectServerCleanedUp(const std::string& target) {
-  ServerStatsReply stats;
-  const bool clean = WaitFor(
-      [&] {
-        stats = FetchServerStats(target);
-        return stats.sessions_open() == 0 && stats.calls_active() == 0 &&
-               stats.blocks_in_use() == 0;
-      },
-      absl::Seconds(5));
-  EXPECT_TRUE(clean) << "sessions_open=" << stats.sessions_open()
-                     << " calls_active=" << stats.calls_active()
-                     << " blocks_in_use=" << stats.blocks_in_use();
-  EXPECT_EQ(stats.sessions_closed(), 1u);
-}
-
-void ExpectServerStillServesShm(const std::string& target) {
-  auto channel = CreateChannel(target);
-  auto stub = EchoService::NewStub(channel);
-  EchoRequest request;
-  FillRequest(&request, 4096, 7);
-  EchoResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(In(absl::Seconds(10)));
-  const grpc::Status status = stub->Unary(&context, request, &response);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_TRUE(PayloadIntact(response));
-  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+  EXPECT_EQ(ExpectServerIdle(target).sessions_closed(), 1u);
 }
 
 // Per server style: the async echo server waits for AsyncNotifyWhenDone
