@@ -275,45 +275,36 @@ void ClientCall::SendMessage(Batch* m) {
       return;
     }
   }
+  // Sync and callback calls offer the message itself (serialized in place
+  // below); CQ-async calls only its serialized bytes.
+  const auto* message =
+      static_cast<const google::protobuf::MessageLite*>(m->GetSendMessage());
+  const grpc::ByteBuffer* buffer =
+      message == nullptr ? m->GetSerializedSendMessage() : nullptr;
+  const size_t size = message == nullptr ? buffer->Length()
+                      : first_message_size_.has_value()
+                          ? *std::exchange(first_message_size_, std::nullopt)
+                          : codec::SerializedSize(*message);
   const size_t max_bytes = core_->options().max_message_bytes;
-  absl::Status sent;
-  if (const void* raw = m->GetSendMessage(); raw != nullptr) {
-    const auto& message =
-        *static_cast<const google::protobuf::MessageLite*>(raw);
-    const size_t size = first_message_size_.has_value()
-                            ? *std::exchange(first_message_size_, std::nullopt)
-                            : codec::SerializedSize(message);
-    if (size > max_bytes) {
-      return FailSend(m, absl::ResourceExhaustedError(
-                             absl::StrCat("Sent message larger than max (",
-                                          size, " vs. ", max_bytes, ")")));
-    }
-    if (send_window_) {
-      if (absl::Status room = send_window_->WaitForRoom(deadline_);
-          !room.ok()) {
-        return FailSend(m, room);
-      }
+  if (size > max_bytes) {
+    return FailSend(m, absl::ResourceExhaustedError(
+                           absl::StrCat("Sent message larger than max (", size,
+                                        " vs. ", max_bytes, ")")));
+  }
+  if (send_window_) {
+    // A write is parked until its window has room (ParkIfWindowFull), so
+    // this does not wait; it fails once the call's window is closed.
+    if (absl::Status room = send_window_->WaitForRoom(deadline_); !room.ok()) {
+      return FailSend(m, room);
     }
     // Counted before it leaves: the server's credit for it may arrive before
-    // SendMessage returns. (A failed send ends the call.)
-    if (send_window_) send_window_->OnSent(size);
-    sent = session_->SendMessage(stream_id_, message, size, deadline_);
-  } else {
-    const grpc::ByteBuffer* buffer = m->GetSerializedSendMessage();
-    if (buffer->Length() > max_bytes) {
-      return FailSend(m, absl::ResourceExhaustedError(absl::StrCat(
-                             "Sent message larger than max (", buffer->Length(),
-                             " vs. ", max_bytes, ")")));
-    }
-    if (send_window_) {
-      if (absl::Status room = send_window_->WaitForRoom(deadline_);
-          !room.ok()) {
-        return FailSend(m, room);
-      }
-    }
-    if (send_window_) send_window_->OnSent(buffer->Length());
-    sent = session_->SendByteBuffer(stream_id_, *buffer, deadline_);
+    // the send returns. (A failed send ends the call.)
+    send_window_->OnSent(size);
   }
+  const absl::Status sent =
+      message != nullptr
+          ? session_->SendMessage(stream_id_, *message, size, deadline_)
+          : session_->SendByteBuffer(stream_id_, *buffer, deadline_);
   if (!sent.ok()) FailSend(m, sent);
 }
 
