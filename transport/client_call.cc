@@ -502,56 +502,17 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
 }
 
 void ClientCall::SendCredit(const Credit& credit) {
-  // This may run on the session thread, which must never wait for the ring
-  // or for the send lock (whose holder may be waiting for ring space, which
-  // the server frees only once its own session thread, possibly waiting on
-  // us, moves): try once, and only if that fails hand the send to a
-  // short-lived thread that may wait (rare: it takes a full ring or a
-  // concurrent sender stuck on one).
-  const absl::Status sent = session_->TrySendControl(
-      codec::FrameType::kWindowUpdate, stream_id_, EncodeCredit(credit));
-  if (sent.code() != absl::StatusCode::kResourceExhausted) return;  // or gone
-  std::lock_guard<std::mutex> lock(mu_);
-  deferred_credit_.messages += credit.messages;
-  deferred_credit_.bytes += credit.bytes;
-  if (credit_sender_running_) return;  // it sends this too
-  credit_sender_running_ = true;
-  std::thread([self = shared_from_this()] {
-    for (;;) {
-      Credit credit;
-      {
-        std::lock_guard<std::mutex> lock(self->mu_);
-        if (self->deferred_credit_.messages == 0 &&
-            self->deferred_credit_.bytes == 0) {
-          self->credit_sender_running_ = false;
-          return;
-        }
-        credit = std::exchange(self->deferred_credit_, Credit{});
-      }
-      // Best effort: a gone session ends the call anyway.
-      self->session_
-          ->SendControl(codec::FrameType::kWindowUpdate, self->stream_id_,
-                        EncodeCredit(credit), self->deadline_)
-          .IgnoreError();
-    }
-  }).detach();
+  // Usually on the session thread, which must never wait for ring space.
+  session_->PostControl(codec::FrameType::kWindowUpdate, stream_id_,
+                        EncodeCredit(credit), deadline_);
 }
 
 void ClientCall::TellServerCancelled() {
   if (!session_) return;
-  // Best effort: a gone session cancels the server side anyway. This may run
-  // on the session thread (a reply over the size limit ends the call
-  // there), which must never wait for ring space: try once, and only if
-  // that fails send from a short-lived thread that may wait up to 1 s.
-  const absl::Status sent =
-      session_->TrySendControl(codec::FrameType::kCancel, stream_id_, 0);
-  if (sent.code() != absl::StatusCode::kResourceExhausted) return;
-  std::thread([session = session_, stream = stream_id_] {
-    session
-        ->SendControl(codec::FrameType::kCancel, stream, 0,
-                      absl::Now() + absl::Seconds(1))
-        .IgnoreError();
-  }).detach();
+  // May run on the session thread (a reply over the size limit ends the
+  // call there). Best effort: a gone session cancels the server side anyway.
+  session_->PostControl(codec::FrameType::kCancel, stream_id_, 0,
+                        absl::Now() + absl::Seconds(1));
 }
 
 std::deque<InboundMessage> ClientCall::TakeUnreadLocked() {

@@ -99,8 +99,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void ReleaseAll(std::deque<InboundMessage>& messages);
   void FailSend(Batch* methods, const absl::Status& why);
   void TellServerCancelled();
-  // Streams: returns credit to the server without waiting for ring space on
-  // the calling thread (see SendCredit in the .cc).
+  // Streams: returns credit to the server without ever waiting
+  // (Session::PostControl).
   void SendCredit(const Credit& credit);
 
   const std::shared_ptr<ClientCore> core_;
@@ -119,8 +119,6 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // Streaming calls only (null for unary): flow control both ways.
   std::unique_ptr<SendWindow> send_window_;
   std::unique_ptr<ReceiveWindow> receive_window_;
-  Credit deferred_credit_;              // guarded by mu_
-  bool credit_sender_running_ = false;  // guarded by mu_
 
   std::mutex mu_;
   MessageAssembler assembler_;           // chunks of a chained message

@@ -197,10 +197,33 @@ absl::Status Session::SendControl(codec::FrameType type, uint64_t stream,
   return endpoint_->Send(ControlFrame(type, stream, aux), deadline);
 }
 
-absl::Status Session::TrySendControl(codec::FrameType type, uint64_t stream,
-                                     uint64_t aux) {
-  if (!alive()) return absl::UnavailableError("shm session is closed");
-  return endpoint_->TrySend(ControlFrame(type, stream, aux));
+void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
+                          absl::Time deadline) {
+  if (!alive()) return;
+  const shm::Descriptor frame = ControlFrame(type, stream, aux);
+  std::lock_guard<std::mutex> lock(posted_mu_);
+  if (posted_.empty() && endpoint_->TrySend(frame).code() !=
+                             absl::StatusCode::kResourceExhausted) {
+    return;  // sent, or the session is gone
+  }
+  posted_.push_back({frame, deadline});
+  if (poster_running_) return;  // it sends this too
+  poster_running_ = true;
+  std::thread([self = shared_from_this()] {
+    for (;;) {
+      PostedControl next;
+      {
+        std::lock_guard<std::mutex> lock(self->posted_mu_);
+        if (self->posted_.empty()) {
+          self->poster_running_ = false;
+          return;
+        }
+        next = self->posted_.front();
+        self->posted_.pop_front();
+      }
+      self->endpoint_->Send(next.frame, next.deadline).IgnoreError();
+    }
+  }).detach();
 }
 
 SendPathStats Session::send_path_stats() const {

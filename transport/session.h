@@ -21,8 +21,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -87,10 +89,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // A frame without payload (kWindowUpdate, kCancel) carrying `aux`.
   absl::Status SendControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                            absl::Time deadline);
-  // The same, never waiting (for the session thread): ResourceExhausted
-  // when it would have to wait.
-  absl::Status TrySendControl(codec::FrameType type, uint64_t stream,
-                              uint64_t aux);
+  // The same from a thread that must never wait (a session thread: see
+  // ARCHITECTURE, "no reader waits on a writer"): tried at once; if the ring
+  // or the send lock is busy, queued — in order, behind anything queued
+  // before — for a short-lived thread that waits for room until `deadline`.
+  // Best effort: a frame for a closed session is dropped.
+  void PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
+                   absl::Time deadline);
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
@@ -149,6 +154,13 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<uint64_t> chained_{0}, inline_arena_full_{0},
       inline_too_large_{0}, blocks_reclaimed_{0};
   std::thread thread_;
+  struct PostedControl {
+    shm::Descriptor frame;
+    absl::Time deadline;
+  };
+  std::mutex posted_mu_;
+  std::deque<PostedControl> posted_;  // waiting for the poster thread
+  bool poster_running_ = false;
 };
 
 }  // namespace shmgrpc::transport
