@@ -14,8 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "shm/wait_options.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
@@ -62,8 +62,8 @@ TEST_P(WaitStrategyTest, UnaryAndBidiOverShmAlsoAfterIdle) {
       EchoResponse response;
       const size_t size = i % 10 == 0 ? 65536 : 64;
       const grpc::Status status = UnaryEcho(stub_.get(), size, i, &response);
-      ASSERT_TRUE(status.ok()) << round << "/" << i << ": "
-                               << status.error_message();
+      ASSERT_TRUE(status.ok())
+          << round << "/" << i << ": " << status.error_message();
       ASSERT_EQ(response.seq(), i);
       ASSERT_TRUE(PayloadIntact(response)) << i;
     }
