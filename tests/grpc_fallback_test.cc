@@ -4,9 +4,7 @@
 // back to shared memory when it frees up.
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdlib>
-#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -16,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
+#include "tests/echo_bidi_reactor.h"
 #include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
 #include "tests/server_process.h"
@@ -381,67 +380,9 @@ TEST(FallbackTest, StalledHandlerBlocksTheStreamWhichThenResumes) {
               written_while_stalled);
 }
 
-// The callback API's StartWrite must not block its caller (often gRPC's own
-// callback thread) when the stream's window is full: the write is parked and
-// OnWriteDone comes once the server's handler catches up.
-class TimedWriter : public grpc::ClientBidiReactor<EchoRequest, EchoResponse> {
- public:
-  TimedWriter(EchoService::Stub* stub, int messages) : messages_(messages) {
-    stub->async()->Bidi(&context_, this);
-    StartRead(&response_);
-    NextWrite();
-    StartCall();
-  }
-  void OnWriteDone(bool ok) override {
-    if (ok) NextWrite();
-  }
-  void OnReadDone(bool ok) override {
-    if (!ok) return;
-    if (response_.seq() != received_ || !PayloadIntact(response_)) ++errors_;
-    if (++received_ < messages_) StartRead(&response_);
-  }
-  void OnDone(const grpc::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = status;
-    done_ = true;
-    cv_.notify_one();
-  }
-  bool Await() {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(30), [&] { return done_; });
-  }
-  grpc::Status status() { return status_; }
-  int received() const { return received_; }
-  int sent() const { return sent_; }
-  int errors() const { return errors_; }
-  absl::Duration longest_start_write() const { return longest_; }
-
- private:
-  void NextWrite() {
-    if (sent_ == messages_) {
-      StartWritesDone();
-      return;
-    }
-    request_.Clear();
-    FillRequest(&request_, 1024, sent_);
-    if (sent_ == 0) request_.set_delay_ms(1500);  // the handler stalls on it
-    ++sent_;
-    const absl::Time start = absl::Now();
-    StartWrite(&request_);
-    longest_ = std::max(longest_, absl::Now() - start);
-  }
-  grpc::ClientContext context_;
-  EchoRequest request_;
-  EchoResponse response_;
-  const int messages_;
-  int sent_ = 0, received_ = 0, errors_ = 0;
-  absl::Duration longest_ = absl::ZeroDuration();
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  grpc::Status status_;
-};
-
+// The callback API's StartWrite must not block its caller when the stream's
+// window is full: the write is parked and OnWriteDone comes once the server's
+// handler catches up.
 TEST(FallbackTest, CallbackWriterIsNotBlockedByAFullWindow) {
   ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
@@ -449,9 +390,15 @@ TEST(FallbackTest, CallbackWriterIsNotBlockedByAFullWindow) {
   auto stub = EchoService::NewStub(channel);
   constexpr int kMessages = 300;
   const absl::Time start = absl::Now();
-  TimedWriter writer(stub.get(), kMessages);
-  ASSERT_TRUE(writer.Await()) << "the stream hung: sent " << writer.sent()
-                              << ", received " << writer.received();
+  EchoBidiReactor writer(stub.get(), kMessages, /*corked=*/false,
+                         [](int i, EchoRequest* request) {
+                           FillRequest(request, 1024, i);
+                           // The handler stalls on the first message.
+                           if (i == 0) request->set_delay_ms(1500);
+                         });
+  ASSERT_TRUE(writer.Await(absl::Seconds(30)))
+      << "the stream hung: sent " << writer.sent() << ", received "
+      << writer.received();
   const absl::Duration took = absl::Now() - start;
   ASSERT_TRUE(writer.status().ok()) << writer.status().error_message();
   EXPECT_EQ(writer.received(), kMessages);

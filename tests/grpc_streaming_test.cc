@@ -1,21 +1,19 @@
 // Streaming calls over shm between two real processes: server, client and
 // bidi streaming with the sync API, and a callback bidi reactor (corked
 // initial metadata too), against sync and callback servers.
-#include <condition_variable>
-#include <mutex>
 #include <string>
 
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
-#include "tests/echo_logic.h"
+#include "tests/echo_bidi_reactor.h"
 #include "tests/echo_fixture.h"
+#include "tests/echo_logic.h"
 #include "tests/server_process.h"
 
 namespace shmgrpc::test {
 namespace {
-
 
 class StreamingTest : public EchoStyleTest {};
 
@@ -97,76 +95,17 @@ TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
-// A callback bidi reactor: writes N, reads N, then half-closes.
-class BidiReactor : public grpc::ClientBidiReactor<EchoRequest, EchoResponse> {
- public:
-  BidiReactor(EchoService::Stub* stub, int messages, bool corked)
-      : messages_(messages) {
-    if (corked) context_.set_initial_metadata_corked(true);
-    stub->async()->Bidi(&context_, this);
-    StartRead(&response_);
-    NextWrite();
-    StartCall();
-  }
-  void OnWriteDone(bool ok) override {
-    if (!ok) return;
-    NextWrite();
-  }
-  void OnReadDone(bool ok) override {
-    if (!ok) return;
-    if (response_.seq() != received_ || !PayloadIntact(response_)) {
-      ++errors_;
-    }
-    if (++received_ < messages_) StartRead(&response_);
-  }
-  void OnDone(const grpc::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = status;
-    done_ = true;
-    cv_.notify_one();
-  }
-  bool Await(grpc::Status* status, int* received, int* errors) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_for(lock, std::chrono::seconds(20), [&] { return done_; })) {
-      return false;
-    }
-    *status = status_;
-    *received = received_;
-    *errors = errors_;
-    return true;
-  }
-
- private:
-  void NextWrite() {
-    if (sent_ == messages_) {
-      StartWritesDone();
-      return;
-    }
-    FillRequest(&request_, 100 + sent_ % 3000, sent_);
-    ++sent_;
-    StartWrite(&request_);
-  }
-  grpc::ClientContext context_;
-  EchoRequest request_;
-  EchoResponse response_;
-  const int messages_;
-  int sent_ = 0, received_ = 0, errors_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  grpc::Status status_;
-};
-
 TEST_P(StreamingTest, CallbackBidiReactor) {
   for (bool corked : {false, true}) {
-    BidiReactor reactor(stub_.get(), 500, corked);
-    grpc::Status status;
-    int received, errors;
-    ASSERT_TRUE(reactor.Await(&status, &received, &errors))
+    EchoBidiReactor reactor(stub_.get(), 500, corked,
+                            [](int i, EchoRequest* request) {
+                              FillRequest(request, 100 + i % 3000, i);
+                            });
+    ASSERT_TRUE(reactor.Await(absl::Seconds(20)))
         << "reactor hung, corked=" << corked;
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(received, 500);
-    EXPECT_EQ(errors, 0);
+    ASSERT_TRUE(reactor.status().ok()) << reactor.status().error_message();
+    EXPECT_EQ(reactor.received(), 500);
+    EXPECT_EQ(reactor.errors(), 0);
   }
   EXPECT_EQ(CallsOnShm(), 2u);
 }
