@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "shm/memory_headroom.h"
 
 namespace shmgrpc::shm {
 namespace {
@@ -42,6 +43,10 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(
     return absl::InvalidArgumentError("arena size must be positive");
   }
   const size_t size = RoundUpToPage(size_bytes);
+  if (absl::Status room = CheckMemoryHeadroom(size, kArenaMemoryReserve);
+      !room.ok()) {
+    return room;
+  }
   const int fd =
       memfd_create(debug_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return ErrnoStatus("memfd_create", errno);

@@ -1,7 +1,11 @@
 // Arena: one memfd-backed shared-memory region, as seen by its owner or a peer.
 //
 // Contract:
-//  - Arena::Create() makes a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING), sizes it
+//  - Arena::Create() first checks the memory headroom (memory_headroom.h):
+//    a size that would leave less than kArenaMemoryReserve of it is
+//    ResourceExhausted, because fallocate in a memory cgroup at its limit
+//    gets the process OOM-killed instead of failing.
+//  - It then makes a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING), sizes it
 //    with ftruncate, reserves every page with posix_fallocate (so a full tmpfs
 //    or memory cgroup is an error here, never a SIGBUS later), maps it
 //    read-write, then seals it F_SEAL_SHRINK | F_SEAL_GROW |
@@ -31,6 +35,9 @@ namespace shmgrpc::shm {
 
 // The seals every arena carries; a peer fd without all of them is refused.
 int RequiredSeals();
+
+// Headroom Arena::Create leaves for the rest of the process.
+inline constexpr uint64_t kArenaMemoryReserve = uint64_t{16} << 20;
 
 class Arena {
  public:

@@ -2,11 +2,13 @@
 // that kill the client.
 //
 //   echo_client --target=unix:/path [--calls=N] [--size=BYTES] [--mode=M]
+//               [--expect=shm|plain]
 //
 // Modes:
 //   unary        (default) N unary calls over shmgrpc::CreateChannel, every
 //                reply checked (checksum, sequence, server-verified peer
-//                pid); exits 0 only if all N succeeded over shared memory.
+//                pid); exits 0 only if all N succeeded, each over shared
+//                memory (or, with --expect=plain, none of them).
 //   hang-unary   prints "calling", then makes one unary call the server
 //                never answers (for tests that kill this process mid-call).
 //   stream       bidi ping-pong forever; prints "in-call" after 100 round
@@ -28,10 +30,10 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
-    "[--mode=unary|hang-unary|stream]\n";
+    "[--mode=unary|hang-unary|stream] [--expect=shm|plain]\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
-             size_t size) {
+             size_t size, bool expect_shm) {
   for (int i = 0; i < calls; ++i) {
     EchoRequest request;
     FillRequest(&request, size, i);
@@ -42,16 +44,20 @@ int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
       std::fprintf(stderr, "call %d: %s\n", i, status.error_message().c_str());
       return 1;
     }
+    // The server-verified pid comes only with shm (plain calls carry none).
+    const std::string want_pid = expect_shm ? std::to_string(getpid()) : "";
     if (!PayloadIntact(response) || response.seq() != i ||
-        response.peer_pid() != std::to_string(getpid())) {
+        response.peer_pid() != want_pid) {
       std::fprintf(stderr, "call %d: wrong reply\n", i);
       return 1;
     }
   }
   const auto stats = GetChannelStats(&channel);
-  if (stats->calls_on_shm != static_cast<uint64_t>(calls)) {
-    std::fprintf(stderr, "only %lu of %d calls went over shm\n",
-                 static_cast<unsigned long>(stats->calls_on_shm), calls);
+  const uint64_t want = expect_shm ? static_cast<uint64_t>(calls) : 0;
+  if (stats->calls_on_shm != want) {
+    std::fprintf(stderr, "%lu of %d calls went over shm, expected %lu\n",
+                 static_cast<unsigned long>(stats->calls_on_shm), calls,
+                 static_cast<unsigned long>(want));
     return 1;
   }
   return 0;
@@ -92,6 +98,7 @@ int Main(int argc, char** argv) {
   std::string mode = "unary";
   int calls = 100;
   size_t size = 1024;
+  bool expect_shm = true;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     bool ok = true;
@@ -104,6 +111,8 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--mode=")) {
       mode = arg.substr(7);
       ok = mode == "unary" || mode == "hang-unary" || mode == "stream";
+    } else if (arg == "--expect=shm" || arg == "--expect=plain") {
+      expect_shm = arg == "--expect=shm";
     } else {
       ok = false;
     }
@@ -121,7 +130,7 @@ int Main(int argc, char** argv) {
   auto stub = EchoService::NewStub(channel);
   if (mode == "hang-unary") return RunHangingUnary(*stub);
   if (mode == "stream") return RunStreamForever(*stub, size);
-  return RunUnary(*stub, *channel, calls, size);
+  return RunUnary(*stub, *channel, calls, size, expect_shm);
 }
 
 }  // namespace

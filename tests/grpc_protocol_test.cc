@@ -38,15 +38,9 @@ constexpr char kUnaryMethod[] = "/shmgrpc.test.EchoService/Unary";
 class RawClient {
  public:
   explicit RawClient(const std::string& socket_path) {
-    absl::StatusOr<int> sock = transport::ConnectUnix(socket_path + ".shm");
-    if (!sock.ok()) {
-      status_ = sock.status();
-      return;
-    }
     absl::StatusOr<transport::Handshaken> handshaken =
-        transport::ClientHandshake(*sock, Options());
+        transport::ClientHandshake(socket_path + ".shm", Options());
     if (!handshaken.ok()) {
-      close(*sock);
       status_ = handshaken.status();
       return;
     }

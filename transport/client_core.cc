@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "google/protobuf/descriptor.h"
 #include "transport/client_call.h"
 #include "transport/log.h"
@@ -62,11 +63,9 @@ absl::Status ClientCore::Connect() {
     std::lock_guard<std::mutex> lock(session_mu_);
     if (session_ && session_->alive()) return absl::OkStatus();
   }
-  absl::StatusOr<int> sock = ConnectUnix(shm_path_);
-  if (!sock.ok()) return sock.status();
-  absl::StatusOr<Handshaken> handshaken = ClientHandshake(*sock, options_);
+  absl::StatusOr<Handshaken> handshaken = ClientHandshake(shm_path_, options_);
   if (!handshaken.ok()) {
-    close(*sock);
+    LogConnectFailure(handshaken.status());
     return handshaken.status();
   }
   std::weak_ptr<ClientCore> weak = weak_from_this();
@@ -95,6 +94,19 @@ absl::Status ClientCore::Connect() {
   sessions_opened_.fetch_add(1, std::memory_order_relaxed);
   if (replaced) replaced->Shutdown();
   return absl::OkStatus();
+}
+
+void ClientCore::LogConnectFailure(const absl::Status& status) {
+  // A server without an shm socket is the documented plain case, and a
+  // restarting server is retried with backoff: neither is news. Anything
+  // else (no memory for the segment, a refusal, a bad peer) is said once per
+  // distinct reason, so a channel that stays plain says why.
+  const bool no_shm_socket = status.code() == absl::StatusCode::kUnavailable &&
+                             absl::StartsWith(status.message(), "connect ");
+  if (no_shm_socket || status.ToString() == last_logged_failure_) return;
+  last_logged_failure_ = status.ToString();
+  ShmLog("client to ", shm_path_,
+         ": no shm session, calls go plain: ", last_logged_failure_);
 }
 
 std::shared_ptr<Session> ClientCore::session() {

@@ -39,10 +39,10 @@ struct ClientStats {
   uint64_t messages_chained = 0;
   uint64_t inline_arena_full = 0;
   uint64_t inline_too_large = 0;
-  uint64_t sessions_opened = 0;   // the first one included
-  uint64_t sessions_closed = 0;   // peer gone or connection broken
+  uint64_t sessions_opened = 0;         // the first one included
+  uint64_t sessions_closed = 0;         // peer gone or connection broken
   uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
-  uint64_t blocks_reclaimed = 0;  // our blocks the gone peer still held
+  uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   bool session_alive = false;
   shm::EndpointStats session;  // zero when there is no session
 };
@@ -79,6 +79,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // shm socket (the channel then works over plain gRPC).
   absl::Status Connect();
   void ReconnectLoop();
+  // Only from Connect(), which runs on one thread at a time (Start, then the
+  // reconnect thread).
+  void LogConnectFailure(const absl::Status& status);
   void OnFrame(const shm::ReceivedMessage& message);
   void OnClosed(const std::shared_ptr<Session>& session,
                 const absl::Status& status);
@@ -88,9 +91,10 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;
-  bool stopping_ = false;  // guarded by session_mu_
+  bool stopping_ = false;                 // guarded by session_mu_
   std::condition_variable session_down_;  // a close, or stopping_
   std::thread reconnect_thread_;
+  std::string last_logged_failure_;  // see LogConnectFailure
   // Send paths of sessions already replaced (guarded by session_mu_).
   SendPathStats replaced_sessions_;
 

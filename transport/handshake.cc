@@ -29,8 +29,7 @@ absl::StatusOr<PeerCredentials> ReadPeerCredentials(int sock) {
   ucred cred{};
   socklen_t len = sizeof(cred);
   if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return absl::InternalError(
-        absl::StrCat("SO_PEERCRED: ", strerror(errno)));
+    return absl::InternalError(absl::StrCat("SO_PEERCRED: ", strerror(errno)));
   }
   return PeerCredentials{cred.pid, cred.uid, cred.gid};
 }
@@ -67,9 +66,9 @@ MapPeer(int fd, uint64_t data_bytes, uint32_t ring_slots) {
       shm::SegmentLayout::Compute(data_bytes, ring_slots);
   if (!layout.ok() || layout->data_bytes != data_bytes) {
     if (fd >= 0) close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(
-        "peer announced an invalid segment (", data_bytes, " bytes, ",
-        ring_slots, " slots)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("peer announced an invalid segment (", data_bytes,
+                     " bytes, ", ring_slots, " slots)"));
   }
   absl::StatusOr<std::unique_ptr<shm::Arena>> arena =
       shm::MapPeerSegment(fd, *layout);
@@ -128,14 +127,39 @@ absl::StatusOr<int> ListenUnix(const std::string& path) {
   return sock;
 }
 
-absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options) {
-  const absl::Time deadline = absl::Now() + options.handshake_timeout;
-  auto local = MakeLocalSegment(options, "shmgrpc-client");
-  if (!local.ok()) return local.status();
-  const Hello hello{kHandshakeMagic, kMinProtocolVersion, kMaxProtocolVersion,
-                    0, local->second.ring_slots, local->second.data_bytes};
+namespace {
+
+// What the client says when the server refused it.
+absl::Status RefusalStatus(uint16_t result) {
+  switch (result) {
+    case kBadMagic:
+      return absl::UnavailableError("shm handshake: server saw a bad magic");
+    case kNoCommonVersion:
+      return absl::UnavailableError(
+          "shm handshake: no protocol version in common with the server");
+    case kPeerNotAllowed:
+      return absl::PermissionDeniedError(
+          "shm handshake: the server's peer policy refused this process");
+    case kBadSegment:
+      return absl::UnavailableError(
+          "shm handshake: the server refused this side's segment");
+    case kNoSharedMemory:
+      return absl::ResourceExhaustedError(
+          "shm handshake: the server has no memory for a session's segment");
+    default:
+      return absl::UnavailableError(
+          absl::StrCat("shm handshake: server refused (reason ", result, ")"));
+  }
+}
+
+absl::StatusOr<Handshaken> ExchangeSegments(
+    int sock, const Options& options, absl::Time deadline,
+    std::pair<std::unique_ptr<shm::Arena>, shm::SegmentLayout> local) {
+  const Hello hello{kHandshakeMagic,         kMinProtocolVersion,
+                    kMaxProtocolVersion,     0,
+                    local.second.ring_slots, local.second.data_bytes};
   if (absl::Status s =
-          shm::SendWithFd(sock, &hello, sizeof(hello), local->first->fd());
+          shm::SendWithFd(sock, &hello, sizeof(hello), local.first->fd());
       !s.ok()) {
     return s;
   }
@@ -153,8 +177,7 @@ absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options) {
   }
   if (welcome.result != kAccepted) {
     if (peer_fd >= 0) close(peer_fd);
-    return absl::UnavailableError(absl::StrCat(
-        "shm handshake: server refused (reason ", welcome.result, ")"));
+    return RefusalStatus(welcome.result);
   }
   if (welcome.version < kMinProtocolVersion ||
       welcome.version > kMaxProtocolVersion) {
@@ -171,8 +194,24 @@ absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options) {
   result.peer = *credentials;
   result.version = welcome.version;
   result.endpoint = std::make_unique<shm::Endpoint>(
-      std::move(local->first), local->second, std::move(peer->first),
+      std::move(local.first), local.second, std::move(peer->first),
       peer->second, sock, options.wait, MaxInlineBytes(options));
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
+                                           const Options& options) {
+  const absl::Time deadline = absl::Now() + options.handshake_timeout;
+  auto local = MakeLocalSegment(options, "shmgrpc-client");
+  if (!local.ok()) return local.status();
+  absl::StatusOr<int> connected = ConnectUnix(shm_path);
+  if (!connected.ok()) return connected.status();
+  const int sock = *connected;
+  absl::StatusOr<Handshaken> result =
+      ExchangeSegments(sock, options, deadline, std::move(*local));
+  if (!result.ok()) close(sock);
   return result;
 }
 
@@ -194,9 +233,9 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   if (absl::Status s = shm::RecvWithFd(sock, &hello, sizeof(hello), &peer_fd,
                                        Remaining(deadline));
       !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("reading hello from pid ",
-                                               credentials->pid, ": ",
-                                               s.message()));
+    return absl::Status(
+        s.code(), absl::StrCat("reading hello from pid ", credentials->pid,
+                               ": ", s.message()));
   }
   if (hello.magic != kHandshakeMagic) {
     if (peer_fd >= 0) close(peer_fd);
@@ -221,11 +260,12 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   auto peer = MapPeer(peer_fd, hello.data_bytes, hello.ring_slots);
   if (!peer.ok()) return refuse(kBadSegment, peer.status());
   auto local = MakeLocalSegment(options, "shmgrpc-server");
-  if (!local.ok()) return local.status();
-  const Welcome welcome{kHandshakeMagic, version, kAccepted, 0,
-                        local->second.ring_slots, local->second.data_bytes};
-  if (absl::Status s = shm::SendWithFd(sock, &welcome, sizeof(welcome),
-                                       local->first->fd());
+  if (!local.ok()) return refuse(kNoSharedMemory, local.status());
+  const Welcome welcome{
+      kHandshakeMagic,         version, kAccepted, 0, local->second.ring_slots,
+      local->second.data_bytes};
+  if (absl::Status s =
+          shm::SendWithFd(sock, &welcome, sizeof(welcome), local->first->fd());
       !s.ok()) {
     return s;
   }

@@ -56,6 +56,7 @@ enum HandshakeRefusal : uint16_t {
   kNoCommonVersion = 2,
   kPeerNotAllowed = 3,
   kBadSegment = 4,
+  kNoSharedMemory = 5,  // the server cannot make its segment (memory limit)
 };
 
 // The verified identity of the process on the other end (SO_PEERCRED).
@@ -71,9 +72,13 @@ struct Handshaken {
   uint16_t version = 0;
 };
 
-// Client side, on a connected socket (ownership passes to the endpoint on
-// success; on failure the caller still owns and closes it).
-absl::StatusOr<Handshaken> ClientHandshake(int sock, const Options& options);
+// Client side: makes this side's segment, then connects to the server's shm
+// socket at `shm_path` and handshakes. The segment comes first so that a
+// client without the memory for it (memory_headroom.h) fails here,
+// ResourceExhausted, without troubling the server. The endpoint owns the
+// socket on success; on failure it is closed.
+absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
+                                           const Options& options);
 
 // Server side, on an accepted socket (same ownership rule).
 absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
