@@ -10,6 +10,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "shm/arena.h"
+#include "shm/memory_headroom.h"
 #include "shm/segment_layout.h"
 #include "shm/uds.h"
 
@@ -204,11 +206,26 @@ absl::StatusOr<Handshaken> ExchangeSegments(
 absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
                                            const Options& options) {
   const absl::Time deadline = absl::Now() + options.handshake_timeout;
-  auto local = MakeLocalSegment(options, "shmgrpc-client");
-  if (!local.ok()) return local.status();
+  // Two cheap checks before the segment's 64 MiB fallocate: that this
+  // process has room for it (else it would only trouble the server), and
+  // that the server has an shm socket at all (else, the plain-server case,
+  // every reconnect attempt would pay for a segment it cannot use).
+  absl::StatusOr<shm::SegmentLayout> layout =
+      shm::SegmentLayout::Compute(options.arena_bytes, options.ring_slots);
+  if (!layout.ok()) return layout.status();
+  if (absl::Status room = shm::CheckMemoryHeadroom(layout->total_bytes,
+                                                   shm::kArenaMemoryReserve);
+      !room.ok()) {
+    return room;
+  }
   absl::StatusOr<int> connected = ConnectUnix(shm_path);
   if (!connected.ok()) return connected.status();
   const int sock = *connected;
+  auto local = MakeLocalSegment(options, "shmgrpc-client");
+  if (!local.ok()) {
+    close(sock);
+    return local.status();
+  }
   absl::StatusOr<Handshaken> result =
       ExchangeSegments(sock, options, deadline, std::move(*local));
   if (!result.ok()) close(sock);
@@ -260,7 +277,12 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   auto peer = MapPeer(peer_fd, hello.data_bytes, hello.ring_slots);
   if (!peer.ok()) return refuse(kBadSegment, peer.status());
   auto local = MakeLocalSegment(options, "shmgrpc-server");
-  if (!local.ok()) return refuse(kNoSharedMemory, local.status());
+  if (!local.ok()) {
+    if (local.status().code() != absl::StatusCode::kResourceExhausted) {
+      return local.status();
+    }
+    return refuse(kNoSharedMemory, local.status());
+  }
   const Welcome welcome{
       kHandshakeMagic,         version, kAccepted, 0, local->second.ring_slots,
       local->second.data_bytes};

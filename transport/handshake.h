@@ -72,11 +72,12 @@ struct Handshaken {
   uint16_t version = 0;
 };
 
-// Client side: makes this side's segment, then connects to the server's shm
-// socket at `shm_path` and handshakes. The segment comes first so that a
-// client without the memory for it (memory_headroom.h) fails here,
-// ResourceExhausted, without troubling the server. The endpoint owns the
-// socket on success; on failure it is closed.
+// Client side: checks that this process has memory for its segment
+// (memory_headroom.h; ResourceExhausted without troubling the server),
+// connects to the server's shm socket at `shm_path` (Unavailable "connect
+// ..." when there is none, before any segment is made), makes its segment
+// and handshakes. The endpoint owns the socket on success; on failure it is
+// closed.
 absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
                                            const Options& options);
 
