@@ -12,6 +12,7 @@ namespace shmgrpc::test {
 namespace {
 
 std::atomic<int> cancellations_seen{0};
+std::atomic<int> handlers_hanging{0};
 
 std::string PayloadFor(size_t size, int64_t seq) {
   std::string payload(size, '\0');
@@ -75,12 +76,16 @@ EchoResponse ReplyFor(grpc::ServerContextBase* context,
 
 int CancellationsSeen() { return cancellations_seen.load(); }
 void CountCancellation() { cancellations_seen.fetch_add(1); }
+int HandlersHanging() { return handlers_hanging.load(); }
+void AddHandlersHanging(int delta) { handlers_hanging.fetch_add(delta); }
 
 grpc::Status HandleUnary(grpc::ServerContextBase* context,
                          const EchoRequest& request, EchoResponse* response) {
   if (request.hang()) {
+    AddHandlersHanging(1);
     for (int i = 0; i < 30000 && !context->IsCancelled(); ++i) usleep(1000);
     if (context->IsCancelled()) cancellations_seen.fetch_add(1);
+    AddHandlersHanging(-1);
     return grpc::Status(grpc::StatusCode::CANCELLED, "handler saw cancel");
   }
   if (request.delay_ms() > 0) usleep(request.delay_ms() * 1000);
@@ -133,6 +138,7 @@ class UnaryHandler : public AsyncHandler {
       new UnaryHandler(service_, cq_);
       if (request_.hang()) {
         state_ = State::kHanging;
+        AddHandlersHanging(1);
         return;
       }
       Finish(HandleUnary(&context_, request_, &response_));
@@ -153,6 +159,7 @@ class UnaryHandler : public AsyncHandler {
   void OnDone() {
     done_seen_ = true;
     if (state_ == State::kHanging) {
+      AddHandlersHanging(-1);
       if (context_.IsCancelled()) CountCancellation();
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "handler saw cancel"));
       return;

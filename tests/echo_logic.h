@@ -28,6 +28,11 @@ bool PayloadIntact(const EchoRequest& request);
 // Handlers that saw their call cancelled (hang, or a stream cut off).
 int CancellationsSeen();
 void CountCancellation();
+// Hang requests whose handler is holding them now: a test that cancels one
+// waits for this first (a call cancelled before its handler ran never
+// reaches the handler, which then cannot see the cancel).
+int HandlersHanging();
+void AddHandlersHanging(int delta);
 
 // Fills a request with `size` payload bytes derived from `seq`.
 void FillRequest(EchoRequest* request, size_t size, int64_t seq);
@@ -84,7 +89,6 @@ class SyncEchoService : public EchoService::Service {
     return grpc::Status::OK;
   }
 };
-
 
 class CallbackEchoService final : public EchoService::CallbackService {
  public:

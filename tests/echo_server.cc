@@ -43,6 +43,7 @@ class StatsService final : public ServerStatsService::Service {
   grpc::Status Get(grpc::ServerContext*, const StatsRequest*,
                    ServerStatsReply* reply) override {
     reply->set_cancellations_seen(CancellationsSeen());
+    reply->set_handlers_hanging(HandlersHanging());
     std::lock_guard<std::mutex> lock(mu_);
     if (shm_ == nullptr) return grpc::Status::OK;
     const ServerStats stats = shm_->Stats();

@@ -119,8 +119,12 @@ TEST_F(BehaviorTest, TryCancelReachesTheHandler) {
   EchoRequest request;
   request.set_hang(true);
   EchoResponse response;
-  std::thread canceller([&context] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Cancel once the handler holds the call: a call cancelled before any
+  // handler took it never reaches one.
+  const std::string target = server_->target();
+  std::thread canceller([&context, target] {
+    WaitFor([&] { return FetchServerStats(target).handlers_hanging() == 1; },
+            absl::Seconds(5));
     context.TryCancel();
   });
   grpc::Status status = stub_->Unary(&context, request, &response);

@@ -40,10 +40,16 @@ int ConnectTo(const std::string& path) {
   return sock;
 }
 
-// True once the server has exactly one call in flight (within 5 s).
+// True once the server has exactly one call in flight and its handler is
+// holding it (within 5 s). A call cancelled before a handler took it never
+// reaches one, so a test about what the handler sees must wait for this.
 bool OneCallActive(const std::string& target) {
-  return WaitFor([&] { return FetchServerStats(target).calls_active() == 1; },
-                 absl::Seconds(5));
+  return WaitFor(
+      [&] {
+        const ServerStatsReply stats = FetchServerStats(target);
+        return stats.calls_active() == 1 && stats.handlers_hanging() == 1;
+      },
+      absl::Seconds(5));
 }
 
 // ---- the server dies -------------------------------------------------------
