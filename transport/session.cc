@@ -58,16 +58,26 @@ void Session::Run() {
         endpoint_->Receive(absl::InfiniteFuture());
     if (!message.ok()) {
       if (message.status().code() == absl::StatusCode::kInvalidArgument) {
-        ShmLog("session with pid ", peer_.pid,
-               ": dropped a hostile descriptor: ", message.status().message());
+        uint64_t not_logged;
+        if (protocol_errors_log_.ShouldLog("descriptor", absl::Now(),
+                                           &not_logged)) {
+          ShmLog("session with pid ", peer_.pid,
+                 ": dropped a hostile descriptor: ", message.status().message(),
+                 LogRateLimiter::NotLoggedNote(not_logged));
+        }
         continue;
       }
       closed = message.status();
       break;
     }
     if (!codec::IsKnownFrameType(message->descriptor.type)) {
-      ShmLog("session with pid ", peer_.pid, ": unknown frame type ",
-             message->descriptor.type);
+      uint64_t not_logged;
+      if (protocol_errors_log_.ShouldLog("frame type", absl::Now(),
+                                         &not_logged)) {
+        ShmLog("session with pid ", peer_.pid, ": unknown frame type ",
+               message->descriptor.type,
+               LogRateLimiter::NotLoggedNote(not_logged));
+      }
       endpoint_->Release(*message);
       continue;
     }

@@ -37,6 +37,7 @@
 #include "shm/endpoint.h"
 #include "transport/handshake.h"
 #include "transport/inbound_message.h"
+#include "transport/log_rate_limiter.h"
 
 namespace shmgrpc::transport {
 
@@ -139,6 +140,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   std::unique_ptr<shm::Endpoint> endpoint_;
   const PeerCredentials peer_;
+  // What the peer sends wrong is logged, but never faster than one line of a
+  // kind per 10 s: a hostile peer could otherwise flood stderr.
+  LogRateLimiter protocol_errors_log_{absl::Seconds(10)};
   FrameHandler on_frame_;
   ClosedHandler on_closed_;
   std::atomic<bool> alive_{true};

@@ -111,8 +111,14 @@ void ShmServer::Handshake(int sock) {
       transport::ServerHandshake(sock, options_);
   if (!handshaken.ok()) {
     handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
-    ShmLog("refused shm connection on ", shm_path_, ": ",
-           handshaken.status().ToString());
+    uint64_t not_logged;
+    if (refusals_log_.ShouldLog(
+            absl::StatusCodeToString(handshaken.status().code()), absl::Now(),
+            &not_logged)) {
+      ShmLog("refused shm connection on ", shm_path_, ": ",
+             handshaken.status().ToString(),
+             transport::LogRateLimiter::NotLoggedNote(not_logged));
+    }
     close(sock);
     return;
   }

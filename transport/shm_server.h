@@ -28,6 +28,7 @@
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/server.h"
+#include "transport/log_rate_limiter.h"
 #include "transport/options.h"
 #include "transport/server_call.h"
 #include "transport/session.h"
@@ -38,7 +39,7 @@ struct ServerStats {
   uint64_t sessions_accepted = 0;
   uint64_t handshakes_refused = 0;  // junk, timeouts, versions, policy
   uint64_t sessions_open = 0;
-  uint64_t sessions_closed = 0;     // client gone or connection broken
+  uint64_t sessions_closed = 0;  // client gone or connection broken
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
   uint64_t calls_cancelled_by_close = 0;  // live when their client went
@@ -101,6 +102,9 @@ class ShmServer {
       blocks_reclaimed_{0};
   // Send paths of closed sessions (guarded by mu_).
   transport::SendPathStats closed_sessions_paths_;
+  // Refused handshakes are logged, one line per kind (status code) per 10 s
+  // at most: clients retry with backoff, and a junk sender would flood.
+  transport::LogRateLimiter refusals_log_{absl::Seconds(10)};
 };
 
 }  // namespace shmgrpc
