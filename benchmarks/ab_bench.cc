@@ -14,9 +14,9 @@
 // protobuf message whose payload the server checksums; replies are checked.
 // Per row: latency percentiles, QPS, payload MB/s, CPU time and context
 // switches per call of both processes, and shm fallbacks.
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -238,8 +238,8 @@ void PinProcess(pid_t pid, int cpu) {
   CPU_SET(cpu, &set);
   // Every thread: threads created later inherit from their creator.
   const std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  std::unique_ptr<FILE, int (*)(FILE*)> ls(
-      popen(("ls " + dir).c_str(), "r"), pclose);
+  std::unique_ptr<FILE, int (*)(FILE*)> ls(popen(("ls " + dir).c_str(), "r"),
+                                           pclose);
   char line[64];
   while (ls && std::fgets(line, sizeof(line), ls.get()) != nullptr) {
     sched_setaffinity(std::atoi(line), sizeof(set), &set);
@@ -326,9 +326,8 @@ class Worker {
     } else {
       // One-way: a client stream of enough messages to amortize its setup;
       // the server checks every payload and answers once.
-      messages = static_cast<int>(
-          std::clamp<size_t>((4 << 20) / std::max<size_t>(cell_.size, 1), 4,
-                             1000));
+      messages = static_cast<int>(std::clamp<size_t>(
+          (4 << 20) / std::max<size_t>(cell_.size, 1), 4, 1000));
       grpc::ClientContext context;
       auto writer = stub_->ClientStream(&context, &response);
       for (int i = 0; i < messages; ++i) {
@@ -345,8 +344,7 @@ class Worker {
       }
     }
     const double us =
-        std::chrono::duration<double, std::micro>(Clock::now() - start)
-            .count();
+        std::chrono::duration<double, std::micro>(Clock::now() - start).count();
     if (!error_.empty()) return false;
     if (out != nullptr) {
       out->push_back(us / messages);
@@ -428,11 +426,11 @@ bool RunSlot(const TransportSpec& transport, const Cell& cell,
   into->usage.context_switches += used.context_switches;
   if (transport.shm) {
     const ClientStats stats = *GetChannelStats(channel.get());
-    into->fallbacks += stats.calls_plain_no_session +
-                       stats.calls_plain_not_protobuf +
-                       stats.calls_plain_too_large +
-                       stats.calls_plain_arena_full + stats.inline_arena_full +
-                       stats.inline_too_large;
+    into->fallbacks +=
+        stats.calls_plain_no_session + stats.calls_plain_not_protobuf +
+        stats.calls_plain_too_large + stats.calls_plain_arena_full +
+        stats.calls_plain_large_metadata + stats.inline_arena_full +
+        stats.inline_too_large;
   }
   return true;
 }
@@ -456,14 +454,14 @@ std::vector<Cell> MakePlan(const AbFlags& flags) {
 
 std::string Conditions(const AbFlags& flags) {
   return absl::StrCat(
-      sysconf(_SC_NPROCESSORS_ONLN), " CPUs; ",
-      AllocatorConditions(), " for all processes; shm session spin ",
+      sysconf(_SC_NPROCESSORS_ONLN), " CPUs; ", AllocatorConditions(),
+      " for all processes; shm session spin ",
       absl::FormatDuration(Options().wait.max_spin), " yielding after ",
       absl::FormatDuration(Options().wait.pause_spin),
-      " (notify), poll spins, ",
-      "periodic ", absl::FormatDuration(Options().wait.period), "; ",
-      flags.common.rounds, " interleaved rounds x ",
-      absl::FormatDuration(flags.duration), " per slot",
+      " (notify), poll spins, ", "periodic ",
+      absl::FormatDuration(Options().wait.period), "; ", flags.common.rounds,
+      " interleaved rounds x ", absl::FormatDuration(flags.duration),
+      " per slot",
       flags.pin ? "; client on CPU 0, servers on CPU 1" : "; unpinned");
 }
 
@@ -480,8 +478,8 @@ void PrintSummary(const std::vector<AbRow>& rows) {
     return nullptr;
   };
   std::printf("\nshm-notify vs the others (unary, concurrency 1, p50):\n");
-  for (size_t size : {size_t{64}, size_t{4096}, size_t{65536},
-                      size_t{1} << 20, size_t{4} << 20}) {
+  for (size_t size : {size_t{64}, size_t{4096}, size_t{65536}, size_t{1} << 20,
+                      size_t{4} << 20}) {
     const AbRow* shm = find("shm-notify", "unary", size, 1);
     const AbRow* uds = find("uds", "unary", size, 1);
     const AbRow* inproc = find("inproc", "unary", size, 1);
@@ -558,8 +556,7 @@ int Main(int argc, char** argv) {
         return CreateChannel(target, ShmOptions(strategy), UnlimitedArgs());
       };
     } else if (name == "uds" || name == "tcp") {
-      std::string target =
-          name == "uds" ? flags.target : flags.tcp_target;
+      std::string target = name == "uds" ? flags.target : flags.tcp_target;
       if (flags.target.empty()) {
         testing::ServerProcess* server = server_for("notify");
         if (server == nullptr) return 1;
@@ -598,8 +595,7 @@ int Main(int argc, char** argv) {
       for (size_t k = 0; k < transports.size(); ++k) {
         const size_t t = (k + c + round) % transports.size();
         const Cell& cell = plan[c];
-        std::fprintf(stderr,
-                     "\r[%3zu%%] round %d/%d  %-8s %6s x%-2d %-12s   ",
+        std::fprintf(stderr, "\r[%3zu%%] round %d/%d  %-8s %6s x%-2d %-12s   ",
                      done * 100 / slots, round + 1, flags.common.rounds,
                      cell.shape.c_str(), SizeName(cell.size).c_str(),
                      cell.concurrency, transports[t].name.c_str());
@@ -610,11 +606,11 @@ int Main(int argc, char** argv) {
       }
     }
   }
-  std::fprintf(stderr, "\rdone in %s.%40s\n",
-               absl::FormatDuration(absl::Trunc(absl::Now() - started,
-                                                absl::Seconds(1)))
-                   .c_str(),
-               "");
+  std::fprintf(
+      stderr, "\rdone in %s.%40s\n",
+      absl::FormatDuration(absl::Trunc(absl::Now() - started, absl::Seconds(1)))
+          .c_str(),
+      "");
 
   std::vector<AbRow> rows;
   for (size_t c = 0; c < plan.size(); ++c) {

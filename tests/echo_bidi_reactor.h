@@ -12,7 +12,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <string>
 #include <utility>
 
 #include "absl/time/clock.h"
@@ -28,10 +30,13 @@ class EchoBidiReactor
  public:
   // `fill(i, request)` builds request i (seq must be i) into a cleared
   // message. `corked`: initial metadata waits for the first write.
+  // `metadata` is sent as the call's initial metadata.
   EchoBidiReactor(EchoService::Stub* stub, int messages, bool corked,
-                  std::function<void(int, EchoRequest*)> fill)
+                  std::function<void(int, EchoRequest*)> fill,
+                  const std::map<std::string, std::string>& metadata = {})
       : messages_(messages), fill_(std::move(fill)) {
     if (corked) context_.set_initial_metadata_corked(true);
+    for (const auto& [key, value] : metadata) context_.AddMetadata(key, value);
     stub->async()->Bidi(&context_, this);
     StartRead(&response_);
     NextWrite();

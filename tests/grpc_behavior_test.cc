@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
+#include "tests/echo_bidi_reactor.h"
 #include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
 #include "tests/peer_process.h"
@@ -52,6 +53,51 @@ TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
   EXPECT_EQ(trailing.find("x-echo-trailing-bin")->second,
             grpc::string_ref("\xff\0\xfe", 3));
   EXPECT_EQ(Stats().calls_on_shm, 1u);
+}
+
+// Request metadata larger than Options::max_shm_metadata_bytes (4 KiB) goes
+// plain, so gRPC's own limit decides it exactly as without shm: the same
+// status on the shm channel as on a plain one, for sizes below, between and
+// above gRPC's quirky ~6-8 KiB limit. (Over shm alone, up to 64 KiB used to
+// pass and more failed INTERNAL, so a call could work on shm and fail on the
+// fallback path, or fail differently.)
+TEST_F(BehaviorTest, LargeRequestMetadataGetsGrpcsOwnVerdict) {
+  auto plain_channel = grpc::CreateChannel(server_->target(),
+                                           grpc::InsecureChannelCredentials());
+  auto plain_stub = EchoService::NewStub(plain_channel);
+  auto call = [](EchoService::Stub* stub, size_t metadata_bytes) {
+    EchoRequest request;
+    FillRequest(&request, 10, 1);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    context.AddMetadata("x-big", std::string(metadata_bytes, 'a'));
+    return stub->Unary(&context, request, &response).error_code();
+  };
+  for (size_t bytes : {2000, 6000, 20000}) {
+    EXPECT_EQ(call(stub_.get(), bytes), call(plain_stub.get(), bytes))
+        << bytes << " bytes of metadata";
+  }
+  EXPECT_EQ(call(stub_.get(), 20000), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const ClientStats stats = Stats();
+  EXPECT_EQ(stats.calls_on_shm, 1u);  // the 2000-byte call
+  EXPECT_EQ(stats.calls_plain_large_metadata, 3u);
+}
+
+// A corked stream's metadata comes after the call was hijacked: too large
+// for a default gRPC server, it ends RESOURCE_EXHAUSTED as it would there.
+TEST_F(BehaviorTest, CorkedStreamWithOversizeMetadataIsResourceExhausted) {
+  EchoBidiReactor reactor(
+      stub_.get(), 3, /*corked=*/true,
+      [](int i, EchoRequest* request) { FillRequest(request, 10, i); },
+      {{"x-big", std::string(20000, 'a')}});
+  ASSERT_TRUE(reactor.Await(absl::Seconds(10))) << "the stream hung";
+  EXPECT_EQ(reactor.status().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << reactor.status().error_message();
+  EXPECT_EQ(reactor.received(), 0);
+  // It was hijacked before its metadata was known: refused by shmgrpc.
+  EXPECT_EQ(Stats().calls_on_shm, 1u);
+  EXPECT_EQ(Stats().calls_plain_large_metadata, 0u);
 }
 
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -15,6 +17,18 @@ namespace {
 
 using grpc::experimental::InterceptionHookPoints;
 using Hook = InterceptionHookPoints;
+
+// GRPC_ARG_MAX_METADATA_SIZE's default.
+constexpr size_t kGrpcDefaultMaxMetadataBytes = 8192;
+
+// Metadata size as HTTP/2 (and gRPC's limit) counts it: key + value + 32
+// per entry.
+size_t MetadataSize(const std::multimap<std::string, std::string>& metadata) {
+  size_t size = 0;
+  for (const auto& [key, value] : metadata)
+    size += key.size() + value.size() + 32;
+  return size;
+}
 
 // Set by a forward pass around its Hijack()/Proceed(): gRPC runs the recv
 // pass of the same batch synchronously inside that call, on this thread.
@@ -167,6 +181,13 @@ bool ClientCall::DecideHijack(Batch* m) {
     core_->CountPlain(ClientCore::PlainReason::kNotProtobuf);
     return false;
   }
+  if (Has(m, Hook::PRE_SEND_INITIAL_METADATA) &&
+      MetadataSize(*m->GetSendInitialMetadata()) >
+          core_->options().max_shm_metadata_bytes) {
+    // gRPC's own metadata limit then decides, exactly as without shm.
+    core_->CountPlain(ClientCore::PlainReason::kLargeMetadata);
+    return false;
+  }
   if (Has(m, Hook::PRE_SEND_MESSAGE)) {
     size_t size;
     if (const void* message = m->GetSendMessage(); message != nullptr) {
@@ -227,6 +248,17 @@ void ClientCall::SendPass(Batch* m) {
 }
 
 void ClientCall::SendHeaders(Batch* m) {
+  // Only a corked call (its metadata comes after the hijack decision) can
+  // get here with large metadata: refuse what a default gRPC server would.
+  if (const size_t size = MetadataSize(*m->GetSendInitialMetadata());
+      size > kGrpcDefaultMaxMetadataBytes) {
+    Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("request metadata of ", size,
+                                    " bytes exceeds gRPC's default limit of ",
+                                    kGrpcDefaultMaxMetadataBytes)),
+          /*tell_server=*/false);
+    return;
+  }
   codec::CallHeaders headers;
   headers.method = info_->method();
   // ClientContext::authority() is private in gRPC 1.51, so a per-call

@@ -226,6 +226,9 @@ void ClientCore::CountPlain(PlainReason reason) {
     case PlainReason::kArenaFull:
       plain_arena_full_.fetch_add(1, std::memory_order_relaxed);
       break;
+    case PlainReason::kLargeMetadata:
+      plain_large_metadata_.fetch_add(1, std::memory_order_relaxed);
+      break;
   }
 }
 
@@ -240,6 +243,8 @@ ClientStats ClientCore::Stats() {
       plain_too_large_.load(std::memory_order_relaxed);
   stats.calls_plain_arena_full =
       plain_arena_full_.load(std::memory_order_relaxed);
+  stats.calls_plain_large_metadata =
+      plain_large_metadata_.load(std::memory_order_relaxed);
   stats.sessions_opened = sessions_opened_.load(std::memory_order_relaxed);
   stats.sessions_closed = sessions_closed_.load(std::memory_order_relaxed);
   stats.calls_aborted_by_close =

@@ -32,8 +32,9 @@ struct ClientStats {
   // New calls sent over plain gRPC, by reason.
   uint64_t calls_plain_no_session = 0;
   uint64_t calls_plain_not_protobuf = 0;
-  uint64_t calls_plain_too_large = 0;   // request larger than any block
-  uint64_t calls_plain_arena_full = 0;  // request did not fit in free shm
+  uint64_t calls_plain_too_large = 0;       // request larger than any block
+  uint64_t calls_plain_arena_full = 0;      // request did not fit in free shm
+  uint64_t calls_plain_large_metadata = 0;  // > Options::max_shm_metadata_bytes
   // Messages inside shm calls that needed more than one block (all sessions
   // so far): chained over several blocks, or sent inline on the socket.
   uint64_t messages_chained = 0;
@@ -67,7 +68,13 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
                     const Session& session);
   void Unregister(uint64_t stream_id);
 
-  enum class PlainReason { kNoSession, kNotProtobuf, kTooLarge, kArenaFull };
+  enum class PlainReason {
+    kNoSession,
+    kNotProtobuf,
+    kTooLarge,
+    kArenaFull,
+    kLargeMetadata,
+  };
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -109,8 +116,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
-      sessions_opened_{0}, sessions_closed_{0}, calls_aborted_by_close_{0},
-      blocks_reclaimed_{0};
+      plain_large_metadata_{0}, sessions_opened_{0}, sessions_closed_{0},
+      calls_aborted_by_close_{0}, blocks_reclaimed_{0};
 };
 
 }  // namespace shmgrpc::transport

@@ -38,6 +38,13 @@ struct Options {
   // Largest message sent or received, as gRPC's default (4 MiB). Bigger is
   // RESOURCE_EXHAUSTED, as with a plain channel.
   size_t max_message_bytes = 4 << 20;
+  // A call whose request metadata is larger (keys + values + 32 bytes per
+  // entry, as HTTP/2 counts it) goes over plain gRPC, so that gRPC's own
+  // metadata limit decides it exactly as it would without shm. (That limit
+  // is 8 KiB by default, with quirks: a single 5.7 KiB value was already
+  // refused here, RESOURCE_EXHAUSTED.) Metadata this small is never refused
+  // by a default gRPC server.
+  size_t max_shm_metadata_bytes = 4096;
   // Streaming calls, per stream and direction: at most this many messages
   // or bytes sent and not yet consumed by the receiving application; a
   // writer beyond that waits (bounded by the call's deadline), as gRPC's own
