@@ -100,6 +100,16 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
     context->AddTrailingMetadata("x-echo-trailing-bin",
                                  std::string("\xff\0\xfe", 3));
   }
+  if (request.reply_initial_metadata_bytes() > 0) {
+    context->AddInitialMetadata(
+        "x-big-initial",
+        std::string(request.reply_initial_metadata_bytes(), 'i'));
+  }
+  if (request.reply_trailing_metadata_bytes() > 0) {
+    context->AddTrailingMetadata(
+        "x-big-trailing",
+        std::string(request.reply_trailing_metadata_bytes(), 't'));
+  }
   *response = ReplyFor(context, request, 0);
   return grpc::Status::OK;
 }

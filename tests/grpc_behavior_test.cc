@@ -100,6 +100,47 @@ TEST_F(BehaviorTest, CorkedStreamWithOversizeMetadataIsResourceExhausted) {
   EXPECT_EQ(Stats().calls_plain_large_metadata, 0u);
 }
 
+// Reply metadata is judged by the receiving client's GRPC_ARG_MAX_METADATA_SIZE
+// (8 KiB by default) as a plain channel judges it: fine at 2 and 6 KB,
+// RESOURCE_EXHAUSTED at 9 and 20 KB, initial or trailing; the same status
+// on shm and plain channels. (shm used to pass up to 64 KiB.)
+TEST_F(BehaviorTest, LargeReplyMetadataGetsTheClientsLimit) {
+  auto plain_channel = grpc::CreateChannel(server_->target(),
+                                           grpc::InsecureChannelCredentials());
+  auto plain_stub = EchoService::NewStub(plain_channel);
+  auto call = [](EchoService::Stub* stub, bool trailing, uint32_t bytes) {
+    EchoRequest request;
+    FillRequest(&request, 10, 1);
+    if (trailing) {
+      request.set_reply_trailing_metadata_bytes(bytes);
+    } else {
+      request.set_reply_initial_metadata_bytes(bytes);
+    }
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    return stub->Unary(&context, request, &response).error_code();
+  };
+  for (bool trailing : {false, true}) {
+    for (uint32_t bytes : {2000, 6000, 9000, 20000}) {
+      const grpc::StatusCode over_shm = call(stub_.get(), trailing, bytes);
+      EXPECT_EQ(over_shm, call(plain_stub.get(), trailing, bytes))
+          << (trailing ? "trailing " : "initial ") << bytes;
+      EXPECT_EQ(over_shm, bytes < 8000 ? grpc::StatusCode::OK
+                                       : grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << (trailing ? "trailing " : "initial ") << bytes;
+    }
+  }
+  EXPECT_EQ(Stats().calls_on_shm, 8u);
+  // The refused calls left nothing behind on the server.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const ServerStatsReply stats = FetchServerStats(server_->target());
+        return stats.calls_active() == 0 && stats.blocks_in_use() == 0;
+      },
+      absl::Seconds(5)));
+}
+
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
   EchoRequest request;
   request.set_add_metadata(true);

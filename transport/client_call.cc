@@ -22,8 +22,9 @@ using Hook = InterceptionHookPoints;
 constexpr size_t kGrpcDefaultMaxMetadataBytes = 8192;
 
 // Metadata size as HTTP/2 (and gRPC's limit) counts it: key + value + 32
-// per entry.
-size_t MetadataSize(const std::multimap<std::string, std::string>& metadata) {
+// per entry. `Pairs`: a container of (key, value) string pairs.
+template <typename Pairs>
+size_t MetadataSize(const Pairs& metadata) {
   size_t size = 0;
   for (const auto& [key, value] : metadata)
     size += key.size() + value.size() + 32;
@@ -465,6 +466,13 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
               /*tell_server=*/true);
         return;
       }
+      if (MetadataSize(*metadata) > core_->max_received_metadata_bytes()) {
+        // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
+        Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           "received initial metadata size exceeds limit"),
+              /*tell_server=*/true);
+        return;
+      }
       std::lock_guard<std::mutex> lock(mu_);
       if (!got_initial_metadata_ && !finished_) {
         initial_metadata_ = std::move(*metadata);
@@ -487,9 +495,17 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         std::lock_guard<std::mutex> lock(mu_);
         if (!finished_) {
           finished_ = true;
-          status_ = grpc::Status(static_cast<grpc::StatusCode>(status->code),
-                                 status->message, status->details);
-          trailing_metadata_ = std::move(status->trailing_metadata);
+          if (MetadataSize(status->trailing_metadata) >
+              core_->max_received_metadata_bytes()) {
+            // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
+            status_ =
+                grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "received trailing metadata size exceeds limit");
+          } else {
+            status_ = grpc::Status(static_cast<grpc::StatusCode>(status->code),
+                                   status->message, status->details);
+            trailing_metadata_ = std::move(status->trailing_metadata);
+          }
         }
         TakeReadyLocked(&ready);
       }

@@ -13,8 +13,11 @@
 
 namespace shmgrpc::transport {
 
-ClientCore::ClientCore(std::string shm_path, Options options)
-    : shm_path_(std::move(shm_path)), options_(std::move(options)) {}
+ClientCore::ClientCore(std::string shm_path, Options options,
+                       size_t max_received_metadata_bytes)
+    : shm_path_(std::move(shm_path)),
+      options_(std::move(options)),
+      max_received_metadata_bytes_(max_received_metadata_bytes) {}
 
 ClientCore::~ClientCore() {
   std::shared_ptr<Session> session;

@@ -50,7 +50,10 @@ struct ClientStats {
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
  public:
-  ClientCore(std::string shm_path, Options options);
+  // `max_received_metadata_bytes`: the channel's GRPC_ARG_MAX_METADATA_SIZE
+  // (gRPC's default 8 KiB), which a plain call enforces on what it receives.
+  ClientCore(std::string shm_path, Options options,
+             size_t max_received_metadata_bytes);
   ~ClientCore();
 
   // Tries once to open a session (so the first calls can use it), then
@@ -79,6 +82,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
 
   const Options& options() const { return options_; }
+  size_t max_received_metadata_bytes() const {
+    return max_received_metadata_bytes_;
+  }
   ClientStats Stats();
 
  private:
@@ -95,6 +101,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
   const std::string shm_path_;
   const Options options_;
+  const size_t max_received_metadata_bytes_;
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;

@@ -2,9 +2,11 @@
 
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "grpc/impl/codegen/grpc_types.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/client_interceptor.h"
@@ -37,6 +39,20 @@ Registry() {
   return *registry;
 }
 
+// The channel's GRPC_ARG_MAX_METADATA_SIZE, or gRPC's default.
+size_t MaxMetadataSizeOf(const grpc::ChannelArguments& args) {
+  const grpc_channel_args c_args = args.c_channel_args();
+  for (size_t i = 0; i < c_args.num_args; ++i) {
+    const grpc_arg& arg = c_args.args[i];
+    if (arg.type == GRPC_ARG_INTEGER &&
+        std::string(arg.key) == GRPC_ARG_MAX_METADATA_SIZE &&
+        arg.value.integer > 0) {
+      return static_cast<size_t>(arg.value.integer);
+    }
+  }
+  return 8192;
+}
+
 }  // namespace
 
 std::string UnixPathOf(const std::string& target) {
@@ -45,12 +61,12 @@ std::string UnixPathOf(const std::string& target) {
   return "";
 }
 
-std::shared_ptr<grpc::Channel> CreateChannel(const std::string& target,
-                                             const Options& options,
-                                             const grpc::ChannelArguments& args) {
+std::shared_ptr<grpc::Channel> CreateChannel(
+    const std::string& target, const Options& options,
+    const grpc::ChannelArguments& args) {
   const std::string path = UnixPathOf(target);
   auto core = std::make_shared<transport::ClientCore>(
-      path.empty() ? "" : path + ".shm", options);
+      path.empty() ? "" : path + ".shm", options, MaxMetadataSizeOf(args));
   core->Start();
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
