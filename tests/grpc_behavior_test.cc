@@ -141,6 +141,23 @@ TEST_F(BehaviorTest, LargeReplyMetadataGetsTheClientsLimit) {
       absl::Seconds(5)));
 }
 
+// gRPC aborts the process when an application adds illegal metadata to a
+// plain call; over shm the call fails INTERNAL instead, and the server (which
+// used to abort on it) keeps serving.
+TEST_F(BehaviorTest, IllegalMetadataFailsTheCallNotAProcess) {
+  for (const char* key : {"X-Upper", "x bad"}) {
+    EchoRequest request;
+    FillRequest(&request, 10, 1);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    context.AddMetadata(key, "v");
+    const grpc::Status status = stub_->Unary(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << key;
+  }
+  ExpectServerStillServesShm(server_->target());
+}
+
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
   EchoRequest request;
   request.set_add_metadata(true);

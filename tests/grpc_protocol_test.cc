@@ -62,9 +62,13 @@ class RawClient {
     return session_->SendFrame(type, stream, bytes,
                                absl::Now() + absl::Seconds(5), flags);
   }
-  absl::Status SendHeaders(uint64_t stream, const std::string& method) {
+  absl::Status SendHeaders(uint64_t stream, const std::string& method,
+                           codec::Metadata metadata = {},
+                           std::string authority = "") {
     codec::CallHeaders headers;
     headers.method = method;
+    headers.metadata = std::move(metadata);
+    headers.authority = std::move(authority);
     return Send(FrameType::kCallHeaders, stream,
                 codec::EncodeCallHeaders(headers), codec::kUnaryCallFlag);
   }
@@ -140,10 +144,12 @@ class ProtocolTest : public ::testing::Test {
     }
   }
 
-  void ExpectEchoWorks(uint64_t stream) {
+  void ExpectEchoWorks(uint64_t stream) { ExpectEchoWorksWith(stream, {}); }
+  void ExpectEchoWorksWith(uint64_t stream, codec::Metadata metadata) {
     EchoRequest request;
     FillRequest(&request, 100, 7);
-    ASSERT_TRUE(client_->SendHeaders(stream, kUnaryMethod).ok());
+    ASSERT_TRUE(
+        client_->SendHeaders(stream, kUnaryMethod, std::move(metadata)).ok());
     ASSERT_TRUE(
         client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
             .ok());
@@ -185,6 +191,45 @@ TEST_F(ProtocolTest, UnaryCallHalfClosedWithoutRequestEndsInternal) {
   std::optional<codec::CallStatus> status = client_->StatusOf(5);
   ASSERT_TRUE(status.has_value()) << "no status for the empty call";
   EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL));
+}
+
+// gRPC aborts the process when metadata it finds illegal is added to a call:
+// a client sending such metadata once crashed the server. Each of these
+// ends only its own stream, INTERNAL (TearDown: the session still works and
+// the server exits cleanly).
+TEST_F(ProtocolTest, IllegalMetadataEndsThatStreamInternal) {
+  const std::vector<std::pair<std::string, std::string>> entries = {
+      {"X-Upper", "v"},          {"x bad", "v"},
+      {":path", "/x"},           {"", "v"},
+      {"x-nl", "a\nb"},          {"x-nul", std::string("a\0b", 3)},
+      {"x-high", "caf\xc3\xa9"},
+  };
+  uint64_t stream = 21;
+  for (const auto& [key, value] : entries) {
+    ASSERT_TRUE(
+        client_->SendHeaders(stream, kUnaryMethod, {{key, value}}).ok());
+    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
+    ASSERT_TRUE(status.has_value()) << "no status for key '" << key << "'";
+    EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL))
+        << key;
+    stream += 2;
+  }
+  // Binary values are fine under a -bin key.
+  ExpectEchoWorksWith(stream, {{"x-raw-bin", std::string("\0\xff\n", 3)}});
+  // An authority nobody could send over HTTP/2 does not crash it either:
+  // the call is answered (gRPC's in-process transport does not check it).
+  EchoRequest request;
+  FillRequest(&request, 10, 3);
+  const uint64_t odd = stream + 2;
+  ASSERT_TRUE(
+      client_->SendHeaders(odd, kUnaryMethod, {}, "bad\nauthority").ok());
+  ASSERT_TRUE(
+      client_->Send(FrameType::kMessage, odd, request.SerializeAsString())
+          .ok());
+  ASSERT_TRUE(client_->Send(FrameType::kHalfClose, odd, "").ok());
+  std::optional<codec::CallStatus> status = client_->StatusOf(odd);
+  ASSERT_TRUE(status.has_value()) << "no status for the odd authority";
+  EXPECT_EQ(status->code, 0) << status->message;
 }
 
 TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {

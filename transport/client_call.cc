@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
 #include "codec/message_codec.h"
+#include "codec/metadata_rules.h"
 #include "google/protobuf/message_lite.h"
 
 namespace shmgrpc::transport {
@@ -21,15 +22,7 @@ using Hook = InterceptionHookPoints;
 // GRPC_ARG_MAX_METADATA_SIZE's default.
 constexpr size_t kGrpcDefaultMaxMetadataBytes = 8192;
 
-// Metadata size as HTTP/2 (and gRPC's limit) counts it: key + value + 32
-// per entry. `Pairs`: a container of (key, value) string pairs.
-template <typename Pairs>
-size_t MetadataSize(const Pairs& metadata) {
-  size_t size = 0;
-  for (const auto& [key, value] : metadata)
-    size += key.size() + value.size() + 32;
-  return size;
-}
+using codec::MetadataSize;
 
 // Set by a forward pass around its Hijack()/Proceed(): gRPC runs the recv
 // pass of the same batch synchronously inside that call, on this thread.
@@ -268,6 +261,15 @@ void ClientCall::SendHeaders(Batch* m) {
     headers.deadline_unix_nanos = absl::ToUnixNanos(deadline_);
   }
   for (const auto& [key, value] : *m->GetSendInitialMetadata()) {
+    // A plain channel aborts the process here (gRPC's API-misuse assert);
+    // over shm the call fails instead.
+    if (absl::Status legal = codec::CheckMetadataEntry(key, value);
+        !legal.ok()) {
+      Abort(grpc::Status(grpc::StatusCode::INTERNAL,
+                         std::string(legal.message())),
+            /*tell_server=*/false);
+      return;
+    }
     headers.metadata.emplace_back(key, value);
   }
   const uint16_t flags =

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/call_frames.h"
 #include "codec/frame_type.h"
+#include "codec/metadata_rules.h"
 #include "transport/log.h"
 
 namespace shmgrpc::transport {
@@ -175,16 +176,22 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
       absl::string_view(reinterpret_cast<const char*>(message.data),
                         message.descriptor.length));
   session_->Release(message);
-  if (!headers.ok()) {
+  self_ = shared_from_this();
+  // gRPC aborts the process on metadata it finds illegal, so what a client
+  // sent is checked before any of it reaches gRPC.
+  absl::Status usable = headers.status();
+  for (size_t i = 0; usable.ok() && i < headers->metadata.size(); ++i) {
+    usable = codec::CheckMetadataEntry(headers->metadata[i].first,
+                                       headers->metadata[i].second);
+  }
+  if (!usable.ok()) {
     ShmLog("stream ", stream_id_, " from pid ", session_->peer().pid, ": ",
-           headers.status().message());
-    status_ = grpc::Status(grpc::StatusCode::INTERNAL,
-                           std::string(headers.status().message()));
+           usable.message());
+    status_ =
+        grpc::Status(grpc::StatusCode::INTERNAL, std::string(usable.message()));
     finished_ = true;
-    self_ = shared_from_this();
     return false;
   }
-  self_ = shared_from_this();
   if (headers->deadline_unix_nanos != 0) {
     deadline_ = absl::FromUnixNanos(headers->deadline_unix_nanos);
     context_.set_deadline(absl::ToChronoTime(deadline_));
