@@ -158,6 +158,45 @@ TEST_F(BehaviorTest, IllegalMetadataFailsTheCallNotAProcess) {
   ExpectServerStillServesShm(server_->target());
 }
 
+// An error status's message and details travel as trailers over HTTP/2 and
+// count against the client's metadata limit: a plain channel turns a status
+// with 7 KB of message and 7 KB of details into RESOURCE_EXHAUSTED, and so
+// does shm now (it used to deliver it, and failed INTERNAL beyond its frame
+// limit); small ones arrive intact, UTF-8 and newlines included.
+TEST_F(BehaviorTest, LargeErrorStatusGetsTheClientsLimit) {
+  auto plain_channel = grpc::CreateChannel(server_->target(),
+                                           grpc::InsecureChannelCredentials());
+  auto plain_stub = EchoService::NewStub(plain_channel);
+  for (size_t size : {10, 2000, 7000, 100000}) {
+    std::string message = "caf\xc3\xa9 line1\nline2 ";
+    message.resize(std::max(message.size(), size), 'x');
+    const std::string details(size, '\xff');
+    auto call = [&](EchoService::Stub* stub) {
+      EchoRequest request;
+      FillRequest(&request, 10, 1);
+      request.set_error_code(grpc::StatusCode::FAILED_PRECONDITION);
+      request.set_error_message(message);
+      request.set_error_details(details);
+      EchoResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(5)));
+      return stub->Unary(&context, request, &response);
+    };
+    const grpc::Status over_shm = call(stub_.get());
+    EXPECT_EQ(over_shm.error_code(), call(plain_stub.get()).error_code())
+        << size;
+    if (size <= 2000) {
+      EXPECT_EQ(over_shm.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_EQ(over_shm.error_message(), message);
+      EXPECT_EQ(over_shm.error_details(), details);
+    } else {
+      EXPECT_EQ(over_shm.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << size;
+    }
+  }
+  EXPECT_EQ(Stats().calls_on_shm, 4u);
+}
+
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
   EchoRequest request;
   request.set_add_metadata(true);

@@ -24,6 +24,23 @@ constexpr size_t kGrpcDefaultMaxMetadataBytes = 8192;
 
 using codec::MetadataSize;
 
+// What a plain channel counts against GRPC_ARG_MAX_METADATA_SIZE for a
+// call's end: the trailers, grpc-status, grpc-message and the status details
+// (unless the trailers already carry them).
+size_t TrailersSize(const codec::CallStatus& status) {
+  constexpr absl::string_view kDetailsKey = "grpc-status-details-bin";
+  size_t size = MetadataSize(status.trailing_metadata) +
+                MetadataSize(codec::Metadata{{"grpc-status", "00"},
+                                             {"grpc-message", status.message}});
+  const bool details_in_trailers = std::any_of(
+      status.trailing_metadata.begin(), status.trailing_metadata.end(),
+      [&](const auto& entry) { return entry.first == kDetailsKey; });
+  if (!status.details.empty() && !details_in_trailers) {
+    size += kDetailsKey.size() + status.details.size() + 32;
+  }
+  return size;
+}
+
 // Set by a forward pass around its Hijack()/Proceed(): gRPC runs the recv
 // pass of the same batch synchronously inside that call, on this thread.
 thread_local const ClientCall* tls_recv_pass_of = nullptr;
@@ -461,14 +478,19 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
     }
     case codec::FrameType::kInitialMetadata: {
       absl::StatusOr<codec::Metadata> metadata = codec::DecodeMetadata(payload);
+      const size_t frame_bytes = payload.size();
       session_->Release(message);
-      if (!metadata.ok()) {
+      // A frame beyond the decoder's limits is far beyond gRPC's metadata
+      // limit too: refused as a plain channel refuses it.
+      if (!metadata.ok() &&
+          frame_bytes <= core_->max_received_metadata_bytes()) {
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,
                            std::string(metadata.status().message())),
               /*tell_server=*/true);
         return;
       }
-      if (MetadataSize(*metadata) > core_->max_received_metadata_bytes()) {
+      if (!metadata.ok() ||
+          MetadataSize(*metadata) > core_->max_received_metadata_bytes()) {
         // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
         Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                            "received initial metadata size exceeds limit"),
@@ -486,8 +508,9 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kStatus: {
       absl::StatusOr<codec::CallStatus> status =
           codec::DecodeCallStatus(payload);
+      const size_t frame_bytes = payload.size();
       session_->Release(message);
-      if (!status.ok()) {
+      if (!status.ok() && frame_bytes <= core_->max_received_metadata_bytes()) {
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,
                            std::string(status.status().message())),
               /*tell_server=*/false);
@@ -497,8 +520,8 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         std::lock_guard<std::mutex> lock(mu_);
         if (!finished_) {
           finished_ = true;
-          if (MetadataSize(status->trailing_metadata) >
-              core_->max_received_metadata_bytes()) {
+          if (!status.ok() ||
+              TrailersSize(*status) > core_->max_received_metadata_bytes()) {
             // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
             status_ =
                 grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
