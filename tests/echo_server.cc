@@ -4,6 +4,7 @@
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
 //               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
+//               [--max_receive_bytes=N]   (the server's limit; default none)
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
 // unless --no-shm, attaches shmgrpc (handshake socket <socket>.shm) with the
@@ -70,7 +71,7 @@ class StatsService final : public ServerStatsService::Service {
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
-    "[--max_block_bytes=N] [--ring_slots=N]\n";
+    "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N]\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
@@ -78,6 +79,7 @@ int Main(int argc, char** argv) {
   bool with_shm = true;
   Options options;
   int tcp_port = 0;
+  int max_receive_bytes = -1;  // unlimited, for the large-message tests
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (absl::StartsWith(arg, "--arena_bytes=")) {
@@ -106,6 +108,11 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--tcp_port=")) {
       if (!absl::SimpleAtoi(arg.substr(11), &tcp_port) || tcp_port <= 0 ||
           tcp_port > 65535) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--max_receive_bytes=")) {
+      if (!absl::SimpleAtoi(arg.substr(20), &max_receive_bytes)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }
@@ -142,7 +149,7 @@ int Main(int argc, char** argv) {
     builder.AddListeningPort("127.0.0.1:" + std::to_string(tcp_port),
                              grpc::InsecureServerCredentials());
   }
-  builder.SetMaxReceiveMessageSize(-1);
+  builder.SetMaxReceiveMessageSize(max_receive_bytes);
   if (style == "sync") {
     builder.RegisterService(&sync_service);
   } else if (style == "callback") {

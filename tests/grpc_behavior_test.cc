@@ -197,6 +197,30 @@ TEST_F(BehaviorTest, LargeErrorStatusGetsTheClientsLimit) {
   EXPECT_EQ(Stats().calls_on_shm, 4u);
 }
 
+// The server's own receive limit (ServerBuilder::SetMaxReceiveMessageSize)
+// judges shm calls as it judges plain ones: injected calls pass through the
+// server's message-size filter.
+TEST(ServerLimitTest, ServerReceiveLimitAppliesOverShmAsOverPlain) {
+  ServerProcess server("sync", {"--max_receive_bytes=1048576"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto shm_channel = CreateChannel(server.target());
+  auto plain_channel =
+      grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
+  for (size_t size : {1000000, 1100000}) {
+    for (const auto& channel : {shm_channel, plain_channel}) {
+      auto stub = EchoService::NewStub(channel);
+      EchoResponse response;
+      const grpc::Status status = UnaryEcho(stub.get(), size, 1, &response);
+      EXPECT_EQ(status.error_code(), size < 1048576
+                                         ? grpc::StatusCode::OK
+                                         : grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << size << (channel == shm_channel ? " over shm" : " plain");
+    }
+  }
+  EXPECT_EQ(GetChannelStats(shm_channel.get())->calls_on_shm, 2u);
+  EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
+}
+
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
   EchoRequest request;
   request.set_add_metadata(true);
