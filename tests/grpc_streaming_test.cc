@@ -95,6 +95,87 @@ TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
+// The completion-queue (async) client API on streams: bidi, server- and
+// client-streaming, each message checked, all over shm.
+TEST_P(StreamingTest, CompletionQueueClientStreams) {
+  grpc::CompletionQueue cq;
+  auto next = [&cq](void* want) {
+    void* tag;
+    bool ok = false;
+    EXPECT_EQ(cq.AsyncNext(&tag, &ok, In(absl::Seconds(10))),
+              grpc::CompletionQueue::GOT_EVENT);
+    EXPECT_EQ(tag, want);
+    return ok;
+  };
+  void* const kTag = reinterpret_cast<void*>(1);
+  {  // bidi: 200 ping-pongs
+    grpc::ClientContext context;
+    auto stream = stub_->AsyncBidi(&context, &cq, kTag);
+    ASSERT_TRUE(next(kTag));
+    for (int i = 0; i < 200; ++i) {
+      EchoRequest request;
+      FillRequest(&request, i % 10 == 0 ? 65536 : 100, i);
+      stream->Write(request, kTag);
+      ASSERT_TRUE(next(kTag)) << i;
+      EchoResponse response;
+      stream->Read(&response, kTag);
+      ASSERT_TRUE(next(kTag)) << i;
+      ASSERT_EQ(response.seq(), i);
+      ASSERT_TRUE(PayloadIntact(response));
+    }
+    stream->WritesDone(kTag);
+    ASSERT_TRUE(next(kTag));
+    EchoResponse extra;
+    stream->Read(&extra, kTag);
+    EXPECT_FALSE(next(kTag));  // end of stream
+    grpc::Status status;
+    stream->Finish(&status, kTag);
+    ASSERT_TRUE(next(kTag));
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  }
+  {  // server streaming: 50 replies
+    grpc::ClientContext context;
+    EchoRequest request;
+    FillRequest(&request, 1000, 0);
+    request.set_reply_count(50);
+    auto reader = stub_->AsyncServerStream(&context, request, &cq, kTag);
+    ASSERT_TRUE(next(kTag));
+    int received = 0;
+    for (;;) {
+      EchoResponse response;
+      reader->Read(&response, kTag);
+      if (!next(kTag)) break;
+      EXPECT_TRUE(PayloadIntact(response));
+      ++received;
+    }
+    grpc::Status status;
+    reader->Finish(&status, kTag);
+    ASSERT_TRUE(next(kTag));
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(received, 50);
+  }
+  {  // client streaming: 100 messages
+    grpc::ClientContext context;
+    EchoResponse response;
+    auto writer = stub_->AsyncClientStream(&context, &response, &cq, kTag);
+    ASSERT_TRUE(next(kTag));
+    for (int i = 0; i < 100; ++i) {
+      EchoRequest request;
+      FillRequest(&request, 4096, i);
+      writer->Write(request, kTag);
+      ASSERT_TRUE(next(kTag)) << i;
+    }
+    writer->WritesDone(kTag);
+    ASSERT_TRUE(next(kTag));
+    grpc::Status status;
+    writer->Finish(&status, kTag);
+    ASSERT_TRUE(next(kTag));
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.messages_seen(), 100);
+  }
+  EXPECT_EQ(CallsOnShm(), 3u);
+}
+
 TEST_P(StreamingTest, CallbackBidiReactor) {
   for (bool corked : {false, true}) {
     EchoBidiReactor reactor(stub_.get(), 500, corked,
