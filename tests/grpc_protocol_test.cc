@@ -232,6 +232,30 @@ TEST_F(ProtocolTest, IllegalMetadataEndsThatStreamInternal) {
   EXPECT_EQ(status->code, 0) << status->message;
 }
 
+// Methods the server does not have, however odd their names, end that
+// stream UNIMPLEMENTED, as over HTTP/2, and harm nothing else.
+TEST_F(ProtocolTest, UnknownOrOddMethodsAreUnimplemented) {
+  uint64_t stream = 101;
+  for (const std::string& method :
+       {std::string("/"), std::string("//"), std::string("/x y/z"),
+        std::string("/\n"), std::string(5000, '/'),
+        std::string("/unknown.Service/Method"),
+        std::string("/shmgrpc.test.EchoService/Nope")}) {
+    EchoRequest request;
+    FillRequest(&request, 10, 3);
+    ASSERT_TRUE(client_->SendHeaders(stream, method).ok());
+    ASSERT_TRUE(
+        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
+            .ok());
+    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
+    ASSERT_TRUE(status.has_value()) << "no status for '" << method << "'";
+    EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::UNIMPLEMENTED))
+        << method;
+    stream += 2;
+  }
+}
+
 TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
   // Message, half-close and cancel for streams that never began: no status
   // (there is no call), no effect on the session.
