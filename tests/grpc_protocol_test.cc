@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -252,6 +253,39 @@ TEST_F(ProtocolTest, UnknownOrOddMethodsAreUnimplemented) {
     ASSERT_TRUE(status.has_value()) << "no status for '" << method << "'";
     EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::UNIMPLEMENTED))
         << method;
+    stream += 2;
+  }
+}
+
+// Deadlines a client could put in the headers: in the past (even before
+// 1970) the call ends DEADLINE_EXCEEDED; the farthest future is no limit.
+TEST_F(ProtocolTest, PastAndExtremeDeadlines) {
+  uint64_t stream = 201;
+  const std::pair<int64_t, grpc::StatusCode> cases[] = {
+      {1, grpc::StatusCode::DEADLINE_EXCEEDED},
+      {-1, grpc::StatusCode::DEADLINE_EXCEEDED},
+      {std::numeric_limits<int64_t>::min(),
+       grpc::StatusCode::DEADLINE_EXCEEDED},
+      {std::numeric_limits<int64_t>::max(), grpc::StatusCode::OK},
+  };
+  for (const auto& [deadline, expected] : cases) {
+    EchoRequest request;
+    FillRequest(&request, 10, 3);
+    codec::CallHeaders headers;
+    headers.method = kUnaryMethod;
+    headers.deadline_unix_nanos = deadline;
+    ASSERT_TRUE(client_
+                    ->Send(FrameType::kCallHeaders, stream,
+                           codec::EncodeCallHeaders(headers),
+                           codec::kUnaryCallFlag)
+                    .ok());
+    ASSERT_TRUE(
+        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
+            .ok());
+    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
+    ASSERT_TRUE(status.has_value()) << "no status for deadline " << deadline;
+    EXPECT_EQ(status->code, static_cast<int>(expected)) << deadline;
     stream += 2;
   }
 }

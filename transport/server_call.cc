@@ -193,7 +193,10 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
     return false;
   }
   if (headers->deadline_unix_nanos != 0) {
-    deadline_ = absl::FromUnixNanos(headers->deadline_unix_nanos);
+    // Before 1970 is as expired as 1970 (and stays inside what
+    // std::chrono::system_clock can hold).
+    deadline_ =
+        absl::FromUnixNanos(std::max<int64_t>(headers->deadline_unix_nanos, 1));
     context_.set_deadline(absl::ToChronoTime(deadline_));
   }
   if (!headers->authority.empty()) context_.set_authority(headers->authority);
