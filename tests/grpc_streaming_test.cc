@@ -176,6 +176,48 @@ TEST_P(StreamingTest, CompletionQueueClientStreams) {
   EXPECT_EQ(CallsOnShm(), 3u);
 }
 
+// A handler that ends a client stream early (here: DATA_LOSS at a bad
+// checksum) leaves the writer a window ahead, with writes parked for credit
+// that never comes. They must fail when the status arrives: they hung, past
+// the call's deadline, until they did (a plain channel's Write fails too).
+TEST_P(StreamingTest, ServerEndingAStreamEarlyFailsParkedWrites) {
+  {  // sync writer
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(20)));
+    EchoResponse response;
+    auto writer = stub_->ClientStream(&context, &response);
+    const absl::Time start = absl::Now();
+    int written = 0;
+    for (int i = 0; i < 300; ++i) {
+      EchoRequest request;
+      FillRequest(&request, 1000, i);
+      if (i == 5) request.set_checksum(request.checksum() + 1);
+      if (!writer->Write(request)) break;
+      ++written;
+    }
+    const grpc::Status status = writer->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::DATA_LOSS)
+        << status.error_message();
+    EXPECT_LT(written, 300) << "the writes never failed";
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  }
+  {  // callback reactor
+    EchoBidiReactor reactor(stub_.get(), 300, /*corked=*/false,
+                            [](int i, EchoRequest* request) {
+                              FillRequest(request, 1000, i);
+                              if (i == 5) {
+                                request->set_checksum(request->checksum() + 1);
+                              }
+                            });
+    ASSERT_TRUE(reactor.Await(absl::Seconds(10)))
+        << "the stream hung: sent " << reactor.sent();
+    EXPECT_EQ(reactor.status().error_code(), grpc::StatusCode::DATA_LOSS)
+        << reactor.status().error_message();
+    EXPECT_LT(reactor.sent(), 300);
+  }
+  EXPECT_EQ(CallsOnShm(), 2u);
+}
+
 TEST_P(StreamingTest, CallbackBidiReactor) {
   for (bool corked : {false, true}) {
     EchoBidiReactor reactor(stub_.get(), 500, corked,

@@ -535,8 +535,11 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         TakeReadyLocked(&ready);
       }
       // The server is done: a writer waiting for credit fails now, as a
-      // gRPC Write after the call ended does.
+      // gRPC Write after the call ended does, and so do parked writes (a
+      // handler that ends a client stream early never credits them: they
+      // hung, past the deadline too, before this).
       if (send_window_) send_window_->Close();
+      ResumeParkedSends();
       break;
     }
     case codec::FrameType::kWindowUpdate:
