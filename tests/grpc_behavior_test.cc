@@ -221,6 +221,45 @@ TEST(ServerLimitTest, ServerReceiveLimitAppliesOverShmAsOverPlain) {
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
+// Message size limits set in the channel arguments bind shm calls as they
+// bind plain ones (they were ignored over shm): with 1 MiB each way, a 2 MiB
+// reply and a 2 MiB request fail RESOURCE_EXHAUSTED on both channels; 512 KiB
+// passes on both.
+TEST_F(BehaviorTest, ChannelArgumentMessageLimitsApplyOverShm) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(1 << 20);
+  args.SetMaxSendMessageSize(1 << 20);
+  auto shm_channel = CreateChannel(server_->target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server_->target(), grpc::InsecureChannelCredentials(), args);
+  for (const auto& channel : {shm_channel, plain_channel}) {
+    const char* which = channel == shm_channel ? "shm" : "plain";
+    auto stub = EchoService::NewStub(channel);
+    for (uint32_t reply : {512u << 10, 2u << 20}) {
+      EchoRequest request;
+      FillRequest(&request, 10, 1);
+      request.set_reply_bytes(reply);
+      EchoResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(5)));
+      EXPECT_EQ(stub->Unary(&context, request, &response).error_code(),
+                reply < (1u << 20) ? grpc::StatusCode::OK
+                                   : grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << which << " reply " << reply;
+    }
+    for (size_t size : {size_t{512} << 10, size_t{2} << 20}) {
+      EchoResponse response;
+      EXPECT_EQ(UnaryEcho(stub.get(), size, 1, &response).error_code(),
+                size < (1u << 20) ? grpc::StatusCode::OK
+                                  : grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << which << " request " << size;
+    }
+  }
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 3u);  // the 2 MiB request went plain
+  EXPECT_EQ(stats.calls_plain_too_large, 1u);
+}
+
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
   EchoRequest request;
   request.set_add_metadata(true);
@@ -310,6 +349,9 @@ TEST_F(BehaviorTest, TryCancelReachesTheHandler) {
 }
 
 TEST_F(BehaviorTest, OversizeMessageIsResourceExhausted) {
+  // A 5 MiB request is over the shm send limit, so it goes plain and gRPC
+  // judges it: this server takes it, and its 5 MiB echo is over the client's
+  // 4 MiB receive limit.
   EchoRequest request;
   FillRequest(&request, 5 << 20, 1);
   EchoResponse response;

@@ -209,8 +209,10 @@ bool ClientCall::DecideHijack(Batch* m) {
       size = m->GetSerializedSendMessage()->Length();
     }
     // A request that cannot get shared memory now goes plain as a whole
-    // (later messages of a hijacked call fall back inline instead).
-    if (size > session->capacity_bytes()) {
+    // (later messages of a hijacked call fall back inline instead); so does
+    // one over the send limit, whose verdict is then gRPC's own.
+    if (size > session->capacity_bytes() ||
+        size > core_->limits().max_send_message_bytes) {
       core_->CountPlain(ClientCore::PlainReason::kTooLarge);
       return false;
     }
@@ -337,7 +339,7 @@ void ClientCall::SendMessage(Batch* m) {
                       : first_message_size_.has_value()
                           ? *std::exchange(first_message_size_, std::nullopt)
                           : codec::SerializedSize(*message);
-  const size_t max_bytes = core_->options().max_message_bytes;
+  const size_t max_bytes = core_->limits().max_send_message_bytes;
   if (size > max_bytes) {
     return FailSend(m, absl::ResourceExhaustedError(
                            absl::StrCat("Sent message larger than max (", size,
@@ -450,7 +452,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   std::vector<Completion> ready;
   switch (type) {
     case codec::FrameType::kMessage: {
-      const size_t max_bytes = core_->options().max_message_bytes;
+      const size_t max_bytes = core_->limits().max_receive_message_bytes;
       std::unique_lock<std::mutex> lock(mu_);
       if (finished_) {
         lock.unlock();
@@ -483,14 +485,14 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
       // A frame beyond the decoder's limits is far beyond gRPC's metadata
       // limit too: refused as a plain channel refuses it.
       if (!metadata.ok() &&
-          frame_bytes <= core_->max_received_metadata_bytes()) {
+          frame_bytes <= core_->limits().max_received_metadata_bytes) {
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,
                            std::string(metadata.status().message())),
               /*tell_server=*/true);
         return;
       }
-      if (!metadata.ok() ||
-          MetadataSize(*metadata) > core_->max_received_metadata_bytes()) {
+      if (!metadata.ok() || MetadataSize(*metadata) >
+                                core_->limits().max_received_metadata_bytes) {
         // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
         Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                            "received initial metadata size exceeds limit"),
@@ -510,7 +512,8 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
           codec::DecodeCallStatus(payload);
       const size_t frame_bytes = payload.size();
       session_->Release(message);
-      if (!status.ok() && frame_bytes <= core_->max_received_metadata_bytes()) {
+      if (!status.ok() &&
+          frame_bytes <= core_->limits().max_received_metadata_bytes) {
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,
                            std::string(status.status().message())),
               /*tell_server=*/false);
@@ -520,8 +523,8 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         std::lock_guard<std::mutex> lock(mu_);
         if (!finished_) {
           finished_ = true;
-          if (!status.ok() ||
-              TrailersSize(*status) > core_->max_received_metadata_bytes()) {
+          if (!status.ok() || TrailersSize(*status) >
+                                  core_->limits().max_received_metadata_bytes) {
             // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
             status_ =
                 grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,

@@ -14,10 +14,10 @@
 namespace shmgrpc::transport {
 
 ClientCore::ClientCore(std::string shm_path, Options options,
-                       size_t max_received_metadata_bytes)
+                       ChannelLimits limits)
     : shm_path_(std::move(shm_path)),
       options_(std::move(options)),
-      max_received_metadata_bytes_(max_received_metadata_bytes) {}
+      limits_(limits) {}
 
 ClientCore::~ClientCore() {
   std::shared_ptr<Session> session;

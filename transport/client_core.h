@@ -32,8 +32,8 @@ struct ClientStats {
   // New calls sent over plain gRPC, by reason.
   uint64_t calls_plain_no_session = 0;
   uint64_t calls_plain_not_protobuf = 0;
-  uint64_t calls_plain_too_large = 0;       // request larger than any block
-  uint64_t calls_plain_arena_full = 0;      // request did not fit in free shm
+  uint64_t calls_plain_too_large = 0;   // request over any block or the limit
+  uint64_t calls_plain_arena_full = 0;  // request did not fit in free shm
   uint64_t calls_plain_large_metadata = 0;  // > Options::max_shm_metadata_bytes
   // Messages inside shm calls that needed more than one block (all sessions
   // so far): chained over several blocks, or sent inline on the socket.
@@ -48,12 +48,22 @@ struct ClientStats {
   shm::EndpointStats session;  // zero when there is no session
 };
 
+// The limits a plain channel with the same channel arguments would enforce,
+// applied to shm calls too.
+struct ChannelLimits {
+  // The channel's GRPC_ARG_MAX_SEND_MESSAGE_LENGTH and
+  // GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, capped by Options::max_message_bytes
+  // (a plain call's limit when the argument is unset).
+  size_t max_send_message_bytes = 4 << 20;
+  size_t max_receive_message_bytes = 4 << 20;
+  // The channel's GRPC_ARG_MAX_METADATA_SIZE (8 KiB by default), which a
+  // plain call enforces on the metadata it receives.
+  size_t max_received_metadata_bytes = 8192;
+};
+
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
  public:
-  // `max_received_metadata_bytes`: the channel's GRPC_ARG_MAX_METADATA_SIZE
-  // (gRPC's default 8 KiB), which a plain call enforces on what it receives.
-  ClientCore(std::string shm_path, Options options,
-             size_t max_received_metadata_bytes);
+  ClientCore(std::string shm_path, Options options, ChannelLimits limits);
   ~ClientCore();
 
   // Tries once to open a session (so the first calls can use it), then
@@ -82,9 +92,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
 
   const Options& options() const { return options_; }
-  size_t max_received_metadata_bytes() const {
-    return max_received_metadata_bytes_;
-  }
+  const ChannelLimits& limits() const { return limits_; }
   ClientStats Stats();
 
  private:
@@ -101,7 +109,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
   const std::string shm_path_;
   const Options options_;
-  const size_t max_received_metadata_bytes_;
+  const ChannelLimits limits_;
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;

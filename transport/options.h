@@ -35,8 +35,10 @@ struct Options {
   // p50: 145 us with a 10 us pause-only spin, 49 us with this (UDS 155-180).
   // Costs up to 100 us of CPU per idle period per session thread.
   shm::WaitOptions wait;
-  // Largest message sent or received, as gRPC's default (4 MiB). Bigger is
-  // RESOURCE_EXHAUSTED, as with a plain channel.
+  // Largest message sent or received over shm (gRPC's default receive
+  // limit). The channel arguments' own message limits apply too, capped by
+  // this. A call whose first request is larger goes plain, so gRPC judges it
+  // as without shm; a larger later message or reply is RESOURCE_EXHAUSTED.
   size_t max_message_bytes = 4 << 20;
   // A call whose request metadata is larger (keys + values + 32 bytes per
   // entry, as HTTP/2 counts it) goes over plain gRPC, so that gRPC's own

@@ -1,11 +1,14 @@
 #include "transport/shm_channel.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
 #include "grpc/impl/codegen/grpc_types.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -39,18 +42,40 @@ Registry() {
   return *registry;
 }
 
-// The channel's GRPC_ARG_MAX_METADATA_SIZE, or gRPC's default.
-size_t MaxMetadataSizeOf(const grpc::ChannelArguments& args) {
+// An integer channel argument, if set.
+std::optional<int> IntegerArg(const grpc::ChannelArguments& args,
+                              absl::string_view key) {
   const grpc_channel_args c_args = args.c_channel_args();
   for (size_t i = 0; i < c_args.num_args; ++i) {
     const grpc_arg& arg = c_args.args[i];
-    if (arg.type == GRPC_ARG_INTEGER &&
-        std::string(arg.key) == GRPC_ARG_MAX_METADATA_SIZE &&
-        arg.value.integer > 0) {
-      return static_cast<size_t>(arg.value.integer);
+    if (arg.type == GRPC_ARG_INTEGER && key == arg.key) {
+      return arg.value.integer;
     }
   }
-  return 8192;
+  return std::nullopt;
+}
+
+// What a plain channel with `args` would enforce, within `options`.
+transport::ChannelLimits LimitsOf(const grpc::ChannelArguments& args,
+                                  const Options& options) {
+  auto message_limit = [&](absl::string_view key) {
+    const std::optional<int> arg = IntegerArg(args, key);
+    // Negative: unlimited for gRPC; shm stays within max_message_bytes.
+    return arg.has_value() && *arg >= 0
+               ? std::min(static_cast<size_t>(*arg), options.max_message_bytes)
+               : options.max_message_bytes;
+  };
+  transport::ChannelLimits limits;
+  limits.max_send_message_bytes =
+      message_limit(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH);
+  limits.max_receive_message_bytes =
+      message_limit(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH);
+  const std::optional<int> metadata =
+      IntegerArg(args, GRPC_ARG_MAX_METADATA_SIZE);
+  if (metadata.has_value() && *metadata > 0) {
+    limits.max_received_metadata_bytes = static_cast<size_t>(*metadata);
+  }
+  return limits;
 }
 
 }  // namespace
@@ -66,7 +91,7 @@ std::shared_ptr<grpc::Channel> CreateChannel(
     const grpc::ChannelArguments& args) {
   const std::string path = UnixPathOf(target);
   auto core = std::make_shared<transport::ClientCore>(
-      path.empty() ? "" : path + ".shm", options, MaxMetadataSizeOf(args));
+      path.empty() ? "" : path + ".shm", options, LimitsOf(args, options));
   core->Start();
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
