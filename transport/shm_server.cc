@@ -195,13 +195,14 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
     for (auto& [id, call] : s->calls) calls.push_back(call);
   }
   for (auto& call : calls) call->Cancel();
+  // Counted and forgotten in one step under mu_, so Stats() never sees the
+  // session gone but its close not yet counted. Its arenas are unmapped once
+  // the cancelled calls and the session thread let go of it.
+  std::lock_guard<std::mutex> lock(mu_);
   sessions_closed_.fetch_add(1, std::memory_order_relaxed);
   calls_cancelled_by_close_.fetch_add(calls.size(), std::memory_order_relaxed);
   blocks_reclaimed_.fetch_add(s->session->blocks_reclaimed(),
                               std::memory_order_relaxed);
-  // Forget the session: its arenas are unmapped once the cancelled calls
-  // and the session thread let go of it.
-  std::lock_guard<std::mutex> lock(mu_);
   closed_sessions_paths_ += s->session->send_path_stats();
   sessions_.erase(std::remove(sessions_.begin(), sessions_.end(), s),
                   sessions_.end());
@@ -261,16 +262,16 @@ void ShmServer::Shutdown() {
 
 ServerStats ShmServer::Stats() {
   ServerStats stats;
+  std::lock_guard<std::mutex> lock(mu_);  // see OnClosed
   stats.sessions_accepted = sessions_accepted_.load();
   stats.handshakes_refused = handshakes_refused_.load();
   stats.calls_injected = calls_injected_.load();
   stats.sessions_closed = sessions_closed_.load();
   stats.calls_cancelled_by_close = calls_cancelled_by_close_.load();
   stats.blocks_reclaimed = blocks_reclaimed_.load();
-  std::lock_guard<std::mutex> lock(mu_);
   transport::SendPathStats paths = closed_sessions_paths_;
   for (const auto& s : sessions_) {
-    if (s->session->alive()) ++stats.sessions_open;
+    ++stats.sessions_open;
     paths += s->session->send_path_stats();
     stats.blocks_in_use += s->session->Stats().arena.blocks_in_use;
     std::lock_guard<std::mutex> session_lock(s->mu);

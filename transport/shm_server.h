@@ -38,8 +38,8 @@ namespace shmgrpc {
 struct ServerStats {
   uint64_t sessions_accepted = 0;
   uint64_t handshakes_refused = 0;  // junk, timeouts, versions, policy
-  uint64_t sessions_open = 0;
-  uint64_t sessions_closed = 0;  // client gone or connection broken
+  uint64_t sessions_open = 0;       // not yet counted in sessions_closed
+  uint64_t sessions_closed = 0;     // client gone or connection broken
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
   uint64_t calls_cancelled_by_close = 0;  // live when their client went
