@@ -100,6 +100,9 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
     context->AddTrailingMetadata("x-echo-trailing-bin",
                                  std::string("\xff\0\xfe", 3));
   }
+  if (request.compress_reply()) {
+    context->set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  }
   if (request.reply_initial_metadata_bytes() > 0) {
     context->AddInitialMetadata(
         "x-big-initial",
