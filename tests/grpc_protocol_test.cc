@@ -70,8 +70,21 @@ class RawClient {
     headers.method = method;
     headers.metadata = std::move(metadata);
     headers.authority = std::move(authority);
+    return SendHeaders(stream, headers);
+  }
+  absl::Status SendHeaders(uint64_t stream, const codec::CallHeaders& headers) {
     return Send(FrameType::kCallHeaders, stream,
                 codec::EncodeCallHeaders(headers), codec::kUnaryCallFlag);
+  }
+  // A whole unary call: `headers`, one request, half-close.
+  absl::Status SendUnaryCall(uint64_t stream, const codec::CallHeaders& headers,
+                             const EchoRequest& request) {
+    absl::Status sent = SendHeaders(stream, headers);
+    if (sent.ok()) {
+      sent = Send(FrameType::kMessage, stream, request.SerializeAsString());
+    }
+    if (sent.ok()) sent = Send(FrameType::kHalfClose, stream, "");
+    return sent;
   }
 
   // The status of `stream`, waiting up to 5 s; nullopt if none came.
@@ -149,12 +162,10 @@ class ProtocolTest : public ::testing::Test {
   void ExpectEchoWorksWith(uint64_t stream, codec::Metadata metadata) {
     EchoRequest request;
     FillRequest(&request, 100, 7);
-    ASSERT_TRUE(
-        client_->SendHeaders(stream, kUnaryMethod, std::move(metadata)).ok());
-    ASSERT_TRUE(
-        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
-            .ok());
-    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+    codec::CallHeaders headers;
+    headers.method = kUnaryMethod;
+    headers.metadata = std::move(metadata);
+    ASSERT_TRUE(client_->SendUnaryCall(stream, headers, request).ok());
     std::optional<codec::CallStatus> status = client_->StatusOf(stream);
     ASSERT_TRUE(status.has_value()) << "no status for the echo call";
     EXPECT_EQ(status->code, 0) << status->message;
@@ -221,13 +232,11 @@ TEST_F(ProtocolTest, IllegalMetadataEndsThatStreamInternal) {
   // the call is answered (gRPC's in-process transport does not check it).
   EchoRequest request;
   FillRequest(&request, 10, 3);
+  codec::CallHeaders headers;
+  headers.method = kUnaryMethod;
+  headers.authority = "bad\nauthority";
   const uint64_t odd = stream + 2;
-  ASSERT_TRUE(
-      client_->SendHeaders(odd, kUnaryMethod, {}, "bad\nauthority").ok());
-  ASSERT_TRUE(
-      client_->Send(FrameType::kMessage, odd, request.SerializeAsString())
-          .ok());
-  ASSERT_TRUE(client_->Send(FrameType::kHalfClose, odd, "").ok());
+  ASSERT_TRUE(client_->SendUnaryCall(odd, headers, request).ok());
   std::optional<codec::CallStatus> status = client_->StatusOf(odd);
   ASSERT_TRUE(status.has_value()) << "no status for the odd authority";
   EXPECT_EQ(status->code, 0) << status->message;
@@ -244,11 +253,9 @@ TEST_F(ProtocolTest, UnknownOrOddMethodsAreUnimplemented) {
         std::string("/shmgrpc.test.EchoService/Nope")}) {
     EchoRequest request;
     FillRequest(&request, 10, 3);
-    ASSERT_TRUE(client_->SendHeaders(stream, method).ok());
-    ASSERT_TRUE(
-        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
-            .ok());
-    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+    codec::CallHeaders headers;
+    headers.method = method;
+    ASSERT_TRUE(client_->SendUnaryCall(stream, headers, request).ok());
     std::optional<codec::CallStatus> status = client_->StatusOf(stream);
     ASSERT_TRUE(status.has_value()) << "no status for '" << method << "'";
     EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::UNIMPLEMENTED))
@@ -274,15 +281,7 @@ TEST_F(ProtocolTest, PastAndExtremeDeadlines) {
     codec::CallHeaders headers;
     headers.method = kUnaryMethod;
     headers.deadline_unix_nanos = deadline;
-    ASSERT_TRUE(client_
-                    ->Send(FrameType::kCallHeaders, stream,
-                           codec::EncodeCallHeaders(headers),
-                           codec::kUnaryCallFlag)
-                    .ok());
-    ASSERT_TRUE(
-        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
-            .ok());
-    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+    ASSERT_TRUE(client_->SendUnaryCall(stream, headers, request).ok());
     std::optional<codec::CallStatus> status = client_->StatusOf(stream);
     ASSERT_TRUE(status.has_value()) << "no status for deadline " << deadline;
     EXPECT_EQ(status->code, static_cast<int>(expected)) << deadline;
