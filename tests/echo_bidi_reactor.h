@@ -10,16 +10,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <string>
 #include <utility>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "tests/call_done.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_logic.h"
 
@@ -44,13 +43,9 @@ class EchoBidiReactor
   }
 
   // Waits for OnDone; false if it did not come within `timeout`.
-  bool Await(absl::Duration timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-                        [&] { return done_; });
-  }
+  bool Await(absl::Duration timeout) { return done_.Await(timeout); }
   // After Await() returned true.
-  const grpc::Status& status() const { return status_; }
+  const grpc::Status& status() const { return done_.status(); }
   int received() const { return received_.load(); }
   int errors() const { return errors_; }
   // Any time (e.g. to report a hang).
@@ -66,12 +61,7 @@ class EchoBidiReactor
     if (response_.seq() != received_ || !PayloadIntact(response_)) ++errors_;
     if (++received_ < messages_) StartRead(&response_);
   }
-  void OnDone(const grpc::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = status;
-    done_ = true;
-    cv_.notify_one();
-  }
+  void OnDone(const grpc::Status& status) override { done_.Set(status); }
 
  private:
   void NextWrite() {
@@ -95,10 +85,7 @@ class EchoBidiReactor
   std::atomic<int> sent_{0}, received_{0};
   int errors_ = 0;
   absl::Duration longest_start_write_ = absl::ZeroDuration();
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  grpc::Status status_;
+  CallDone done_;
 };
 
 }  // namespace shmgrpc::test

@@ -1,11 +1,13 @@
 // Streaming calls over shm between two real processes: server, client and
 // bidi streaming with the sync API, and a callback bidi reactor (corked
 // initial metadata too), against sync and callback servers.
+#include <atomic>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
+#include "tests/call_done.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_bidi_reactor.h"
 #include "tests/echo_fixture.h"
@@ -216,6 +218,104 @@ TEST_P(StreamingTest, ServerEndingAStreamEarlyFailsParkedWrites) {
     EXPECT_LT(reactor.sent(), 300);
   }
   EXPECT_EQ(CallsOnShm(), 2u);
+}
+
+// The other callback reactors: unary (with initial metadata), server
+// streaming (read) and client streaming (write).
+class UnaryReactor : public grpc::ClientUnaryReactor {
+ public:
+  void OnReadInitialMetadataDone(bool ok) override { metadata_ok = ok; }
+  void OnDone(const grpc::Status& status) override { done.Set(status); }
+  std::atomic<bool> metadata_ok{false};
+  CallDone done;
+};
+
+class ReadReactor : public grpc::ClientReadReactor<EchoResponse> {
+ public:
+  ReadReactor(EchoService::Stub* stub, const EchoRequest& request) {
+    stub->async()->ServerStream(&context_, &request, this);
+    StartRead(&response_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    if (!PayloadIntact(response_)) ++errors;
+    ++received;
+    StartRead(&response_);
+  }
+  void OnDone(const grpc::Status& status) override { done.Set(status); }
+  int received = 0, errors = 0;  // read after done.Await()
+  CallDone done;
+
+ private:
+  grpc::ClientContext context_;
+  EchoResponse response_;
+};
+
+class WriteReactor : public grpc::ClientWriteReactor<EchoRequest> {
+ public:
+  WriteReactor(EchoService::Stub* stub, int messages) : messages_(messages) {
+    stub->async()->ClientStream(&context_, &response, this);
+    NextWrite();
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (ok) NextWrite();
+  }
+  void OnDone(const grpc::Status& status) override { done.Set(status); }
+  EchoResponse response;  // read after done.Await()
+  CallDone done;
+
+ private:
+  void NextWrite() {
+    if (sent_ == messages_) {
+      StartWritesDone();
+      return;
+    }
+    FillRequest(&request_, 2000, sent_++);
+    StartWrite(&request_);
+  }
+  grpc::ClientContext context_;
+  EchoRequest request_;
+  const int messages_;
+  int sent_ = 0;
+};
+
+TEST_P(StreamingTest, CallbackUnaryReadAndWriteReactors) {
+  {
+    grpc::ClientContext context;
+    EchoRequest request;
+    FillRequest(&request, 100, 5);
+    request.set_add_metadata(true);
+    EchoResponse response;
+    UnaryReactor reactor;
+    stub_->async()->Unary(&context, &request, &response, &reactor);
+    reactor.StartCall();
+    ASSERT_TRUE(reactor.done.Await(absl::Seconds(10))) << "unary hung";
+    EXPECT_TRUE(reactor.done.status().ok())
+        << reactor.done.status().error_message();
+    EXPECT_TRUE(reactor.metadata_ok.load());
+    EXPECT_EQ(response.seq(), 5);
+    EXPECT_TRUE(PayloadIntact(response));
+    EXPECT_EQ(context.GetServerInitialMetadata().count("x-echo-initial"), 1u);
+  }
+  {
+    EchoRequest request;
+    FillRequest(&request, 1000, 0);
+    request.set_reply_count(100);
+    ReadReactor reactor(stub_.get(), request);
+    ASSERT_TRUE(reactor.done.Await(absl::Seconds(10))) << "read hung";
+    EXPECT_TRUE(reactor.done.status().ok());
+    EXPECT_EQ(reactor.received, 100);
+    EXPECT_EQ(reactor.errors, 0);
+  }
+  {
+    WriteReactor reactor(stub_.get(), 200);
+    ASSERT_TRUE(reactor.done.Await(absl::Seconds(10))) << "write hung";
+    EXPECT_TRUE(reactor.done.status().ok());
+    EXPECT_EQ(reactor.response.messages_seen(), 200);
+  }
+  EXPECT_EQ(CallsOnShm(), 3u);
 }
 
 TEST_P(StreamingTest, CallbackBidiReactor) {
