@@ -262,13 +262,15 @@ void ClientCall::SendPass(Batch* m) {
 
 void ClientCall::SendHeaders(Batch* m) {
   // Only a corked call (its metadata comes after the hijack decision) can
-  // get here with large metadata: refuse what a default gRPC server would.
+  // get here with more than max_shm_metadata_bytes: refuse what a default
+  // gRPC server would (or more, if the options allow more over shm).
+  const size_t limit = std::max(kGrpcDefaultMaxMetadataBytes,
+                                core_->options().max_shm_metadata_bytes);
   if (const size_t size = MetadataSize(*m->GetSendInitialMetadata());
-      size > kGrpcDefaultMaxMetadataBytes) {
+      size > limit) {
     Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                        absl::StrCat("request metadata of ", size,
-                                    " bytes exceeds gRPC's default limit of ",
-                                    kGrpcDefaultMaxMetadataBytes)),
+                                    " bytes exceeds the limit of ", limit)),
           /*tell_server=*/false);
     return;
   }

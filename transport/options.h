@@ -45,7 +45,8 @@ struct Options {
   // metadata limit decides it exactly as it would without shm. (That limit
   // is 8 KiB by default, with quirks: a single 5.7 KiB value was already
   // refused here, RESOURCE_EXHAUSTED.) Metadata this small is never refused
-  // by a default gRPC server.
+  // by a default gRPC server. Raise it to keep larger metadata on shm, up to
+  // the frame limit of 64 KiB of keys and values.
   size_t max_shm_metadata_bytes = 4096;
   // Streaming calls, per stream and direction: at most this many messages
   // or bytes sent and not yet consumed by the receiving application; a
