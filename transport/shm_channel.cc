@@ -42,17 +42,18 @@ Registry() {
   return *registry;
 }
 
-// An integer channel argument, if set.
+// An integer channel argument, if set (the last setting wins, as in gRPC).
 std::optional<int> IntegerArg(const grpc::ChannelArguments& args,
                               absl::string_view key) {
   const grpc_channel_args c_args = args.c_channel_args();
+  std::optional<int> value;
   for (size_t i = 0; i < c_args.num_args; ++i) {
     const grpc_arg& arg = c_args.args[i];
     if (arg.type == GRPC_ARG_INTEGER && key == arg.key) {
-      return arg.value.integer;
+      value = arg.value.integer;
     }
   }
-  return std::nullopt;
+  return value;
 }
 
 // What a plain channel with `args` would enforce, within `options`.
