@@ -10,6 +10,7 @@
 
 #include "grpcpp/grpcpp.h"
 #include "tests/echo.grpc.pb.h"
+#include "tests/echo_lite.grpc.pb.h"
 
 namespace shmgrpc::test {
 
@@ -86,6 +87,23 @@ class SyncEchoService : public EchoService::Service {
       if (!stream->Write(response)) break;
     }
     if (context->IsCancelled()) CountCancellation();
+    return grpc::Status::OK;
+  }
+};
+
+// The lite-runtime echo (echo_lite.proto): echoes payload and seq, and
+// reports the server-verified caller pid when the call came over shm.
+class LiteEchoService final : public lite::LiteEchoService::Service {
+ public:
+  grpc::Status Echo(grpc::ServerContext* context,
+                    const lite::LiteRequest* request,
+                    lite::LiteReply* reply) override {
+    reply->set_payload(request->payload());
+    reply->set_seq(request->seq());
+    const auto& metadata = context->client_metadata();
+    if (auto it = metadata.find("x-shmgrpc-peer-pid"); it != metadata.end()) {
+      reply->set_peer_pid(std::string(it->second.data(), it->second.size()));
+    }
     return grpc::Status::OK;
   }
 };

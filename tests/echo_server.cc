@@ -144,6 +144,8 @@ int Main(int argc, char** argv) {
   StatsService stats_service;
   grpc::ServerBuilder builder;
   builder.RegisterService(&stats_service);
+  LiteEchoService lite_service;  // echo_lite.proto, every style
+  builder.RegisterService(&lite_service);
   builder.AddListeningPort(target, grpc::InsecureServerCredentials());
   if (tcp_port > 0) {
     builder.AddListeningPort("127.0.0.1:" + std::to_string(tcp_port),

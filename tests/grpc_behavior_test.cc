@@ -280,6 +280,37 @@ TEST_F(BehaviorTest, CompressedRepliesArriveIntact) {
   EXPECT_EQ(Stats().calls_on_shm, 2u);
 }
 
+// A service compiled for protobuf's lite runtime is not in the generated
+// descriptor pool, so its calls go plain unless Options::protobuf_methods
+// names them; named, they go over shm and work the same.
+TEST_F(BehaviorTest, LiteRuntimeMethodsGoOverShmWhenNamed) {
+  auto call = [](grpc::Channel* channel, int64_t seq) {
+    auto stub = lite::LiteEchoService::NewStub(
+        std::shared_ptr<grpc::Channel>(channel, [](grpc::Channel*) {}));
+    lite::LiteRequest request;
+    request.set_payload(std::string(3000, 'p'));
+    request.set_seq(seq);
+    lite::LiteReply reply;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    const grpc::Status status = stub->Echo(&context, request, &reply);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(reply.seq(), seq);
+    EXPECT_EQ(reply.payload(), request.payload());
+    return reply.peer_pid();
+  };
+  // Not named: plain (no verified pid), counted as not protobuf.
+  EXPECT_EQ(call(channel_.get(), 1), "");
+  EXPECT_EQ(Stats().calls_plain_not_protobuf, 1u);
+  EXPECT_EQ(Stats().calls_on_shm, 0u);
+  // Named: over shm.
+  Options options;
+  options.protobuf_methods = {"/shmgrpc.test.lite.LiteEchoService/Echo"};
+  auto named = CreateChannel(server_->target(), options);
+  EXPECT_EQ(call(named.get(), 2), std::to_string(getpid()));
+  EXPECT_EQ(GetChannelStats(named.get())->calls_on_shm, 1u);
+}
+
 TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
   EchoRequest request;
   request.set_add_metadata(true);

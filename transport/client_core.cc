@@ -144,8 +144,10 @@ bool ClientCore::IsProtobufMethod(const char* method) {
   // "/package.Service/Method" -> "package.Service.Method"
   std::string name = method[0] == '/' ? method + 1 : method;
   const size_t slash = name.rfind('/');
-  bool known = false;
-  if (slash != std::string::npos) {
+  bool known = std::find(options_.protobuf_methods.begin(),
+                         options_.protobuf_methods.end(),
+                         method) != options_.protobuf_methods.end();
+  if (!known && slash != std::string::npos) {
     name[slash] = '.';
     known =
         google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "shm/wait_options.h"
@@ -48,6 +50,12 @@ struct Options {
   // by a default gRPC server. Raise it to keep larger metadata on shm, up to
   // the frame limit of 64 KiB of keys and values.
   size_t max_shm_metadata_bytes = 4096;
+  // Client: methods, as "/package.Service/Method", to carry over shm although
+  // the generated descriptor pool does not know them, i.e. services compiled
+  // with `option optimize_for = LITE_RUNTIME`. Only calls from generated stubs
+  // (which pass protobuf messages) are affected; calls of other methods that
+  // the pool does not know, and every GenericStub call, go plain.
+  std::vector<std::string> protobuf_methods;
   // Streaming calls, per stream and direction: at most this many messages
   // or bytes sent and not yet consumed by the receiving application; a
   // writer beyond that waits (bounded by the call's deadline), as gRPC's own
