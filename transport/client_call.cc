@@ -29,14 +29,16 @@ using codec::MetadataSize;
 // (unless the trailers already carry them).
 size_t TrailersSize(const codec::CallStatus& status) {
   constexpr absl::string_view kDetailsKey = "grpc-status-details-bin";
-  size_t size = MetadataSize(status.trailing_metadata) +
-                MetadataSize(codec::Metadata{{"grpc-status", "00"},
-                                             {"grpc-message", status.message}});
+  constexpr size_t kEntryOverhead = 32;
+  size_t size =
+      MetadataSize(status.trailing_metadata) +
+      (sizeof("grpc-status") - 1 + 2 + kEntryOverhead) +
+      (sizeof("grpc-message") - 1 + status.message.size() + kEntryOverhead);
   const bool details_in_trailers = std::any_of(
       status.trailing_metadata.begin(), status.trailing_metadata.end(),
       [&](const auto& entry) { return entry.first == kDetailsKey; });
   if (!status.details.empty() && !details_in_trailers) {
-    size += kDetailsKey.size() + status.details.size() + 32;
+    size += kDetailsKey.size() + status.details.size() + kEntryOverhead;
   }
   return size;
 }
@@ -482,22 +484,21 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
     }
     case codec::FrameType::kInitialMetadata: {
       absl::StatusOr<codec::Metadata> metadata = codec::DecodeMetadata(payload);
-      const size_t frame_bytes = payload.size();
+      // Over the limit as a plain channel counts it (a frame the decoder
+      // refused by size is over it too): refused as a plain channel would.
+      const bool over_limit =
+          (metadata.ok() ? MetadataSize(*metadata) : payload.size()) >
+          core_->limits().max_received_metadata_bytes;
       session_->Release(message);
-      // A frame beyond the decoder's limits is far beyond gRPC's metadata
-      // limit too: refused as a plain channel refuses it.
-      if (!metadata.ok() &&
-          frame_bytes <= core_->limits().max_received_metadata_bytes) {
-        Abort(grpc::Status(grpc::StatusCode::INTERNAL,
-                           std::string(metadata.status().message())),
+      if (over_limit) {
+        Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           "received initial metadata size exceeds limit"),
               /*tell_server=*/true);
         return;
       }
-      if (!metadata.ok() || MetadataSize(*metadata) >
-                                core_->limits().max_received_metadata_bytes) {
-        // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
-        Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                           "received initial metadata size exceeds limit"),
+      if (!metadata.ok()) {
+        Abort(grpc::Status(grpc::StatusCode::INTERNAL,
+                           std::string(metadata.status().message())),
               /*tell_server=*/true);
         return;
       }
@@ -512,10 +513,11 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kStatus: {
       absl::StatusOr<codec::CallStatus> status =
           codec::DecodeCallStatus(payload);
-      const size_t frame_bytes = payload.size();
+      const bool over_limit =
+          (status.ok() ? TrailersSize(*status) : payload.size()) >
+          core_->limits().max_received_metadata_bytes;
       session_->Release(message);
-      if (!status.ok() &&
-          frame_bytes <= core_->limits().max_received_metadata_bytes) {
+      if (!status.ok() && !over_limit) {
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,
                            std::string(status.status().message())),
               /*tell_server=*/false);
@@ -525,8 +527,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         std::lock_guard<std::mutex> lock(mu_);
         if (!finished_) {
           finished_ = true;
-          if (!status.ok() || TrailersSize(*status) >
-                                  core_->limits().max_received_metadata_bytes) {
+          if (over_limit) {
             // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
             status_ =
                 grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
