@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "google/protobuf/descriptor.h"
 #include "transport/client_call.h"
 #include "transport/log.h"
@@ -104,9 +103,9 @@ void ClientCore::LogConnectFailure(const absl::Status& status) {
   // restarting server is retried with backoff: neither is news. Anything
   // else (no memory for the segment, a refusal, a bad peer) is said once per
   // distinct reason, so a channel that stays plain says why.
-  const bool no_shm_socket = status.code() == absl::StatusCode::kUnavailable &&
-                             absl::StartsWith(status.message(), "connect ");
-  if (no_shm_socket || status.ToString() == last_logged_failure_) return;
+  if (IsNoShmSocket(status) || status.ToString() == last_logged_failure_) {
+    return;
+  }
   last_logged_failure_ = status.ToString();
   ShmLog("client to ", shm_path_,
          ": no shm session, calls go plain: ", last_logged_failure_);

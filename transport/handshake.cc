@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "shm/arena.h"
 #include "shm/memory_headroom.h"
@@ -112,6 +113,12 @@ absl::StatusOr<int> ConnectUnix(const std::string& path) {
         absl::StrCat("connect ", path, ": ", strerror(err)));
   }
   return sock;
+}
+
+bool IsNoShmSocket(const absl::Status& status) {
+  // ConnectUnix's failure, and the only Unavailable that starts this way.
+  return absl::IsUnavailable(status) &&
+         absl::StartsWith(status.message(), "connect ");
 }
 
 absl::StatusOr<int> ListenUnix(const std::string& path) {

@@ -86,6 +86,9 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
 
 // Connects a SOCK_STREAM unix socket to `path` (CLOEXEC).
 absl::StatusOr<int> ConnectUnix(const std::string& path);
+// True for ClientHandshake's failure when nothing listens at the shm socket
+// (the server has no shm, or is restarting): the ordinary plain case.
+bool IsNoShmSocket(const absl::Status& status);
 // Binds and listens on `path` (replacing a stale socket file), CLOEXEC.
 absl::StatusOr<int> ListenUnix(const std::string& path);
 
