@@ -158,6 +158,15 @@ class ProtocolTest : public ::testing::Test {
     }
   }
 
+  // `stream` ends (within 5 s) with status `code`; `what` names it.
+  void ExpectStatus(uint64_t stream, grpc::StatusCode code,
+                    const std::string& what) {
+    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
+    ASSERT_TRUE(status.has_value()) << "no status for " << what;
+    EXPECT_EQ(status->code, static_cast<int>(code))
+        << what << ": " << status->message;
+  }
+
   void ExpectEchoWorks(uint64_t stream) { ExpectEchoWorksWith(stream, {}); }
   void ExpectEchoWorksWith(uint64_t stream, codec::Metadata metadata) {
     EchoRequest request;
@@ -184,25 +193,19 @@ TEST_F(ProtocolTest, HeadersThatDoNotDecodeEndThatStreamInternal) {
                   ->Send(FrameType::kCallHeaders, 1, "\x07garbage",
                          codec::kUnaryCallFlag)
                   .ok());
-  std::optional<codec::CallStatus> status = client_->StatusOf(1);
-  ASSERT_TRUE(status.has_value()) << "no status for bad headers";
-  EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL));
+  ExpectStatus(1, grpc::StatusCode::INTERNAL, "bad headers");
 }
 
 TEST_F(ProtocolTest, UnaryCallCancelledBeforeItsRequestEndsCancelled) {
   ASSERT_TRUE(client_->SendHeaders(3, kUnaryMethod).ok());
   ASSERT_TRUE(client_->Send(FrameType::kCancel, 3, "").ok());
-  std::optional<codec::CallStatus> status = client_->StatusOf(3);
-  ASSERT_TRUE(status.has_value()) << "no status for the cancelled call";
-  EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::CANCELLED));
+  ExpectStatus(3, grpc::StatusCode::CANCELLED, "the cancelled call");
 }
 
 TEST_F(ProtocolTest, UnaryCallHalfClosedWithoutRequestEndsInternal) {
   ASSERT_TRUE(client_->SendHeaders(5, kUnaryMethod).ok());
   ASSERT_TRUE(client_->Send(FrameType::kHalfClose, 5, "").ok());
-  std::optional<codec::CallStatus> status = client_->StatusOf(5);
-  ASSERT_TRUE(status.has_value()) << "no status for the empty call";
-  EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL));
+  ExpectStatus(5, grpc::StatusCode::INTERNAL, "the empty call");
 }
 
 // gRPC aborts the process when metadata it finds illegal is added to a call:
@@ -220,10 +223,8 @@ TEST_F(ProtocolTest, IllegalMetadataEndsThatStreamInternal) {
   for (const auto& [key, value] : entries) {
     ASSERT_TRUE(
         client_->SendHeaders(stream, kUnaryMethod, {{key, value}}).ok());
-    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
-    ASSERT_TRUE(status.has_value()) << "no status for key '" << key << "'";
-    EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::INTERNAL))
-        << key;
+    ASSERT_NO_FATAL_FAILURE(
+        ExpectStatus(stream, grpc::StatusCode::INTERNAL, "key '" + key + "'"));
     stream += 2;
   }
   // Binary values are fine under a -bin key.
@@ -237,9 +238,7 @@ TEST_F(ProtocolTest, IllegalMetadataEndsThatStreamInternal) {
   headers.authority = "bad\nauthority";
   const uint64_t odd = stream + 2;
   ASSERT_TRUE(client_->SendUnaryCall(odd, headers, request).ok());
-  std::optional<codec::CallStatus> status = client_->StatusOf(odd);
-  ASSERT_TRUE(status.has_value()) << "no status for the odd authority";
-  EXPECT_EQ(status->code, 0) << status->message;
+  ExpectStatus(odd, grpc::StatusCode::OK, "the odd authority");
 }
 
 // Methods the server does not have, however odd their names, end that
@@ -256,10 +255,8 @@ TEST_F(ProtocolTest, UnknownOrOddMethodsAreUnimplemented) {
     codec::CallHeaders headers;
     headers.method = method;
     ASSERT_TRUE(client_->SendUnaryCall(stream, headers, request).ok());
-    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
-    ASSERT_TRUE(status.has_value()) << "no status for '" << method << "'";
-    EXPECT_EQ(status->code, static_cast<int>(grpc::StatusCode::UNIMPLEMENTED))
-        << method;
+    ASSERT_NO_FATAL_FAILURE(ExpectStatus(
+        stream, grpc::StatusCode::UNIMPLEMENTED, "'" + method + "'"));
     stream += 2;
   }
 }
@@ -282,9 +279,8 @@ TEST_F(ProtocolTest, PastAndExtremeDeadlines) {
     headers.method = kUnaryMethod;
     headers.deadline_unix_nanos = deadline;
     ASSERT_TRUE(client_->SendUnaryCall(stream, headers, request).ok());
-    std::optional<codec::CallStatus> status = client_->StatusOf(stream);
-    ASSERT_TRUE(status.has_value()) << "no status for deadline " << deadline;
-    EXPECT_EQ(status->code, static_cast<int>(expected)) << deadline;
+    ASSERT_NO_FATAL_FAILURE(
+        ExpectStatus(stream, expected, "deadline " + std::to_string(deadline)));
     stream += 2;
   }
 }
