@@ -231,6 +231,62 @@ TEST(ServerLimitTest, ServerReceiveLimitAppliesOverShmAsOverPlain) {
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
+// A channel whose message limits are raised above gRPC's 4 MiB default keeps
+// them over shm, as a user swapping in CreateChannel expects: with 16 MiB
+// each way (and a server that takes 16 MiB), a 10 MiB reply, a 10 MiB
+// request and 6 MiB messages both ways on a bidi stream arrive intact on the
+// shm channel as on a plain one, all over shm. (Shm capped them at
+// Options::max_message_bytes, so they failed RESOURCE_EXHAUSTED.)
+TEST(ServerLimitTest, RaisedChannelLimitsHoldOverShmAsOverPlain) {
+  constexpr int kLimit = 16 << 20;
+  ServerProcess server("sync", {absl::StrCat("--max_receive_bytes=", kLimit)});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kLimit);
+  args.SetMaxSendMessageSize(kLimit);
+  auto shm_channel = CreateChannel(server.target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server.target(), grpc::InsecureChannelCredentials(), args);
+  for (const auto& channel : {shm_channel, plain_channel}) {
+    const char* which = channel == shm_channel ? "shm" : "plain";
+    auto stub = EchoService::NewStub(channel);
+    EchoRequest request;
+    FillRequest(&request, 10, 1);
+    request.set_reply_bytes(10 << 20);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    grpc::Status status = stub->Unary(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << which << " reply: " << status.error_message();
+    EXPECT_EQ(response.payload().size(), 10u << 20) << which;
+    EXPECT_TRUE(PayloadIntact(response)) << which;
+
+    status = UnaryEcho(stub.get(), 10 << 20, 2, &response);
+    ASSERT_TRUE(status.ok()) << which << " request: " << status.error_message();
+    EXPECT_TRUE(PayloadIntact(response)) << which;
+
+    grpc::ClientContext stream_context;
+    stream_context.set_deadline(In(absl::Seconds(10)));
+    auto stream = stub->Bidi(&stream_context);
+    for (int64_t seq = 1; seq <= 3; ++seq) {
+      EchoRequest message;
+      FillRequest(&message, 6 << 20, seq);
+      ASSERT_TRUE(stream->Write(message)) << which << " write " << seq;
+      ASSERT_TRUE(stream->Read(&response)) << which << " read " << seq;
+      EXPECT_EQ(response.seq(), seq) << which;
+      EXPECT_EQ(response.payload().size(), 6u << 20) << which;
+      EXPECT_TRUE(PayloadIntact(response)) << which;
+    }
+    stream->WritesDone();
+    status = stream->Finish();
+    EXPECT_TRUE(status.ok()) << which << " stream: " << status.error_message();
+  }
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 3u);
+  EXPECT_EQ(stats.calls_plain_too_large, 0u);
+  EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
+}
+
 // Message size limits set in the channel arguments bind shm calls as they
 // bind plain ones (they were ignored over shm): with 1 MiB each way, a 2 MiB
 // reply and a 2 MiB request fail RESOURCE_EXHAUSTED on both channels; 512 KiB

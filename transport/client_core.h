@@ -52,8 +52,8 @@ struct ClientStats {
 // applied to shm calls too.
 struct ChannelLimits {
   // The channel's GRPC_ARG_MAX_SEND_MESSAGE_LENGTH and
-  // GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, capped by Options::max_message_bytes
-  // (a plain call's limit when the argument is unset).
+  // GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH up to what a session carries (64 MiB),
+  // or Options::max_message_bytes when the argument is unset.
   size_t max_send_message_bytes = 4 << 20;
   size_t max_receive_message_bytes = 4 << 20;
   // The channel's GRPC_ARG_MAX_METADATA_SIZE (8 KiB by default), which a

@@ -37,10 +37,15 @@ struct Options {
   // p50: 145 us with a 10 us pause-only spin, 49 us with this (UDS 155-180).
   // Costs up to 100 us of CPU per idle period per session thread.
   shm::WaitOptions wait;
-  // Largest message sent or received over shm (gRPC's default receive
-  // limit). The channel arguments' own message limits apply too, capped by
-  // this. A call whose first request is larger goes plain, so gRPC judges it
-  // as without shm; a larger later message or reply is RESOURCE_EXHAUSTED.
+  // Client: the largest message sent or received over shm when the channel
+  // arguments set no message limit (gRPC's default receive limit). Limits
+  // set there (SetMaxSendMessageSize / SetMaxReceiveMessageSize) apply
+  // instead, as on a plain channel, up to the 64 MiB a session carries (or
+  // this, when larger). A call whose first request is over the limit goes
+  // plain, so gRPC judges it as without shm; a later message or reply over
+  // it is RESOURCE_EXHAUSTED. Both sides: inline payloads (messages that do
+  // not fit the arena) are accepted up to the larger of 64 MiB and this plus
+  // 1 MiB; above 64 MiB, set it alike on both sides.
   size_t max_message_bytes = 4 << 20;
   // A call whose request metadata is larger (keys + values + 32 bytes per
   // entry, as HTTP/2 counts it) goes over plain gRPC, so that gRPC's own

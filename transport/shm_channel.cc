@@ -13,6 +13,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/client_interceptor.h"
+#include "shm/endpoint.h"
 #include "transport/client_call.h"
 
 namespace shmgrpc {
@@ -56,15 +57,21 @@ std::optional<int> IntegerArg(const grpc::ChannelArguments& args,
   return value;
 }
 
-// What a plain channel with `args` would enforce, within `options`.
+// What a plain channel with `args` would enforce. A message limit set in the
+// arguments binds shm calls as it binds plain ones, up to what any peer's
+// session carries: a message that does not fit the arena travels inline,
+// and every endpoint takes inline payloads of 64 MiB (more when its
+// max_message_bytes is larger); negative, gRPC's "unlimited", means that
+// much. Without the argument, Options::max_message_bytes (gRPC's default
+// receive limit) applies.
 transport::ChannelLimits LimitsOf(const grpc::ChannelArguments& args,
                                   const Options& options) {
+  const size_t carried =
+      std::max(options.max_message_bytes, shm::kDefaultMaxInlineBytes);
   auto message_limit = [&](absl::string_view key) {
     const std::optional<int> arg = IntegerArg(args, key);
-    // Negative: unlimited for gRPC; shm stays within max_message_bytes.
-    return arg.has_value() && *arg >= 0
-               ? std::min(static_cast<size_t>(*arg), options.max_message_bytes)
-               : options.max_message_bytes;
+    if (!arg.has_value()) return options.max_message_bytes;
+    return *arg >= 0 ? std::min(static_cast<size_t>(*arg), carried) : carried;
   };
   transport::ChannelLimits limits;
   limits.max_send_message_bytes =
