@@ -63,6 +63,15 @@ EchoResponse ReplyFor(grpc::ServerContextBase* context,
       response.set_peer_pid(std::string(value.data(), value.size()));
     }
   }
+  const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth != nullptr) {
+    for (const grpc::string_ref& type :
+         auth->FindPropertyValues("transport_security_type")) {
+      response.set_transport_security_type(
+          std::string(type.data(), type.size()));
+    }
+  }
+  response.set_peer(context->peer());
   const auto deadline = context->deadline();
   response.set_deadline_remaining_ms(
       deadline == std::chrono::system_clock::time_point::max()

@@ -71,12 +71,14 @@ class StatsService final : public ServerStatsService::Service {
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
-    "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N]\n";
+    "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
+    "[--local_credentials]\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
   std::string style = "sync";
   bool with_shm = true;
+  bool local_credentials = false;  // the unix port: LocalServerCredentials
   Options options;
   int tcp_port = 0;
   int max_receive_bytes = -1;  // unlimited, for the large-message tests
@@ -122,6 +124,8 @@ int Main(int argc, char** argv) {
       style = arg.substr(8);
     } else if (arg == "--no-shm") {
       with_shm = false;
+    } else if (arg == "--local_credentials") {
+      local_credentials = true;
     } else {
       std::fprintf(stderr, kUsage, argv[0]);
       std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
@@ -146,7 +150,10 @@ int Main(int argc, char** argv) {
   builder.RegisterService(&stats_service);
   LiteEchoService lite_service;  // echo_lite.proto, every style
   builder.RegisterService(&lite_service);
-  builder.AddListeningPort(target, grpc::InsecureServerCredentials());
+  builder.AddListeningPort(target,
+                           local_credentials
+                               ? grpc::experimental::LocalServerCredentials(UDS)
+                               : grpc::InsecureServerCredentials());
   if (tcp_port > 0) {
     builder.AddListeningPort("127.0.0.1:" + std::to_string(tcp_port),
                              grpc::InsecureServerCredentials());

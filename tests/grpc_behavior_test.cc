@@ -14,6 +14,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
+#include "tests/call_done.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_bidi_reactor.h"
 #include "tests/echo_fixture.h"
@@ -570,42 +571,87 @@ TEST_F(BehaviorTest, ManyFreshChannelsCallRightAfterTheirHandshake) {
   EXPECT_EQ(on_shm, kChannels);
 }
 
-TEST_F(BehaviorTest, GenericStubCallGoesOverThePlainPath) {
-  grpc::GenericStub generic(channel_);
+// A GenericStub Unary echo of a 100-byte payload (never hijacked: not a
+// protobuf call, so it travels the channel's plain path).
+grpc::Status GenericUnaryEcho(const std::shared_ptr<grpc::Channel>& channel,
+                              int64_t seq, EchoResponse* response) {
+  grpc::GenericStub generic(channel);
   EchoRequest request;
-  FillRequest(&request, 100, 5);
+  FillRequest(&request, 100, seq);
   grpc::ByteBuffer request_bytes;
   bool own;
-  ASSERT_TRUE(grpc::SerializationTraits<EchoRequest>::Serialize(
-                  request, &request_bytes, &own)
-                  .ok());
+  if (!grpc::SerializationTraits<EchoRequest>::Serialize(request,
+                                                         &request_bytes, &own)
+           .ok()) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize");
+  }
   grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
   grpc::ByteBuffer reply_bytes;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status result;
+  CallDone done;
   generic.UnaryCall(&context, "/shmgrpc.test.EchoService/Unary",
                     grpc::StubOptions(), &request_bytes, &reply_bytes,
-                    [&](grpc::Status status) {
-                      std::lock_guard<std::mutex> lock(mu);
-                      result = status;
-                      done = true;
-                      cv.notify_one();
-                    });
-  std::unique_lock<std::mutex> lock(mu);
-  ASSERT_TRUE(
-      cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
-  ASSERT_TRUE(result.ok()) << result.error_message();
+                    [&](grpc::Status status) { done.Set(status); });
+  if (!done.Await(absl::Seconds(15))) {
+    return grpc::Status(grpc::StatusCode::UNKNOWN, "no callback in 15 s");
+  }
+  const grpc::Status status = done.status();
+  if (status.ok() && !grpc::SerializationTraits<EchoResponse>::Deserialize(
+                          &reply_bytes, response)
+                          .ok()) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "cannot parse the reply");
+  }
+  return status;
+}
+
+TEST_F(BehaviorTest, GenericStubCallGoesOverThePlainPath) {
   EchoResponse response;
-  ASSERT_TRUE(grpc::SerializationTraits<EchoResponse>::Deserialize(&reply_bytes,
-                                                                   &response)
-                  .ok());
+  const grpc::Status status = GenericUnaryEcho(channel_, 5, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_TRUE(PayloadIntact(response));
   EXPECT_EQ(response.seq(), 5);
   // Not hijacked: over UDS, so the server saw no shm peer identity.
   EXPECT_EQ(response.peer_pid(), "");
   EXPECT_EQ(Stats().calls_on_shm, 0u);
+}
+
+// CreateChannel in gRPC's shape takes the plain channel's credentials, and
+// only the plain path uses them: a channel with LocalCredentials(UDS) to a
+// server whose port takes LocalServerCredentials(UDS) works over shm and
+// plain alike; one with TLS credentials (which a plaintext unix port cannot
+// speak) still gets shm (the session checks the peer's uid itself), and its
+// plain calls fail UNAVAILABLE as they would on grpc::CreateChannel. A
+// handler sees the local credentials' auth context only on plain calls.
+TEST(CredentialsTest, ChannelCredentialsAreThePlainPaths) {
+  ServerProcess server("sync", {"--local_credentials"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  // Qualified: unqualified, the credentials argument finds grpc::CreateChannel
+  // too (argument-dependent lookup).
+  std::shared_ptr<grpc::Channel> local = shmgrpc::CreateChannel(
+      server.target(), grpc::experimental::LocalCredentials(UDS));
+  std::shared_ptr<grpc::Channel> tls = shmgrpc::CreateChannel(
+      server.target(), grpc::SslCredentials(grpc::SslCredentialsOptions()));
+  for (const auto& channel : {local, tls}) {
+    const char* which = channel == local ? "local" : "tls";
+    auto stub = EchoService::NewStub(channel);
+    EchoResponse response;
+    grpc::Status status = UnaryEcho(stub.get(), 4096, 1, &response);
+    ASSERT_TRUE(status.ok()) << which << ": " << status.error_message();
+    EXPECT_NE(response.peer_pid(), "") << which << ": not over shm";
+    // What README says a handler sees on a shm call: no credential identity.
+    EXPECT_EQ(response.transport_security_type(), "") << which;
+    status = GenericUnaryEcho(channel, 2, &response);
+    if (channel == local) {
+      EXPECT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(response.seq(), 2);
+      EXPECT_EQ(response.transport_security_type(), "local");
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << status.error_message();
+    }
+    EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u) << which;
+  }
+  EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
 // Raw connections to the handshake socket of a live server.

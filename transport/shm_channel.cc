@@ -97,6 +97,22 @@ std::string UnixPathOf(const std::string& target) {
 std::shared_ptr<grpc::Channel> CreateChannel(
     const std::string& target, const Options& options,
     const grpc::ChannelArguments& args) {
+  return CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args,
+                             options);
+}
+
+std::shared_ptr<grpc::Channel> CreateChannel(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const Options& options) {
+  return CreateCustomChannel(target, credentials, grpc::ChannelArguments(),
+                             options);
+}
+
+std::shared_ptr<grpc::Channel> CreateCustomChannel(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args, const Options& options) {
   const std::string path = UnixPathOf(target);
   auto core = std::make_shared<transport::ClientCore>(
       path.empty() ? "" : path + ".shm", options, LimitsOf(args, options));
@@ -107,8 +123,7 @@ std::shared_ptr<grpc::Channel> CreateChannel(
   factories.push_back(std::make_unique<InterceptorFactory>(core));
   std::shared_ptr<grpc::Channel> channel =
       grpc::experimental::CreateCustomChannelWithInterceptors(
-          target, grpc::InsecureChannelCredentials(), args,
-          std::move(factories));
+          target, credentials, args, std::move(factories));
   std::lock_guard<std::mutex> lock(registry_mu);
   auto& registry = Registry();
   for (auto it = registry.begin(); it != registry.end();) {

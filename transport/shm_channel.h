@@ -8,6 +8,7 @@
 #include <string>
 
 #include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "transport/client_core.h"
 #include "transport/options.h"
@@ -23,6 +24,20 @@ namespace shmgrpc {
 std::shared_ptr<grpc::Channel> CreateChannel(
     const std::string& target, const Options& options = Options(),
     const grpc::ChannelArguments& args = grpc::ChannelArguments());
+
+// The same in gRPC's own shapes, so that `grpc::` -> `shmgrpc::` is the whole
+// swap: `credentials` are the plain channel's (e.g. InsecureChannelCredentials
+// or experimental::LocalCredentials(UDS), whichever the server's port takes).
+// Shm sessions do not use them: the server checks a shm peer's uid itself
+// (Options::peer_uid_policy).
+std::shared_ptr<grpc::Channel> CreateChannel(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const Options& options = Options());
+std::shared_ptr<grpc::Channel> CreateCustomChannel(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args, const Options& options = Options());
 
 using transport::ClientStats;
 // Counters of a channel made by CreateChannel (nullopt for other channels).
