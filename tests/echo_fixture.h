@@ -109,9 +109,18 @@ inline grpc::Status UnaryEcho(EchoService::Stub* stub, size_t size, int64_t seq,
   return stub->Unary(&context, request, response);
 }
 
-// A fresh shm channel's 4 KiB unary call succeeds, intact, over shm.
+// A channel with a session of its own (a new handshake), not joining the
+// session of another channel of this process to the same server.
+inline std::shared_ptr<grpc::Channel> CreateChannelWithOwnSession(
+    const std::string& target, const Options& options = Options()) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return CreateChannel(target, options, args);
+}
+
+// A fresh shm session's 4 KiB unary call succeeds, intact, over shm.
 inline void ExpectServerStillServesShm(const std::string& target) {
-  auto channel = CreateChannel(target);
+  auto channel = CreateChannelWithOwnSession(target);
   auto stub = EchoService::NewStub(channel);
   EchoResponse response;
   const grpc::Status status = UnaryEcho(stub.get(), 4096, 7, &response);

@@ -559,7 +559,8 @@ TEST_F(BehaviorTest, ManyFreshChannelsCallRightAfterTheirHandshake) {
   constexpr int kChannels = 100;
   int on_shm = 0;
   for (int i = 0; i < kChannels; ++i) {
-    std::shared_ptr<grpc::Channel> channel = CreateChannel(server_->target());
+    std::shared_ptr<grpc::Channel> channel =
+        CreateChannelWithOwnSession(server_->target());
     auto stub = EchoService::NewStub(channel);
     EchoResponse response;
     const grpc::Status status = UnaryEcho(stub.get(), 64, i, &response);
@@ -569,6 +570,63 @@ TEST_F(BehaviorTest, ManyFreshChannelsCallRightAfterTheirHandshake) {
     on_shm += static_cast<int>(GetChannelStats(channel.get())->calls_on_shm);
   }
   EXPECT_EQ(on_shm, kChannels);
+}
+
+// Channels of one process to one server share one session, as gRPC channels
+// share one subchannel: eight more channels cost no new handshake, arena or
+// session thread, and each still counts its own calls. Different session
+// options, or GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, get a session of their
+// own. Closing channels leaves the session to the ones still open; the last
+// one closes it.
+TEST_F(BehaviorTest, ChannelsToOneServerShareOneSession) {
+  const std::string target = server_->target();
+  auto call_over_shm = [](const std::shared_ptr<grpc::Channel>& channel,
+                          int64_t seq) {
+    auto stub = EchoService::NewStub(channel);
+    EchoResponse response;
+    const grpc::Status status = UnaryEcho(stub.get(), 4096, seq, &response);
+    EXPECT_TRUE(status.ok()) << seq << ": " << status.error_message();
+    EXPECT_NE(response.peer_pid(), "") << seq << ": not over shm";
+  };
+  call_over_shm(channel_, 0);
+  std::vector<std::shared_ptr<grpc::Channel>> shared;
+  for (int i = 1; i <= 8; ++i) {
+    shared.push_back(CreateChannel(target));
+    call_over_shm(shared.back(), i);
+    EXPECT_EQ(GetChannelStats(shared.back().get())->calls_on_shm, 1u);
+  }
+  EXPECT_EQ(CallsOnShm(), 1u);
+  ServerStatsReply server = FetchServerStats(target);
+  EXPECT_EQ(server.sessions_accepted(), 1u);
+  EXPECT_EQ(server.sessions_open(), 1u);
+  // The session's counters are the same seen from any of its channels.
+  const ClientStats first = Stats();
+  EXPECT_EQ(first.sessions_opened, 1u);
+  EXPECT_GE(first.session.messages_received, 9u);
+  EXPECT_EQ(GetChannelStats(shared.back().get())->session.messages_received,
+            first.session.messages_received);
+
+  Options small_arena;
+  small_arena.arena_bytes = 8 << 20;
+  auto other_options = CreateChannel(target, small_arena);
+  call_over_shm(other_options, 10);
+  auto own = CreateChannelWithOwnSession(target);
+  call_over_shm(own, 11);
+  EXPECT_EQ(FetchServerStats(target).sessions_open(), 3u);
+
+  shared.clear();
+  other_options.reset();
+  own.reset();
+  EXPECT_TRUE(
+      WaitFor([&] { return FetchServerStats(target).sessions_open() == 1; },
+              absl::Seconds(5)))
+      << "sessions of closed channels stay open";
+  call_over_shm(channel_, 12);
+  EXPECT_EQ(CallsOnShm(), 2u);
+  stub_.reset();
+  channel_.reset();
+  server = ExpectServerIdle(target);
+  EXPECT_EQ(server.sessions_accepted(), 3u);
 }
 
 // A GenericStub Unary echo of a 100-byte payload (never hijacked: not a
@@ -704,7 +762,7 @@ TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
   EXPECT_TRUE(ClosedByServer(no_fd));
   close(no_fd);
   // Meanwhile and afterwards the server serves shm clients.
-  auto channel = CreateChannel(server_->target());
+  auto channel = CreateChannelWithOwnSession(server_->target());
   auto stub = EchoService::NewStub(channel);
   EchoResponse response;
   grpc::ClientContext context;

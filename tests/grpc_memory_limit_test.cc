@@ -201,9 +201,10 @@ TEST(MemoryLimitTest, ServerRefusesTheSessionThatWouldNotFitAndLives) {
   CREATE_CGROUP_OR_SKIP(cgroup, 90 * kMiB);
   ASSERT_TRUE(cgroup->Add(server.pid()).ok());
 
+  // Three sessions (channels of one process would share one otherwise).
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < 3; ++i) {
-    channels.push_back(CreateChannel(server.target()));
+    channels.push_back(CreateChannelWithOwnSession(server.target()));
     auto stub = EchoService::NewStub(channels.back());
     EchoResponse response;
     const grpc::Status status = UnaryEcho(stub.get(), 4096, i, &response);

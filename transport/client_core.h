@@ -1,9 +1,7 @@
 // ClientCore: what one shm channel shares across its calls.
 //
-// It owns the channel's session to the server's handshake socket (if one
-// could be opened) and a thread that re-opens it, with exponential backoff,
-// whenever it is down (server restarted, server without shm yet). It routes
-// incoming frames to calls by stream id, decides
+// It holds the channel's SessionLink (the session, shared with this
+// process's other channels to the same server; see session_link.h), decides
 // which methods may be hijacked (only methods named by a generated stub and
 // known to the generated protobuf descriptor pool, so a GenericStub's
 // ByteBuffer call never is), and counts what went where. Thread-safe.
@@ -11,17 +9,15 @@
 #define SHMGRPC_TRANSPORT_CLIENT_CORE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 
-#include "absl/status/status.h"
 #include "transport/options.h"
 #include "transport/session.h"
+#include "transport/session_link.h"
 
 namespace shmgrpc::transport {
 
@@ -40,6 +36,9 @@ struct ClientStats {
   uint64_t messages_chained = 0;
   uint64_t inline_arena_full = 0;
   uint64_t inline_too_large = 0;
+  // The session is the channel's link's, shared with this process's other
+  // channels to the same server (session_link.h): these and the counters
+  // above from messages_chained on count every channel's traffic on it.
   uint64_t sessions_opened = 0;         // the first one included
   uint64_t sessions_closed = 0;         // peer gone or connection broken
   uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
@@ -63,14 +62,17 @@ struct ChannelLimits {
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
  public:
-  ClientCore(std::string shm_path, Options options, ChannelLimits limits);
-  ~ClientCore();
+  // `shm_path` empty: never a session (not a unix target). `share_session`:
+  // join another channel's link to the same server when the session options
+  // match (false: GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, a session of its own).
+  // Returns once the first handshake attempt is over (see SessionLink::Get).
+  ClientCore(const std::string& shm_path, Options options, ChannelLimits limits,
+             bool share_session);
 
-  // Tries once to open a session (so the first calls can use it), then
-  // starts the thread that keeps one open. Call once, after construction.
-  void Start();
   // The live session, or nullptr.
-  std::shared_ptr<Session> session();
+  std::shared_ptr<Session> session() {
+    return link_ ? link_->session() : nullptr;
+  }
 
   // `method` as ClientRpcInfo::method() gives it (the pointer matters).
   bool IsProtobufMethod(const char* method);
@@ -78,8 +80,10 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Calls register once hijacked and unregister when they end. Returns the
   // stream id, or 0 when `session` has closed meanwhile (go plain).
   uint64_t Register(const std::shared_ptr<ClientCall>& call,
-                    const Session& session);
-  void Unregister(uint64_t stream_id);
+                    const Session& session) {
+    return link_->Register(call, session);
+  }
+  void Unregister(uint64_t stream_id) { link_->Unregister(stream_id); }
 
   enum class PlainReason {
     kNoSession,
@@ -96,33 +100,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   ClientStats Stats();
 
  private:
-  // Opens a session unless one is alive. Unavailable when the server has no
-  // shm socket (the channel then works over plain gRPC).
-  absl::Status Connect();
-  void ReconnectLoop();
-  // Only from Connect(), which runs on one thread at a time (Start, then the
-  // reconnect thread).
-  void LogConnectFailure(const absl::Status& status);
-  void OnFrame(const shm::ReceivedMessage& message);
-  void OnClosed(const std::shared_ptr<Session>& session,
-                const absl::Status& status);
-
-  const std::string shm_path_;
   const Options options_;
   const ChannelLimits limits_;
-
-  std::mutex session_mu_;
-  std::shared_ptr<Session> session_;
-  bool stopping_ = false;                 // guarded by session_mu_
-  std::condition_variable session_down_;  // a close, or stopping_
-  std::thread reconnect_thread_;
-  std::string last_logged_failure_;  // see LogConnectFailure
-  // Send paths of sessions already replaced (guarded by session_mu_).
-  SendPathStats replaced_sessions_;
-
-  std::mutex calls_mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<ClientCall>> calls_;
-  uint64_t next_stream_id_ = 1;
+  const std::shared_ptr<SessionLink> link_;  // null: no unix target
 
   std::mutex methods_mu_;
   // Keyed by the address of a generated stub's static method name, which is
@@ -131,8 +111,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
-      plain_large_metadata_{0}, sessions_opened_{0}, sessions_closed_{0},
-      calls_aborted_by_close_{0}, blocks_reclaimed_{0};
+      plain_large_metadata_{0};
 };
 
 }  // namespace shmgrpc::transport

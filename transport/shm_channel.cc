@@ -114,9 +114,13 @@ std::shared_ptr<grpc::Channel> CreateCustomChannel(
     const std::shared_ptr<grpc::ChannelCredentials>& credentials,
     const grpc::ChannelArguments& args, const Options& options) {
   const std::string path = UnixPathOf(target);
+  // Channels share a session as gRPC channels share a subchannel: unless
+  // told to keep their own.
+  const std::optional<int> local_pool =
+      IntegerArg(args, GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL);
   auto core = std::make_shared<transport::ClientCore>(
-      path.empty() ? "" : path + ".shm", options, LimitsOf(args, options));
-  core->Start();
+      path.empty() ? "" : path + ".shm", options, LimitsOf(args, options),
+      /*share_session=*/!local_pool.has_value() || *local_pool == 0);
   std::vector<
       std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
       factories;

@@ -20,7 +20,9 @@ namespace shmgrpc {
 // are hijacked onto a shm session when one is up; everything else (no
 // session, non-protobuf methods such as a GenericStub's, requests too large
 // for the arena) goes to `target` unchanged. `args` configure the plain
-// channel as usual.
+// channel as usual. Channels of this process to the same server share one
+// shm session when their session options match, unless `args` set
+// GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL to 1 (transport/session_link.h).
 std::shared_ptr<grpc::Channel> CreateChannel(
     const std::string& target, const Options& options = Options(),
     const grpc::ChannelArguments& args = grpc::ChannelArguments());

@@ -1,0 +1,255 @@
+#include "transport/session_link.h"
+
+#include <algorithm>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "transport/client_call.h"
+#include "transport/handshake.h"
+#include "transport/log.h"
+
+namespace shmgrpc::transport {
+namespace {
+
+std::mutex registry_mu;
+// Links other channels may join, by SessionKey. Expired entries are pruned
+// whenever one is added.
+std::map<std::string, std::weak_ptr<SessionLink>>& Registry() {
+  static auto* registry =
+      new std::map<std::string, std::weak_ptr<SessionLink>>();
+  return *registry;
+}
+
+}  // namespace
+
+std::string SessionLink::SessionKey(const std::string& shm_path,
+                                    const Options& options) {
+  // Every Options field the handshake, the session or the reconnecting
+  // uses; per-call fields (limits on metadata, protobuf_methods, stream
+  // windows) are the channels' own.
+  const shm::WaitOptions& wait = options.wait;
+  return absl::StrCat(
+      shm_path, "|", options.arena_bytes, "|", options.ring_slots, "|",
+      options.max_block_bytes, "|", options.max_message_bytes, "|",
+      static_cast<int>(wait.strategy), "|",
+      absl::ToInt64Nanoseconds(wait.max_spin), "|",
+      absl::ToInt64Nanoseconds(wait.min_spin), "|",
+      absl::ToInt64Nanoseconds(wait.pause_spin), "|",
+      absl::ToInt64Nanoseconds(wait.period), "|",
+      absl::ToInt64Nanoseconds(wait.liveness_check), "|",
+      absl::ToInt64Nanoseconds(options.handshake_timeout), "|",
+      absl::ToInt64Nanoseconds(options.reconnect_backoff_initial), "|",
+      absl::ToInt64Nanoseconds(options.reconnect_backoff_max), "|",
+      static_cast<int>(options.peer_uid_policy));
+}
+
+std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
+                                              const Options& options,
+                                              bool shared) {
+  std::shared_ptr<SessionLink> link;
+  if (!shared) {
+    link.reset(new SessionLink(shm_path, options));
+  } else {
+    const std::string key = SessionKey(shm_path, options);
+    std::lock_guard<std::mutex> lock(registry_mu);
+    auto& registry = Registry();
+    auto it = registry.find(key);
+    if (it != registry.end()) link = it->second.lock();
+    if (!link) {
+      for (auto i = registry.begin(); i != registry.end();) {
+        i = i->second.expired() ? registry.erase(i) : std::next(i);
+      }
+      link.reset(new SessionLink(shm_path, options));
+      registry[key] = link;
+    }
+  }
+  link->StartOnce();  // outside registry_mu: a handshake takes ~20 ms
+  return link;
+}
+
+SessionLink::SessionLink(std::string shm_path, Options options)
+    : shm_path_(std::move(shm_path)), options_(std::move(options)) {}
+
+SessionLink::~SessionLink() {
+  std::shared_ptr<Session> session;
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    stopping_ = true;
+    session = std::move(session_);
+  }
+  session_down_.notify_all();
+  if (reconnect_thread_.joinable()) reconnect_thread_.join();
+  if (session) session->Shutdown();
+}
+
+void SessionLink::StartOnce() {
+  std::call_once(started_, [this] {
+    Connect().IgnoreError();  // no shm yet: calls go plain meanwhile
+    reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
+  });
+}
+
+void SessionLink::ReconnectLoop() {
+  absl::Duration backoff = options_.reconnect_backoff_initial;
+  std::unique_lock<std::mutex> lock(session_mu_);
+  while (!stopping_) {
+    if (session_ && session_->alive()) {
+      backoff = options_.reconnect_backoff_initial;
+      session_down_.wait(
+          lock, [&] { return stopping_ || !session_ || !session_->alive(); });
+      continue;
+    }
+    // Wait first: a server that just died is rarely back within 0 ms, and
+    // this keeps a crash loop from turning into a connect storm.
+    session_down_.wait_for(lock, absl::ToChronoNanoseconds(backoff),
+                           [&] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    const absl::Status connected = Connect();
+    lock.lock();
+    if (!connected.ok()) {
+      backoff = std::min(backoff * 2, options_.reconnect_backoff_max);
+    }
+  }
+}
+
+absl::Status SessionLink::Connect() {
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    if (session_ && session_->alive()) return absl::OkStatus();
+  }
+  absl::StatusOr<Handshaken> handshaken = ClientHandshake(shm_path_, options_);
+  if (!handshaken.ok()) {
+    LogConnectFailure(handshaken.status());
+    return handshaken.status();
+  }
+  std::weak_ptr<SessionLink> weak = weak_from_this();
+  // The closed handler learns which session closed through a weak pointer
+  // filled in before the session starts.
+  auto self = std::make_shared<std::weak_ptr<Session>>();
+  std::shared_ptr<Session> session = Session::Create(
+      std::move(*handshaken),
+      [weak](const shm::ReceivedMessage& message) {
+        if (auto link = weak.lock()) link->OnFrame(message);
+      },
+      [weak, self](const absl::Status& status) {
+        if (auto link = weak.lock()) link->OnClosed(self->lock(), status);
+      },
+      options_.max_block_bytes);
+  *self = session;
+  std::shared_ptr<Session> replaced;
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    if (stopping_) return absl::CancelledError("channel is being destroyed");
+    replaced = std::exchange(session_, session);
+    if (replaced) replaced_sessions_ += replaced->send_path_stats();
+    // Started under the lock: whoever shuts it down reads session_ after.
+    session->Start();
+  }
+  sessions_opened_.fetch_add(1, std::memory_order_relaxed);
+  if (replaced) replaced->Shutdown();
+  return absl::OkStatus();
+}
+
+void SessionLink::LogConnectFailure(const absl::Status& status) {
+  // A server without an shm socket is the documented plain case, and a
+  // restarting server is retried with backoff: neither is news. Anything
+  // else (no memory for the segment, a refusal, a bad peer) is said once per
+  // distinct reason, so a channel that stays plain says why.
+  if (IsNoShmSocket(status) || status.ToString() == last_logged_failure_) {
+    return;
+  }
+  last_logged_failure_ = status.ToString();
+  ShmLog("client to ", shm_path_,
+         ": no shm session, calls go plain: ", last_logged_failure_);
+}
+
+std::shared_ptr<Session> SessionLink::session() {
+  std::lock_guard<std::mutex> lock(session_mu_);
+  if (session_ && session_->alive()) return session_;
+  return nullptr;
+}
+
+uint64_t SessionLink::Register(const std::shared_ptr<ClientCall>& call,
+                               const Session& session) {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  // A session marks itself dead before OnClosed takes calls_mu_ to abort
+  // the registered calls, so a call either is aborted there or sees this.
+  if (!session.alive()) return 0;
+  const uint64_t id = next_stream_id_++;
+  calls_.emplace(id, call);
+  return id;
+}
+
+void SessionLink::Unregister(uint64_t stream_id) {
+  std::shared_ptr<ClientCall> call;
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  auto it = calls_.find(stream_id);
+  if (it == calls_.end()) return;
+  call = std::move(it->second);  // destroyed after the lock is released
+  calls_.erase(it);
+}
+
+void SessionLink::OnFrame(const shm::ReceivedMessage& message) {
+  std::shared_ptr<ClientCall> call;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    auto it = calls_.find(message.descriptor.tag);
+    if (it != calls_.end()) call = it->second;
+  }
+  if (call) {
+    call->OnFrame(message);
+    return;
+  }
+  // The call already ended (cancelled, deadline): nothing waits for this.
+  if (std::shared_ptr<Session> s = session()) s->Release(message);
+}
+
+void SessionLink::OnClosed(const std::shared_ptr<Session>& session,
+                           const absl::Status& status) {
+  ShmLog("client session to ", shm_path_, " closed: ", status.ToString());
+  sessions_closed_.fetch_add(1, std::memory_order_relaxed);
+  if (session) {
+    blocks_reclaimed_.fetch_add(session->blocks_reclaimed(),
+                                std::memory_order_relaxed);
+  }
+  std::vector<std::shared_ptr<ClientCall>> calls;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    for (auto& [id, call] : calls_) calls.push_back(call);
+  }
+  for (auto& call : calls) {
+    call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                             "shm session to the server closed"),
+                /*tell_server=*/false, &calls_aborted_by_close_);
+  }
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);  // pairs with the wait
+  }
+  session_down_.notify_all();
+}
+
+LinkStats SessionLink::Stats() {
+  LinkStats stats;
+  stats.sessions_opened = sessions_opened_.load(std::memory_order_relaxed);
+  stats.sessions_closed = sessions_closed_.load(std::memory_order_relaxed);
+  stats.calls_aborted_by_close =
+      calls_aborted_by_close_.load(std::memory_order_relaxed);
+  stats.blocks_reclaimed = blocks_reclaimed_.load(std::memory_order_relaxed);
+  std::shared_ptr<Session> current;
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    current = session_;
+    stats.send_paths = replaced_sessions_;
+  }
+  if (current) {
+    stats.send_paths += current->send_path_stats();
+    stats.session_alive = current->alive();
+    stats.session = current->Stats();
+  }
+  return stats;
+}
+
+}  // namespace shmgrpc::transport

@@ -1,0 +1,109 @@
+// SessionLink: a client's shm session to one server, shared by every channel
+// of this process that names the same handshake socket with the same
+// session options, as gRPC shares one subchannel (connection) among its
+// channels to one target. N channels to a server cost one pair of arenas,
+// one handshake and one spinning session thread per side, not N.
+//
+// A link keeps its session open: it re-opens it, with exponential backoff,
+// whenever it is down (server restarted, server without shm yet). It routes
+// incoming frames to calls by stream id, and ends the calls of a session
+// that closes UNAVAILABLE. The session closes when the last channel using
+// the link lets go of it. Thread-safe.
+#ifndef SHMGRPC_TRANSPORT_SESSION_LINK_H_
+#define SHMGRPC_TRANSPORT_SESSION_LINK_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "shm/endpoint.h"
+#include "transport/options.h"
+#include "transport/session.h"
+
+namespace shmgrpc::transport {
+
+class ClientCall;
+
+// What a link's sessions did, all of them so far.
+struct LinkStats {
+  uint64_t sessions_opened = 0;         // the first one included
+  uint64_t sessions_closed = 0;         // peer gone or connection broken
+  uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
+  uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
+  SendPathStats send_paths;             // messages chained or sent inline
+  bool session_alive = false;
+  shm::EndpointStats session;  // the current session's; zero when none
+};
+
+class SessionLink : public std::enable_shared_from_this<SessionLink> {
+ public:
+  // The link to `shm_path` for `options`: the one another channel of this
+  // process already holds when `shared` and its session options are equal
+  // (see SessionKey), else a new one. A new link tries one handshake before
+  // it is returned (so the first calls can use the session; a concurrent
+  // Get for the same link waits for that attempt), then keeps trying in the
+  // background.
+  static std::shared_ptr<SessionLink> Get(const std::string& shm_path,
+                                          const Options& options, bool shared);
+  ~SessionLink();
+  SessionLink(const SessionLink&) = delete;
+  SessionLink& operator=(const SessionLink&) = delete;
+
+  // The live session, or nullptr.
+  std::shared_ptr<Session> session();
+  // Calls register once hijacked and unregister when they end. Returns the
+  // stream id, or 0 when `session` has closed meanwhile (go plain).
+  uint64_t Register(const std::shared_ptr<ClientCall>& call,
+                    const Session& session);
+  void Unregister(uint64_t stream_id);
+
+  LinkStats Stats();
+
+ private:
+  SessionLink(std::string shm_path, Options options);
+  // The fields of `options` a session depends on: channels differing only
+  // in per-call options (limits, metadata, methods, stream windows) share.
+  static std::string SessionKey(const std::string& shm_path,
+                                const Options& options);
+  void StartOnce();
+  // Opens a session unless one is alive. Unavailable when the server has no
+  // shm socket (the channels then work over plain gRPC).
+  absl::Status Connect();
+  void ReconnectLoop();
+  // Only from Connect(), which runs on one thread at a time (StartOnce, then
+  // the reconnect thread).
+  void LogConnectFailure(const absl::Status& status);
+  void OnFrame(const shm::ReceivedMessage& message);
+  void OnClosed(const std::shared_ptr<Session>& session,
+                const absl::Status& status);
+
+  const std::string shm_path_;
+  const Options options_;
+  std::once_flag started_;
+
+  std::mutex session_mu_;
+  std::shared_ptr<Session> session_;
+  bool stopping_ = false;                 // guarded by session_mu_
+  std::condition_variable session_down_;  // a close, or stopping_
+  std::thread reconnect_thread_;
+  std::string last_logged_failure_;  // see LogConnectFailure
+  // Send paths of sessions already replaced (guarded by session_mu_).
+  SendPathStats replaced_sessions_;
+
+  std::mutex calls_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<ClientCall>> calls_;
+  uint64_t next_stream_id_ = 1;
+
+  std::atomic<uint64_t> sessions_opened_{0}, sessions_closed_{0},
+      calls_aborted_by_close_{0}, blocks_reclaimed_{0};
+};
+
+}  // namespace shmgrpc::transport
+
+#endif  // SHMGRPC_TRANSPORT_SESSION_LINK_H_
