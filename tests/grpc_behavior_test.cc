@@ -673,6 +673,128 @@ TEST_F(BehaviorTest, GenericStubCallGoesOverThePlainPath) {
   EXPECT_EQ(Stats().calls_on_shm, 0u);
 }
 
+// An application's own client interceptor, as a tracing or auth one would
+// be: it adds metadata, replaces EchoRequests with copies whose seq is
+// 1000 higher (and, on bidi streams, serializes them itself, so that shm
+// sends gRPC's bytes), and counts the messages and statuses it sees. (Only
+// for generated-stub calls: a GenericStub's send message is a ByteBuffer.)
+class AppInterceptor : public grpc::experimental::Interceptor {
+ public:
+  struct Seen {
+    std::atomic<int> messages{0};
+    std::atomic<int> ok_statuses{0};
+    std::atomic<size_t> serialized_bytes{0};
+  };
+  AppInterceptor(grpc::experimental::ClientRpcInfo* info, Seen* seen)
+      : info_(info), seen_(seen) {}
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    using Hook = grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace("x-app-interceptor", "seen");
+    }
+    if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_MESSAGE) &&
+        methods->GetSendMessage() != nullptr) {
+      replacement_ =
+          *static_cast<const EchoRequest*>(methods->GetSendMessage());
+      replacement_.set_seq(replacement_.seq() + 1000);
+      methods->ModifySendMessage(&replacement_);
+      // As a size-logging interceptor would; shm then sends gRPC's bytes.
+      if (info_->type() ==
+          grpc::experimental::ClientRpcInfo::Type::BIDI_STREAMING) {
+        seen_->serialized_bytes.fetch_add(
+            methods->GetSerializedSendMessage()->Length());
+      }
+    }
+    if (methods->QueryInterceptionHookPoint(Hook::POST_RECV_MESSAGE) &&
+        methods->GetRecvMessage() != nullptr) {
+      seen_->messages.fetch_add(1);
+    }
+    if (methods->QueryInterceptionHookPoint(Hook::POST_RECV_STATUS) &&
+        methods->GetRecvStatus()->ok()) {
+      seen_->ok_statuses.fetch_add(1);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ClientRpcInfo* const info_;
+  Seen* const seen_;
+  EchoRequest replacement_;  // alive until the send completes
+};
+
+class AppInterceptorFactory
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit AppInterceptorFactory(AppInterceptor::Seen* seen) : seen_(seen) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* info) override {
+    return new AppInterceptor(info, seen_);
+  }
+
+ private:
+  AppInterceptor::Seen* const seen_;
+};
+
+// The application's own client interceptors see shm calls as plain ones:
+// metadata they add reaches the handler, a request they replace is the one
+// sent, and they see every reply message and the status, on shm calls and
+// on a call that goes plain.
+TEST_F(BehaviorTest, ApplicationInterceptorsSeeShmCalls) {
+  AppInterceptor::Seen seen;
+  std::vector<
+      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<AppInterceptorFactory>(&seen));
+  Options options;
+  options.max_shm_metadata_bytes = 128;
+  auto channel = experimental::CreateCustomChannelWithInterceptors(
+      server_->target(), grpc::InsecureChannelCredentials(),
+      grpc::ChannelArguments(), std::move(interceptors), options);
+  auto stub = EchoService::NewStub(channel);
+
+  EchoRequest request;
+  FillRequest(&request, 100, 1);
+  request.set_add_metadata(true);
+  EchoResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  grpc::Status status = stub->Unary(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_NE(response.peer_pid(), "") << "not over shm";
+  EXPECT_EQ(response.seq(), 1001);
+  EXPECT_EQ(response.request_metadata().at("x-app-interceptor"), "seen");
+
+  grpc::ClientContext stream_context;
+  stream_context.set_deadline(In(absl::Seconds(10)));
+  auto stream = stub->Bidi(&stream_context);
+  for (int64_t seq = 1; seq <= 3; ++seq) {
+    FillRequest(&request, 100, seq);
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.seq(), seq + 1000);
+  }
+  stream->WritesDone();
+  status = stream->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 2u);
+  EXPECT_GT(seen.serialized_bytes.load(), 300u);
+
+  // Over 128 bytes of request metadata: this call goes plain.
+  FillRequest(&request, 100, 5);
+  grpc::ClientContext plain_context;
+  plain_context.set_deadline(In(absl::Seconds(10)));
+  plain_context.AddMetadata("x-large", std::string(200, 'v'));
+  status = stub->Unary(&plain_context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.peer_pid(), "") << "not plain";
+  EXPECT_EQ(response.seq(), 1005);
+  EXPECT_EQ(response.request_metadata().at("x-app-interceptor"), "seen");
+  EXPECT_EQ(seen.messages.load(), 5);
+  EXPECT_EQ(seen.ok_statuses.load(), 3);
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_plain_large_metadata, 1u);
+}
+
 // CreateChannel in gRPC's shape takes the plain channel's credentials, and
 // only the plain path uses them: a channel with LocalCredentials(UDS) to a
 // server whose port takes LocalServerCredentials(UDS) works over shm and

@@ -113,6 +113,20 @@ std::shared_ptr<grpc::Channel> CreateCustomChannel(
     const std::string& target,
     const std::shared_ptr<grpc::ChannelCredentials>& credentials,
     const grpc::ChannelArguments& args, const Options& options) {
+  return experimental::CreateCustomChannelWithInterceptors(target, credentials,
+                                                           args, {}, options);
+}
+
+namespace experimental {
+
+std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args,
+    std::vector<
+        std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+        interceptor_creators,
+    const Options& options) {
   const std::string path = UnixPathOf(target);
   // Channels share a session as gRPC channels share a subchannel: unless
   // told to keep their own.
@@ -121,13 +135,12 @@ std::shared_ptr<grpc::Channel> CreateCustomChannel(
   auto core = std::make_shared<transport::ClientCore>(
       path.empty() ? "" : path + ".shm", options, LimitsOf(args, options),
       /*share_session=*/!local_pool.has_value() || *local_pool == 0);
-  std::vector<
-      std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
-      factories;
-  factories.push_back(std::make_unique<InterceptorFactory>(core));
+  // Last: it carries hijacked calls, and gRPC runs no interceptor after the
+  // one that hijacks.
+  interceptor_creators.push_back(std::make_unique<InterceptorFactory>(core));
   std::shared_ptr<grpc::Channel> channel =
       grpc::experimental::CreateCustomChannelWithInterceptors(
-          target, credentials, args, std::move(factories));
+          target, credentials, args, std::move(interceptor_creators));
   std::lock_guard<std::mutex> lock(registry_mu);
   auto& registry = Registry();
   for (auto it = registry.begin(); it != registry.end();) {
@@ -136,6 +149,8 @@ std::shared_ptr<grpc::Channel> CreateCustomChannel(
   registry[channel.get()] = core;
   return channel;
 }
+
+}  // namespace experimental
 
 std::optional<ClientStats> GetChannelStats(const grpc::Channel* channel) {
   std::lock_guard<std::mutex> lock(registry_mu);

@@ -6,10 +6,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "grpcpp/channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "grpcpp/support/client_interceptor.h"
 #include "transport/client_core.h"
 #include "transport/options.h"
 
@@ -40,6 +42,22 @@ std::shared_ptr<grpc::Channel> CreateCustomChannel(
     const std::string& target,
     const std::shared_ptr<grpc::ChannelCredentials>& credentials,
     const grpc::ChannelArguments& args, const Options& options = Options());
+
+namespace experimental {
+// As grpc::experimental::CreateCustomChannelWithInterceptors: the
+// application's client interceptors see every call, over shm or plain, with
+// the same hook points (they run before shm's own interceptor, which must be
+// last in the chain because it carries the calls it hijacks). Metadata they
+// add is sent; messages they replace (ModifySendMessage) are the ones sent.
+std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args,
+    std::vector<
+        std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+        interceptor_creators,
+    const Options& options = Options());
+}  // namespace experimental
 
 using transport::ClientStats;
 // Counters of a channel made by CreateChannel (nullopt for other channels).
