@@ -20,10 +20,12 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_logic.h"
@@ -68,17 +70,55 @@ class StatsService final : public ServerStatsService::Service {
   ShmServer* shm_ = nullptr;  // guarded by mu_
 };
 
+// An application's server interceptor (--server_interceptor), as an authz
+// or tracing one would be: it answers every call with initial metadata that
+// names the method and the caller's verified shm pid ("" on plain calls).
+class TaggingServerInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit TaggingServerInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : method_(info->method()) {}
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    using Hook = grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(Hook::POST_RECV_INITIAL_METADATA)) {
+      for (const auto& [key, value] : *methods->GetRecvInitialMetadata()) {
+        if (key == "x-shmgrpc-peer-pid")
+          peer_pid_.assign(value.data(), value.size());
+      }
+    }
+    if (methods->QueryInterceptionHookPoint(Hook::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace("x-server-interceptor",
+                                                 method_ + " " + peer_pid_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string method_;
+  std::string peer_pid_;
+};
+
+class TaggingServerInterceptorFactory
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new TaggingServerInterceptor(info);
+  }
+};
+
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
-    "[--local_credentials]\n";
+    "[--local_credentials] [--server_interceptor]\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
   std::string style = "sync";
   bool with_shm = true;
-  bool local_credentials = false;  // the unix port: LocalServerCredentials
+  bool local_credentials = false;   // the unix port: LocalServerCredentials
+  bool server_interceptor = false;  // TaggingServerInterceptor
   Options options;
   int tcp_port = 0;
   int max_receive_bytes = -1;  // unlimited, for the large-message tests
@@ -126,6 +166,8 @@ int Main(int argc, char** argv) {
       with_shm = false;
     } else if (arg == "--local_credentials") {
       local_credentials = true;
+    } else if (arg == "--server_interceptor") {
+      server_interceptor = true;
     } else {
       std::fprintf(stderr, kUsage, argv[0]);
       std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
@@ -159,6 +201,13 @@ int Main(int argc, char** argv) {
                              grpc::InsecureServerCredentials());
   }
   builder.SetMaxReceiveMessageSize(max_receive_bytes);
+  if (server_interceptor) {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(std::make_unique<TaggingServerInterceptorFactory>());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   if (style == "sync") {
     builder.RegisterService(&sync_service);
   } else if (style == "callback") {

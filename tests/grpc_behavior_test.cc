@@ -795,6 +795,54 @@ TEST_F(BehaviorTest, ApplicationInterceptorsSeeShmCalls) {
   EXPECT_EQ(GetChannelStats(channel.get())->calls_plain_large_metadata, 1u);
 }
 
+// The application's server interceptors (ServerBuilder::experimental()
+// .SetInterceptorCreators) see shm calls, which enter the unchanged server,
+// as they see plain ones, with every server style: the echo server's
+// interceptor answers with the method and the caller's verified shm pid,
+// which it reads from the call's metadata (empty on a plain call).
+TEST(ServerInterceptorTest, SeesShmCallsWithTheVerifiedPeer) {
+  for (const char* style : {"sync", "callback", "async"}) {
+    ServerProcess server(style, {"--server_interceptor"});
+    ASSERT_TRUE(server.status().ok()) << server.status();
+    auto shm_stub = EchoService::NewStub(CreateChannel(server.target()));
+    auto plain_stub = EchoService::NewStub(grpc::CreateChannel(
+        server.target(), grpc::InsecureChannelCredentials()));
+    const std::string pid = std::to_string(getpid());
+    auto tag_of = [](const grpc::ClientContext& context) {
+      auto it = context.GetServerInitialMetadata().find("x-server-interceptor");
+      return it == context.GetServerInitialMetadata().end()
+                 ? std::string("(none)")
+                 : std::string(it->second.data(), it->second.size());
+    };
+    for (auto* stub : {shm_stub.get(), plain_stub.get()}) {
+      const bool shm = stub == shm_stub.get();
+      EchoRequest request;
+      FillRequest(&request, 100, 1);
+      EchoResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(10)));
+      ASSERT_TRUE(stub->Unary(&context, request, &response).ok()) << style;
+      EXPECT_EQ(tag_of(context),
+                "/shmgrpc.test.EchoService/Unary " + (shm ? pid : ""))
+          << style;
+    }
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    auto stream = shm_stub->Bidi(&context);
+    EchoRequest request;
+    FillRequest(&request, 100, 1);
+    EchoResponse response;
+    ASSERT_TRUE(stream->Write(request)) << style;
+    ASSERT_TRUE(stream->Read(&response)) << style;
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok()) << style;
+    EXPECT_EQ(tag_of(context), "/shmgrpc.test.EchoService/Bidi " + pid)
+        << style;
+    EXPECT_EQ(server.Stop(), 0)
+        << style << ": echo_server did not exit cleanly";
+  }
+}
+
 // CreateChannel in gRPC's shape takes the plain channel's credentials, and
 // only the plain path uses them: a channel with LocalCredentials(UDS) to a
 // server whose port takes LocalServerCredentials(UDS) works over shm and
