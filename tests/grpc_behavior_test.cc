@@ -67,6 +67,36 @@ TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
   EXPECT_EQ(Stats().calls_on_shm, 1u);
 }
 
+// Handlers see a user-agent on shm calls as on plain ones (there was none),
+// with the channel's prefix and suffix, and "shmgrpc" where a plain call
+// names its transport.
+TEST_F(BehaviorTest, UserAgentNamesTheClientAndShm) {
+  grpc::ChannelArguments args;
+  args.SetUserAgentPrefix("myapp/1.0");
+  args.SetString(GRPC_ARG_SECONDARY_USER_AGENT_STRING, "build/7");
+  auto shm_channel = CreateChannel(server_->target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server_->target(), grpc::InsecureChannelCredentials(), args);
+  std::string user_agents[2];
+  for (int i = 0; i < 2; ++i) {
+    auto stub = EchoService::NewStub(i == 0 ? shm_channel : plain_channel);
+    EchoRequest request;
+    FillRequest(&request, 10, 1);
+    request.set_add_metadata(true);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    ASSERT_TRUE(stub->Unary(&context, request, &response).ok());
+    EXPECT_EQ(response.peer_pid() != "", i == 0);
+    user_agents[i] = response.request_metadata().at("user-agent");
+  }
+  const std::string common =
+      absl::StrCat("myapp/1.0 grpc-c++/", grpc::Version(), " grpc-c/",
+                   grpc_version_string());
+  EXPECT_EQ(user_agents[0], common + " (linux; shmgrpc) build/7");
+  EXPECT_EQ(user_agents[1], common + " (linux; chttp2) build/7");
+}
+
 // Request metadata larger than Options::max_shm_metadata_bytes (4 KiB) goes
 // plain, so gRPC's own limit decides it exactly as without shm: the same
 // status on the shm channel as on a plain one, for sizes below, between and

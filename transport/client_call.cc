@@ -214,7 +214,7 @@ bool ClientCall::DecideHijack(Batch* m) {
     // (later messages of a hijacked call fall back inline instead); so does
     // one over the send limit, whose verdict is then gRPC's own.
     if (size > session->capacity_bytes() ||
-        size > core_->limits().max_send_message_bytes) {
+        size > core_->settings().max_send_message_bytes) {
       core_->CountPlain(ClientCore::PlainReason::kTooLarge);
       return false;
     }
@@ -295,6 +295,7 @@ void ClientCall::SendHeaders(Batch* m) {
     }
     headers.metadata.emplace_back(key, value);
   }
+  headers.metadata.emplace_back("user-agent", core_->settings().user_agent);
   const uint16_t flags =
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY
           ? codec::kUnaryCallFlag
@@ -343,7 +344,7 @@ void ClientCall::SendMessage(Batch* m) {
                       : first_message_size_.has_value()
                           ? *std::exchange(first_message_size_, std::nullopt)
                           : codec::SerializedSize(*message);
-  const size_t max_bytes = core_->limits().max_send_message_bytes;
+  const size_t max_bytes = core_->settings().max_send_message_bytes;
   if (size > max_bytes) {
     return FailSend(m, absl::ResourceExhaustedError(
                            absl::StrCat("Sent message larger than max (", size,
@@ -456,7 +457,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   std::vector<Completion> ready;
   switch (type) {
     case codec::FrameType::kMessage: {
-      const size_t max_bytes = core_->limits().max_receive_message_bytes;
+      const size_t max_bytes = core_->settings().max_receive_message_bytes;
       std::unique_lock<std::mutex> lock(mu_);
       if (finished_) {
         lock.unlock();
@@ -488,7 +489,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
       // refused by size is over it too): refused as a plain channel would.
       const bool over_limit =
           (metadata.ok() ? MetadataSize(*metadata) : payload.size()) >
-          core_->limits().max_received_metadata_bytes;
+          core_->settings().max_received_metadata_bytes;
       session_->Release(message);
       if (over_limit) {
         Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -515,7 +516,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
           codec::DecodeCallStatus(payload);
       const bool over_limit =
           (status.ok() ? TrailersSize(*status) : payload.size()) >
-          core_->limits().max_received_metadata_bytes;
+          core_->settings().max_received_metadata_bytes;
       session_->Release(message);
       if (!status.ok() && !over_limit) {
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,

@@ -9,9 +9,9 @@
 namespace shmgrpc::transport {
 
 ClientCore::ClientCore(const std::string& shm_path, Options options,
-                       ChannelLimits limits, bool share_session)
+                       ChannelSettings settings, bool share_session)
     : options_(std::move(options)),
-      limits_(limits),
+      settings_(std::move(settings)),
       link_(shm_path.empty()
                 ? nullptr
                 : SessionLink::Get(shm_path, options_, share_session)) {}

@@ -47,9 +47,9 @@ struct ClientStats {
   shm::EndpointStats session;  // zero when there is no session
 };
 
-// The limits a plain channel with the same channel arguments would enforce,
-// applied to shm calls too.
-struct ChannelLimits {
+// What a plain channel with the same channel arguments would do that shm
+// calls do too: enforce its limits, name the client in `user-agent`.
+struct ChannelSettings {
   // The channel's GRPC_ARG_MAX_SEND_MESSAGE_LENGTH and
   // GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH up to what a session carries (64 MiB),
   // or Options::max_message_bytes when the argument is unset.
@@ -58,6 +58,9 @@ struct ChannelLimits {
   // The channel's GRPC_ARG_MAX_METADATA_SIZE (8 KiB by default), which a
   // plain call enforces on the metadata it receives.
   size_t max_received_metadata_bytes = 8192;
+  // Sent with every call as gRPC sends it (with "shmgrpc" as the transport),
+  // including the channel's user-agent prefix and suffix arguments.
+  std::string user_agent;
 };
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
@@ -66,8 +69,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // join another channel's link to the same server when the session options
   // match (false: GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, a session of its own).
   // Returns once the first handshake attempt is over (see SessionLink::Get).
-  ClientCore(const std::string& shm_path, Options options, ChannelLimits limits,
-             bool share_session);
+  ClientCore(const std::string& shm_path, Options options,
+             ChannelSettings settings, bool share_session);
 
   // The live session, or nullptr.
   std::shared_ptr<Session> session() {
@@ -96,12 +99,12 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
 
   const Options& options() const { return options_; }
-  const ChannelLimits& limits() const { return limits_; }
+  const ChannelSettings& settings() const { return settings_; }
   ClientStats Stats();
 
  private:
   const Options options_;
-  const ChannelLimits limits_;
+  const ChannelSettings settings_;
   const std::shared_ptr<SessionLink> link_;  // null: no unix target
 
   std::mutex methods_mu_;

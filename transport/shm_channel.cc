@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "grpc/grpc.h"
 #include "grpc/impl/codegen/grpc_types.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -57,15 +59,47 @@ std::optional<int> IntegerArg(const grpc::ChannelArguments& args,
   return value;
 }
 
-// What a plain channel with `args` would enforce. A message limit set in the
+// A string channel argument, if set (the last setting wins).
+std::optional<std::string> StringArg(const grpc::ChannelArguments& args,
+                                     absl::string_view key) {
+  const grpc_channel_args c_args = args.c_channel_args();
+  std::optional<std::string> value;
+  for (size_t i = 0; i < c_args.num_args; ++i) {
+    const grpc_arg& arg = c_args.args[i];
+    if (arg.type == GRPC_ARG_STRING && key == arg.key) {
+      value = arg.value.string;
+    }
+  }
+  return value;
+}
+
+// gRPC's user-agent, "primary grpc-c/V (linux; chttp2)[ secondary]", with
+// shmgrpc as the transport. The primary string of grpc::ChannelArguments is
+// "grpc-c++/V", after any SetUserAgentPrefix.
+std::string UserAgentOf(const grpc::ChannelArguments& args) {
+  std::string user_agent;
+  if (auto primary = StringArg(args, GRPC_ARG_PRIMARY_USER_AGENT_STRING);
+      primary.has_value() && !primary->empty()) {
+    absl::StrAppend(&user_agent, *primary, " ");
+  }
+  absl::StrAppend(&user_agent, "grpc-c/", grpc_version_string(),
+                  " (linux; shmgrpc)");
+  if (auto secondary = StringArg(args, GRPC_ARG_SECONDARY_USER_AGENT_STRING);
+      secondary.has_value() && !secondary->empty()) {
+    absl::StrAppend(&user_agent, " ", *secondary);
+  }
+  return user_agent;
+}
+
+// What a plain channel with `args` would do. A message limit set in the
 // arguments binds shm calls as it binds plain ones, up to what any peer's
 // session carries: a message that does not fit the arena travels inline,
 // and every endpoint takes inline payloads of 64 MiB (more when its
 // max_message_bytes is larger); negative, gRPC's "unlimited", means that
 // much. Without the argument, Options::max_message_bytes (gRPC's default
 // receive limit) applies.
-transport::ChannelLimits LimitsOf(const grpc::ChannelArguments& args,
-                                  const Options& options) {
+transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
+                                      const Options& options) {
   const size_t carried =
       std::max(options.max_message_bytes, shm::kDefaultMaxInlineBytes);
   auto message_limit = [&](absl::string_view key) {
@@ -73,17 +107,18 @@ transport::ChannelLimits LimitsOf(const grpc::ChannelArguments& args,
     if (!arg.has_value()) return options.max_message_bytes;
     return *arg >= 0 ? std::min(static_cast<size_t>(*arg), carried) : carried;
   };
-  transport::ChannelLimits limits;
-  limits.max_send_message_bytes =
+  transport::ChannelSettings settings;
+  settings.max_send_message_bytes =
       message_limit(GRPC_ARG_MAX_SEND_MESSAGE_LENGTH);
-  limits.max_receive_message_bytes =
+  settings.max_receive_message_bytes =
       message_limit(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH);
   const std::optional<int> metadata =
       IntegerArg(args, GRPC_ARG_MAX_METADATA_SIZE);
   if (metadata.has_value() && *metadata > 0) {
-    limits.max_received_metadata_bytes = static_cast<size_t>(*metadata);
+    settings.max_received_metadata_bytes = static_cast<size_t>(*metadata);
   }
-  return limits;
+  settings.user_agent = UserAgentOf(args);
+  return settings;
 }
 
 }  // namespace
@@ -133,7 +168,7 @@ std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
   const std::optional<int> local_pool =
       IntegerArg(args, GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL);
   auto core = std::make_shared<transport::ClientCore>(
-      path.empty() ? "" : path + ".shm", options, LimitsOf(args, options),
+      path.empty() ? "" : path + ".shm", options, SettingsOf(args, options),
       /*share_session=*/!local_pool.has_value() || *local_pool == 0);
   // Last: it carries hijacked calls, and gRPC runs no interceptor after the
   // one that hijacks.
