@@ -63,7 +63,7 @@ struct ChannelSettings {
   std::string user_agent;
 };
 
-class ClientCore : public std::enable_shared_from_this<ClientCore> {
+class ClientCore {
  public:
   // `shm_path` empty: never a session (not a unix target). `share_session`:
   // join another channel's link to the same server when the session options

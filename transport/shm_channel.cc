@@ -45,32 +45,32 @@ Registry() {
   return *registry;
 }
 
-// An integer channel argument, if set (the last setting wins, as in gRPC).
-std::optional<int> IntegerArg(const grpc::ChannelArguments& args,
-                              absl::string_view key) {
+// The last setting of `key` with `type` in `args` (gRPC honours the last),
+// if any. Points into `args`.
+const grpc_arg* LastArg(const grpc::ChannelArguments& args,
+                        absl::string_view key, grpc_arg_type type) {
   const grpc_channel_args c_args = args.c_channel_args();
-  std::optional<int> value;
+  const grpc_arg* last = nullptr;
   for (size_t i = 0; i < c_args.num_args; ++i) {
-    const grpc_arg& arg = c_args.args[i];
-    if (arg.type == GRPC_ARG_INTEGER && key == arg.key) {
-      value = arg.value.integer;
+    if (c_args.args[i].type == type && key == c_args.args[i].key) {
+      last = &c_args.args[i];
     }
   }
-  return value;
+  return last;
 }
 
-// A string channel argument, if set (the last setting wins).
-std::optional<std::string> StringArg(const grpc::ChannelArguments& args,
-                                     absl::string_view key) {
-  const grpc_channel_args c_args = args.c_channel_args();
-  std::optional<std::string> value;
-  for (size_t i = 0; i < c_args.num_args; ++i) {
-    const grpc_arg& arg = c_args.args[i];
-    if (arg.type == GRPC_ARG_STRING && key == arg.key) {
-      value = arg.value.string;
-    }
-  }
-  return value;
+std::optional<int> IntegerArg(const grpc::ChannelArguments& args,
+                              absl::string_view key) {
+  const grpc_arg* arg = LastArg(args, key, GRPC_ARG_INTEGER);
+  return arg == nullptr ? std::nullopt : std::optional<int>(arg->value.integer);
+}
+
+// Empty when unset.
+std::string StringArg(const grpc::ChannelArguments& args,
+                      absl::string_view key) {
+  const grpc_arg* arg = LastArg(args, key, GRPC_ARG_STRING);
+  return arg == nullptr || arg->value.string == nullptr ? ""
+                                                        : arg->value.string;
 }
 
 // gRPC's user-agent, "primary grpc-c/V (linux; chttp2)[ secondary]", with
@@ -78,15 +78,17 @@ std::optional<std::string> StringArg(const grpc::ChannelArguments& args,
 // "grpc-c++/V", after any SetUserAgentPrefix.
 std::string UserAgentOf(const grpc::ChannelArguments& args) {
   std::string user_agent;
-  if (auto primary = StringArg(args, GRPC_ARG_PRIMARY_USER_AGENT_STRING);
-      primary.has_value() && !primary->empty()) {
-    absl::StrAppend(&user_agent, *primary, " ");
+  if (const std::string primary =
+          StringArg(args, GRPC_ARG_PRIMARY_USER_AGENT_STRING);
+      !primary.empty()) {
+    absl::StrAppend(&user_agent, primary, " ");
   }
   absl::StrAppend(&user_agent, "grpc-c/", grpc_version_string(),
                   " (linux; shmgrpc)");
-  if (auto secondary = StringArg(args, GRPC_ARG_SECONDARY_USER_AGENT_STRING);
-      secondary.has_value() && !secondary->empty()) {
-    absl::StrAppend(&user_agent, " ", *secondary);
+  if (const std::string secondary =
+          StringArg(args, GRPC_ARG_SECONDARY_USER_AGENT_STRING);
+      !secondary.empty()) {
+    absl::StrAppend(&user_agent, " ", secondary);
   }
   return user_agent;
 }
