@@ -317,6 +317,8 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   const std::string socket_path = server->socket_path();
   auto channel = CreateChannel(server->target());
   auto stub = EchoService::NewStub(channel);
+  // Shares the first channel's session (and its reconnects).
+  auto second_stub = EchoService::NewStub(CreateChannel(server->target()));
 
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0}, unavailable{0}, other{0};
@@ -344,6 +346,8 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   server->Kill();
   const uint64_t shm_before = GetChannelStats(channel.get())->calls_on_shm;
   absl::SleepFor(absl::Milliseconds(300));  // the client sees it gone
+  // Gone before its successor binds: its destructor removes the socket files.
+  server.reset();
   server = std::make_unique<ServerProcess>("sync", std::vector<std::string>{},
                                            socket_path);
   ASSERT_TRUE(server->status().ok()) << server->status();
@@ -361,6 +365,12 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   EXPECT_EQ(other.load(), 0) << "only OK or UNAVAILABLE are acceptable";
   EXPECT_GE(stats.sessions_opened, 2u);
   EXPECT_EQ(stats.sessions_closed, 1u);
+  // The channel that shared the session is back on shm too, over the one
+  // session the restarted server accepted.
+  EchoResponse response;
+  ASSERT_TRUE(UnaryEcho(second_stub.get(), 100, 1, &response).ok());
+  EXPECT_NE(response.peer_pid(), "");
+  EXPECT_EQ(FetchServerStats(server->target()).sessions_accepted(), 1u);
   std::printf(
       "restart: %d ok, %d unavailable, sessions opened %lu, plain calls "
       "without a session %lu, shm calls %lu\n",
