@@ -259,6 +259,7 @@ TEST(ServerLimitTest, ServerReceiveLimitAppliesOverShmAsOverPlain) {
     }
   }
   EXPECT_EQ(GetChannelStats(shm_channel.get())->calls_on_shm, 2u);
+  plain_channel.reset();  // else gRPC's shutdown waits 2 s for it
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
@@ -315,6 +316,7 @@ TEST(ServerLimitTest, RaisedChannelLimitsHoldOverShmAsOverPlain) {
   const ClientStats stats = *GetChannelStats(shm_channel.get());
   EXPECT_EQ(stats.calls_on_shm, 3u);
   EXPECT_EQ(stats.calls_plain_too_large, 0u);
+  plain_channel.reset();  // else gRPC's shutdown waits 2 s for it
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
@@ -868,6 +870,9 @@ TEST(ServerInterceptorTest, SeesShmCallsWithTheVerifiedPeer) {
     EXPECT_TRUE(stream->Finish().ok()) << style;
     EXPECT_EQ(tag_of(context), "/shmgrpc.test.EchoService/Bidi " + pid)
         << style;
+    // gRPC's server shutdown waits out its 2 s deadline while a plain
+    // client stays connected.
+    plain_stub.reset();
     EXPECT_EQ(server.Stop(), 0)
         << style << ": echo_server did not exit cleanly";
   }
