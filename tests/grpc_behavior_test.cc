@@ -991,5 +991,43 @@ TEST(NoShmServerTest, ChannelFallsBackToPlainGrpc) {
   EXPECT_EQ(stats.calls_plain_no_session, 1u);
 }
 
+// A channel made once the server offers shm gets it for its first call,
+// although an older channel to the same server, made while it had none,
+// holds a session link that is waiting out its reconnect backoff: joining
+// the link tries a handshake at once, as a channel of its own would.
+TEST(NoShmServerTest, ChannelMadeAfterShmAppearsUsesItAtOnce) {
+  auto server = std::make_unique<ServerProcess>(
+      "sync", std::vector<std::string>{"--no-shm"});
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  const std::string socket_path = server->socket_path();
+  Options options;
+  options.reconnect_backoff_initial = absl::Seconds(30);
+  options.reconnect_backoff_max = absl::Seconds(30);
+  auto early = CreateChannel(server->target(), options);
+  auto early_stub = EchoService::NewStub(early);
+  EchoResponse response;
+  ASSERT_TRUE(UnaryEcho(early_stub.get(), 100, 1, &response).ok());
+  EXPECT_EQ(response.peer_pid(), "");
+  EXPECT_EQ(server->Stop(), 0);
+  server.reset();
+  server = std::make_unique<ServerProcess>("sync", std::vector<std::string>{},
+                                           socket_path);
+  ASSERT_TRUE(server->status().ok()) << server->status();
+
+  auto late = CreateChannel(server->target(), options);
+  auto late_stub = EchoService::NewStub(late);
+  ASSERT_TRUE(UnaryEcho(late_stub.get(), 100, 2, &response).ok());
+  EXPECT_NE(response.peer_pid(), "") << "the first call did not use shm";
+  // The session is the link's: the early channel has it now too.
+  ASSERT_TRUE(UnaryEcho(early_stub.get(), 100, 3, &response).ok());
+  EXPECT_NE(response.peer_pid(), "");
+  EXPECT_EQ(FetchServerStats(server->target()).sessions_accepted(), 1u);
+  early_stub.reset();
+  early.reset();  // its plain connection would hold up the server's exit
+  late_stub.reset();
+  late.reset();
+  EXPECT_EQ(server->Stop(), 0);
+}
+
 }  // namespace
 }  // namespace shmgrpc::test

@@ -49,6 +49,7 @@ std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
                                               const Options& options,
                                               bool shared) {
   std::shared_ptr<SessionLink> link;
+  bool joined = false;
   if (!shared) {
     link.reset(new SessionLink(shm_path, options));
   } else {
@@ -57,6 +58,7 @@ std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
     auto& registry = Registry();
     auto it = registry.find(key);
     if (it != registry.end()) link = it->second.lock();
+    joined = link != nullptr;
     if (!link) {
       for (auto i = registry.begin(); i != registry.end();) {
         i = i->second.expired() ? registry.erase(i) : std::next(i);
@@ -65,7 +67,9 @@ std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
       registry[key] = link;
     }
   }
-  link->StartOnce();  // outside registry_mu: a handshake takes ~20 ms
+  // Outside registry_mu: a handshake takes ~20 ms.
+  link->StartOnce();
+  if (joined) link->Connect().IgnoreError();  // no-op while the session is up
   return link;
 }
 
@@ -116,6 +120,7 @@ void SessionLink::ReconnectLoop() {
 }
 
 absl::Status SessionLink::Connect() {
+  std::lock_guard<std::mutex> connecting(connect_mu_);
   {
     std::lock_guard<std::mutex> lock(session_mu_);
     if (session_ && session_->alive()) return absl::OkStatus();

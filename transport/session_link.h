@@ -45,9 +45,10 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
  public:
   // The link to `shm_path` for `options`: the one another channel of this
   // process already holds when `shared` and its session options are equal
-  // (see SessionKey), else a new one. A new link tries one handshake before
-  // it is returned (so the first calls can use the session; a concurrent
-  // Get for the same link waits for that attempt), then keeps trying in the
+  // (see SessionKey), else a new one. Either way, unless its session is up,
+  // one handshake is tried before it is returned, so that the new channel's
+  // first calls can use the session as soon as the server offers one (and
+  // do not wait out the link's backoff); the link keeps trying in the
   // background.
   static std::shared_ptr<SessionLink> Get(const std::string& shm_path,
                                           const Options& options, bool shared);
@@ -73,11 +74,12 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
                                 const Options& options);
   void StartOnce();
   // Opens a session unless one is alive. Unavailable when the server has no
-  // shm socket (the channels then work over plain gRPC).
+  // shm socket (the channels then work over plain gRPC). One at a time:
+  // two racing handshakes would each install a session, and the second
+  // would end the calls already on the first.
   absl::Status Connect();
   void ReconnectLoop();
-  // Only from Connect(), which runs on one thread at a time (StartOnce, then
-  // the reconnect thread).
+  // Only from Connect(), under connect_mu_.
   void LogConnectFailure(const absl::Status& status);
   void OnFrame(const shm::ReceivedMessage& message);
   void OnClosed(const std::shared_ptr<Session>& session,
@@ -86,13 +88,14 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   const std::string shm_path_;
   const Options options_;
   std::once_flag started_;
+  std::mutex connect_mu_;  // held through Connect()
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;
   bool stopping_ = false;                 // guarded by session_mu_
   std::condition_variable session_down_;  // a close, or stopping_
   std::thread reconnect_thread_;
-  std::string last_logged_failure_;  // see LogConnectFailure
+  std::string last_logged_failure_;  // guarded by connect_mu_
   // Send paths of sessions already replaced (guarded by session_mu_).
   SendPathStats replaced_sessions_;
 
