@@ -661,6 +661,41 @@ TEST_F(BehaviorTest, ChannelsToOneServerShareOneSession) {
   EXPECT_EQ(server.sessions_accepted(), 3u);
 }
 
+// Channels made and dropped by eight threads at once, all to one server:
+// joining a link, making a new one while the last channel of the old one is
+// closing it, and reconnecting race each other. Every call succeeds over
+// shm, and the server ends idle.
+TEST_F(BehaviorTest, ChannelChurnFromManyThreadsSharesSafely) {
+  stub_.reset();
+  channel_.reset();  // so that links come and go with the threads' channels
+  constexpr int kThreads = 8, kChannelsEach = 25;
+  std::atomic<int> on_shm{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kChannelsEach; ++i) {
+        auto stub = EchoService::NewStub(CreateChannel(server_->target()));
+        EchoResponse response;
+        const grpc::Status status =
+            UnaryEcho(stub.get(), 512, t * 1000 + i, &response);
+        if (!status.ok() || !PayloadIntact(response)) {
+          failed.fetch_add(1);
+        } else if (!response.peer_pid().empty()) {
+          on_shm.fetch_add(1);
+        }
+        stub.reset();  // sometimes the last channel of its link
+        absl::SleepFor(absl::Milliseconds((t + i) % 4));
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(on_shm.load(), kThreads * kChannelsEach);
+  const ServerStatsReply stats = ExpectServerIdle(server_->target());
+  std::printf("%d channels: %lu sessions\n", kThreads * kChannelsEach,
+              static_cast<unsigned long>(stats.sessions_accepted()));
+}
+
 // A GenericStub Unary echo of a 100-byte payload (never hijacked: not a
 // protobuf call, so it travels the channel's plain path).
 grpc::Status GenericUnaryEcho(const std::shared_ptr<grpc::Channel>& channel,
