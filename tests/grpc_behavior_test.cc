@@ -69,7 +69,8 @@ TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
 
 // Handlers see a user-agent on shm calls as on plain ones (there was none),
 // with the channel's prefix and suffix, and "shmgrpc" where a plain call
-// names its transport.
+// names its transport; one the app puts in its metadata is replaced, as
+// gRPC replaces it.
 TEST_F(BehaviorTest, UserAgentNamesTheClientAndShm) {
   grpc::ChannelArguments args;
   args.SetUserAgentPrefix("myapp/1.0");
@@ -86,6 +87,7 @@ TEST_F(BehaviorTest, UserAgentNamesTheClientAndShm) {
     EchoResponse response;
     grpc::ClientContext context;
     context.set_deadline(In(absl::Seconds(10)));
+    context.AddMetadata("user-agent", "ignored/1");  // gRPC sends its own
     ASSERT_TRUE(stub->Unary(&context, request, &response).ok());
     EXPECT_EQ(response.peer_pid() != "", i == 0);
     user_agents[i] = response.request_metadata().at("user-agent");

@@ -284,6 +284,9 @@ void ClientCall::SendHeaders(Batch* m) {
     headers.deadline_unix_nanos = absl::ToUnixNanos(deadline_);
   }
   for (const auto& [key, value] : *m->GetSendInitialMetadata()) {
+    // A plain channel's transport sends its own user-agent in place of the
+    // app's (added below, as gRPC would).
+    if (key == "user-agent") continue;
     // A plain channel aborts the process here (gRPC's API-misuse assert);
     // over shm the call fails instead.
     if (absl::Status legal = codec::CheckMetadataEntry(key, value);
