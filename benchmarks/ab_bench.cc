@@ -14,9 +14,7 @@
 // protobuf message whose payload the server checksums; replies are checked.
 // Per row: latency percentiles, QPS, payload MB/s, CPU time and context
 // switches per call of both processes, and shm fallbacks.
-#include <netinet/in.h>
 #include <sched.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -244,19 +242,6 @@ void PinProcess(pid_t pid, int cpu) {
   while (ls && std::fgets(line, sizeof(line), ls.get()) != nullptr) {
     sched_setaffinity(std::atoi(line), sizeof(set), &set);
   }
-}
-
-int FreeTcpPort() {
-  const int sock = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len);
-  const int port = ntohs(addr.sin_port);
-  close(sock);
-  return port;
 }
 
 grpc::ChannelArguments UnlimitedArgs() {
@@ -513,7 +498,7 @@ int Main(int argc, char** argv) {
   // UDS and TCP.
   std::map<std::string, std::unique_ptr<testing::ServerProcess>> servers;
   std::vector<TransportSpec> transports;
-  const int tcp_port = FreeTcpPort();
+  const int tcp_port = testing::FreeTcpPort();
   auto server_for = [&](const std::string& wait) -> testing::ServerProcess* {
     auto& server = servers[wait];
     if (!server) {

@@ -1028,6 +1028,27 @@ TEST(NoShmServerTest, ChannelFallsBackToPlainGrpc) {
   EXPECT_EQ(stats.calls_plain_no_session, 1u);
 }
 
+// A channel to a target that is not a unix socket has no session and makes
+// no handshake: its calls go plain and succeed.
+TEST(NoShmServerTest, NonUnixTargetsArePlainGrpc) {
+  const int port = testing::FreeTcpPort();
+  ServerProcess server("sync", {absl::StrCat("--tcp_port=", port)});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(absl::StrCat("127.0.0.1:", port));
+  auto stub = EchoService::NewStub(channel);
+  EchoResponse response;
+  ASSERT_TRUE(UnaryEcho(stub.get(), 4096, 1, &response).ok());
+  EXPECT_TRUE(PayloadIntact(response));
+  EXPECT_EQ(response.peer_pid(), "");
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_plain_no_session, 1u);
+  EXPECT_EQ(stats.sessions_opened, 0u);
+  EXPECT_EQ(FetchServerStats(server.target()).sessions_accepted(), 0u);
+  stub.reset();
+  channel.reset();  // else gRPC's shutdown waits 2 s for it
+  EXPECT_EQ(server.Stop(), 0);
+}
+
 // A channel made once the server offers shm gets it for its first call,
 // although an older channel to the same server, made while it had none,
 // holds a session link that is waiting out its reconnect backoff: joining

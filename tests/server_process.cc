@@ -1,8 +1,10 @@
 #include "tests/server_process.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +24,19 @@ std::atomic<int> next_socket{0};
 
 }  // namespace
 
+int FreeTcpPort() {
+  const int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+  close(sock);
+  return port;
+}
+
 std::string RunfilePath(const std::string& relative) {
   if (const char* srcdir = std::getenv("TEST_SRCDIR")) {
     const char* workspace = std::getenv("TEST_WORKSPACE");
@@ -37,8 +52,7 @@ std::string RunfilePath(const std::string& relative) {
     const std::string in_runfiles = exe + ".runfiles/shmgrpc/" + relative;
     if (access(in_runfiles.c_str(), X_OK) == 0) return in_runfiles;
     const std::string dir = exe.substr(0, exe.rfind('/'));
-    const std::string sibling =
-        dir.substr(0, dir.rfind('/')) + "/" + relative;
+    const std::string sibling = dir.substr(0, dir.rfind('/')) + "/" + relative;
     if (access(sibling.c_str(), X_OK) == 0) return sibling;
   }
   return relative;
@@ -75,8 +89,8 @@ ChildProcess::ChildProcess(std::vector<std::string> args,
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (seen.find(ready_line + "\n") == std::string::npos) {
     pollfd pfd{out[0], POLLIN, 0};
-    const int left = static_cast<int>(
-        absl::ToInt64Milliseconds(deadline - absl::Now()));
+    const int left =
+        static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
     if (left <= 0 || poll(&pfd, 1, left) <= 0) {
       status_ = absl::DeadlineExceededError(
           absl::StrCat(args[0], " did not print '", ready_line, "'"));

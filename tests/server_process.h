@@ -66,6 +66,9 @@ class ServerProcess {
 // A fresh unix socket path for this test process.
 std::string FreshSocketPath();
 
+// A loopback TCP port free at the time of the call (the kernel's pick).
+int FreeTcpPort();
+
 // Path of a binary built next to the test (Bazel runfiles aware).
 std::string RunfilePath(const std::string& relative);
 
