@@ -111,7 +111,9 @@ constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
-    "[--local_credentials] [--server_interceptor]\n";
+    "[--local_credentials] [--server_interceptor] [--abstract]\n"
+    "  --abstract: serve on unix-abstract:PATH (the socket path as an "
+    "abstract name, no file)\n";
 
 int Main(int argc, char** argv) {
   std::string socket_path;
@@ -119,6 +121,7 @@ int Main(int argc, char** argv) {
   bool with_shm = true;
   bool local_credentials = false;   // the unix port: LocalServerCredentials
   bool server_interceptor = false;  // TaggingServerInterceptor
+  bool abstract = false;            // unix-abstract: target
   Options options;
   int tcp_port = 0;
   int max_receive_bytes = -1;  // unlimited, for the large-message tests
@@ -168,6 +171,8 @@ int Main(int argc, char** argv) {
       local_credentials = true;
     } else if (arg == "--server_interceptor") {
       server_interceptor = true;
+    } else if (arg == "--abstract") {
+      abstract = true;
     } else {
       std::fprintf(stderr, kUsage, argv[0]);
       std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
@@ -181,8 +186,9 @@ int Main(int argc, char** argv) {
   }
   signal(SIGTERM, OnSignal);
   signal(SIGINT, OnSignal);
-  const std::string target = "unix:" + socket_path;
-  unlink(socket_path.c_str());
+  const std::string target =
+      (abstract ? "unix-abstract:" : "unix:") + socket_path;
+  if (!abstract) unlink(socket_path.c_str());
 
   SyncEchoService sync_service;
   CallbackEchoService callback_service;

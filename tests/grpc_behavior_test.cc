@@ -1049,6 +1049,34 @@ TEST(NoShmServerTest, NonUnixTargetsArePlainGrpc) {
   EXPECT_EQ(server.Stop(), 0);
 }
 
+// A server on an abstract unix socket ("unix-abstract:name", no file) serves
+// shm on the abstract name "name.shm"; a client of one without shm goes
+// plain. Neither leaves a file behind.
+TEST(AbstractSocketTest, ShmOverAbstractNames) {
+  for (const bool with_shm : {true, false}) {
+    std::vector<std::string> args = {"--abstract"};
+    if (!with_shm) args.push_back("--no-shm");
+    ServerProcess server("sync", args);
+    ASSERT_TRUE(server.status().ok()) << server.status();
+    const std::string target = "unix-abstract:" + server.socket_path();
+    auto channel = CreateChannel(target);
+    auto stub = EchoService::NewStub(channel);
+    EchoResponse response;
+    ASSERT_TRUE(UnaryEcho(stub.get(), 4096, 1, &response).ok()) << with_shm;
+    EXPECT_TRUE(PayloadIntact(response));
+    EXPECT_EQ(response.peer_pid() != "", with_shm);
+    EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, with_shm ? 1u : 0u);
+    if (with_shm) {
+      EXPECT_EQ(FetchServerStats(target).sessions_accepted(), 1u);
+    }
+    EXPECT_NE(access(server.socket_path().c_str(), F_OK), 0);
+    EXPECT_NE(access((server.socket_path() + ".shm").c_str(), F_OK), 0);
+    stub.reset();
+    channel.reset();  // its plain connection would hold up the server's exit
+    EXPECT_EQ(server.Stop(), 0);
+  }
+}
+
 // A channel made once the server offers shm gets it for its first call,
 // although an older channel to the same server, made while it had none,
 // holds a session link that is waiting out its reconnect backoff: joining

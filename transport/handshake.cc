@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -83,36 +84,55 @@ MapPeer(int fd, uint64_t data_bytes, uint32_t ring_slots) {
 
 namespace {
 
-// A unix socket and its address, or why not.
-absl::StatusOr<std::pair<int, sockaddr_un>> UnixSocketFor(
-    const std::string& path) {
-  sockaddr_un addr{};
+// A unix socket, its address and the address's length, or why not.
+struct UnixSocket {
+  int fd;
+  sockaddr_un addr;
+  socklen_t addr_len;
+};
+absl::StatusOr<UnixSocket> UnixSocketFor(const std::string& path) {
+  UnixSocket unix_socket{-1, {}, 0};
+  sockaddr_un& addr = unix_socket.addr;
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("socket path too long: ", path));
+  // A file path ends with its NUL; an abstract name is exactly its bytes.
+  const size_t bytes =
+      IsAbstractSocketPath(path) ? path.size() : path.size() + 1;
+  if (path.empty() || bytes > sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bad unix socket address: '", PrintableSocketPath(path), "'"));
   }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  const int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (sock < 0) {
+  std::memcpy(addr.sun_path, path.data(), bytes);
+  unix_socket.addr_len =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + bytes);
+  unix_socket.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (unix_socket.fd < 0) {
     return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   }
-  return std::make_pair(sock, addr);
+  return unix_socket;
 }
 
 }  // namespace
 
+bool IsAbstractSocketPath(const std::string& path) {
+  return !path.empty() && path[0] == '\0';
+}
+
+std::string PrintableSocketPath(const std::string& path) {
+  return IsAbstractSocketPath(path) ? "@" + path.substr(1) : path;
+}
+
 absl::StatusOr<int> ConnectUnix(const std::string& path) {
-  auto socket_and_address = UnixSocketFor(path);
-  if (!socket_and_address.ok()) return socket_and_address.status();
-  auto& [sock, addr] = *socket_and_address;
-  if (connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+  absl::StatusOr<UnixSocket> unix_socket = UnixSocketFor(path);
+  if (!unix_socket.ok()) return unix_socket.status();
+  if (connect(unix_socket->fd,
+              reinterpret_cast<const sockaddr*>(&unix_socket->addr),
+              unix_socket->addr_len) != 0) {
     const int err = errno;
-    close(sock);
-    return absl::UnavailableError(
-        absl::StrCat("connect ", path, ": ", strerror(err)));
+    close(unix_socket->fd);
+    return absl::UnavailableError(absl::StrCat(
+        "connect ", PrintableSocketPath(path), ": ", strerror(err)));
   }
-  return sock;
+  return unix_socket->fd;
 }
 
 bool IsNoShmSocket(const absl::Status& status) {
@@ -122,18 +142,21 @@ bool IsNoShmSocket(const absl::Status& status) {
 }
 
 absl::StatusOr<int> ListenUnix(const std::string& path) {
-  auto socket_and_address = UnixSocketFor(path);
-  if (!socket_and_address.ok()) return socket_and_address.status();
-  auto& [sock, addr] = *socket_and_address;
-  unlink(path.c_str());  // a stale socket from a previous run
-  if (bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(sock, 128) != 0) {
+  absl::StatusOr<UnixSocket> unix_socket = UnixSocketFor(path);
+  if (!unix_socket.ok()) return unix_socket.status();
+  // A stale socket file from a previous run (an abstract name goes away
+  // with its last socket).
+  if (!IsAbstractSocketPath(path)) unlink(path.c_str());
+  if (bind(unix_socket->fd,
+           reinterpret_cast<const sockaddr*>(&unix_socket->addr),
+           unix_socket->addr_len) != 0 ||
+      listen(unix_socket->fd, 128) != 0) {
     const int err = errno;
-    close(sock);
-    return absl::UnavailableError(
-        absl::StrCat("listen on ", path, ": ", strerror(err)));
+    close(unix_socket->fd);
+    return absl::UnavailableError(absl::StrCat(
+        "listen on ", PrintableSocketPath(path), ": ", strerror(err)));
   }
-  return sock;
+  return unix_socket->fd;
 }
 
 namespace {

@@ -84,6 +84,14 @@ absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
 // Server side, on an accepted socket (same ownership rule).
 absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
 
+// Unix socket addresses below are a file path, or an abstract-namespace
+// name as a NUL byte and the name (what UnixPathOf makes of a
+// "unix-abstract:" target): no file, gone with its last socket, and open to
+// any process in the network namespace, so the peer's uid check matters.
+bool IsAbstractSocketPath(const std::string& path);
+// For messages: an abstract name as "@name", as /proc/net/unix shows it.
+std::string PrintableSocketPath(const std::string& path);
+
 // Connects a SOCK_STREAM unix socket to `path` (CLOEXEC).
 absl::StatusOr<int> ConnectUnix(const std::string& path);
 // True for ClientHandshake's failure when nothing listens at the shm socket

@@ -167,7 +167,7 @@ void SessionLink::LogConnectFailure(const absl::Status& status) {
     return;
   }
   last_logged_failure_ = status.ToString();
-  ShmLog("client to ", shm_path_,
+  ShmLog("client to ", PrintableSocketPath(shm_path_),
          ": no shm session, calls go plain: ", last_logged_failure_);
 }
 
@@ -214,7 +214,8 @@ void SessionLink::OnFrame(const shm::ReceivedMessage& message) {
 
 void SessionLink::OnClosed(const std::shared_ptr<Session>& session,
                            const absl::Status& status) {
-  ShmLog("client session to ", shm_path_, " closed: ", status.ToString());
+  ShmLog("client session to ", PrintableSocketPath(shm_path_),
+         " closed: ", status.ToString());
   sessions_closed_.fetch_add(1, std::memory_order_relaxed);
   if (session) {
     blocks_reclaimed_.fetch_add(session->blocks_reclaimed(),

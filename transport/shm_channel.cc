@@ -128,6 +128,10 @@ transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
 std::string UnixPathOf(const std::string& target) {
   if (absl::StartsWith(target, "unix://")) return target.substr(7);
   if (absl::StartsWith(target, "unix:")) return target.substr(5);
+  constexpr absl::string_view kAbstract = "unix-abstract:";
+  if (absl::StartsWith(target, kAbstract) && target.size() > kAbstract.size()) {
+    return std::string(1, '\0') + target.substr(kAbstract.size());
+  }
   return "";
 }
 

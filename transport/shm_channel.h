@@ -18,7 +18,8 @@
 namespace shmgrpc {
 
 // `target` is the server's plain gRPC address, "unix:/path" (or
-// "unix:///path"); the shm handshake socket is "/path.shm". Protobuf calls
+// "unix:///path", or "unix-abstract:name"); the shm handshake socket is
+// "/path.shm" (abstract: "name.shm"). Protobuf calls
 // are hijacked onto a shm session when one is up; everything else (no
 // session, non-protobuf methods such as a GenericStub's, requests too large
 // for the arena) goes to `target` unchanged. `args` configure the plain
@@ -63,7 +64,8 @@ using transport::ClientStats;
 // Counters of a channel made by CreateChannel (nullopt for other channels).
 std::optional<ClientStats> GetChannelStats(const grpc::Channel* channel);
 
-// "unix:/p" or "unix:///p" -> "/p"; empty when `target` is not a unix one.
+// "unix:/p" or "unix:///p" -> "/p"; "unix-abstract:name" -> "\0name" (the
+// abstract namespace); empty when `target` is not a unix one.
 std::string UnixPathOf(const std::string& target);
 
 }  // namespace shmgrpc

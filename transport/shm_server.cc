@@ -35,8 +35,8 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
     grpc::Server* server, const std::string& target, const Options& options) {
   const std::string path = UnixPathOf(target);
   if (path.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shm needs a unix: target (got '", target, "')"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shm needs a unix: or unix-abstract: target (got '", target, "')"));
   }
   const std::string shm_path = path + ".shm";
   absl::StatusOr<int> fd = transport::ListenUnix(shm_path);
@@ -115,7 +115,8 @@ void ShmServer::Handshake(int sock) {
     if (refusals_log_.ShouldLog(
             absl::StatusCodeToString(handshaken.status().code()), absl::Now(),
             &not_logged)) {
-      ShmLog("refused shm connection on ", shm_path_, ": ",
+      ShmLog("refused shm connection on ",
+             transport::PrintableSocketPath(shm_path_), ": ",
              handshaken.status().ToString(),
              transport::LogRateLimiter::NotLoggedNote(not_logged));
     }
@@ -134,7 +135,8 @@ void ShmServer::Handshake(int sock) {
         // A client that goes away is routine; anything else (a protocol
         // error, a broken inline record) is worth a line.
         if (!absl::IsUnavailable(why) && !why.ok()) {
-          ShmLog("session with pid ", peer_pid, " on ", shm_path_,
+          ShmLog("session with pid ", peer_pid, " on ",
+                 transport::PrintableSocketPath(shm_path_),
                  " ended: ", why.ToString());
         }
         if (auto s = weak.lock()) OnClosed(s);
@@ -257,7 +259,7 @@ void ShmServer::Shutdown() {
   for (std::thread& t : cq_threads_) t.join();
   close(listen_fd_);
   close(wake_fd_);
-  unlink(shm_path_.c_str());
+  if (!transport::IsAbstractSocketPath(shm_path_)) unlink(shm_path_.c_str());
 }
 
 ServerStats ShmServer::Stats() {
