@@ -13,9 +13,12 @@
 //                never answers (for tests that kill this process mid-call).
 //   stream       bidi ping-pong forever; prints "in-call" after 100 round
 //                trips (for tests that kill this process mid-stream).
+#include <grp.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -30,7 +33,8 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
-    "[--mode=unary|hang-unary|stream] [--expect=shm|plain]\n";
+    "[--mode=unary|hang-unary|stream] [--expect=shm|plain] [--uid=N]\n"
+    "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
              size_t size, bool expect_shm) {
@@ -99,6 +103,7 @@ int Main(int argc, char** argv) {
   int calls = 100;
   size_t size = 1024;
   bool expect_shm = true;
+  int uid = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     bool ok = true;
@@ -113,6 +118,8 @@ int Main(int argc, char** argv) {
       ok = mode == "unary" || mode == "hang-unary" || mode == "stream";
     } else if (arg == "--expect=shm" || arg == "--expect=plain") {
       expect_shm = arg == "--expect=shm";
+    } else if (absl::StartsWith(arg, "--uid=")) {
+      ok = absl::SimpleAtoi(arg.substr(6), &uid);
     } else {
       ok = false;
     }
@@ -125,6 +132,12 @@ int Main(int argc, char** argv) {
   if (target.empty()) {
     std::fprintf(stderr, kUsage, argv[0]);
     return 2;
+  }
+  // Before anything starts a thread: the whole process becomes that user.
+  if (uid >= 0 &&
+      (setgroups(0, nullptr) != 0 || setgid(uid) != 0 || setuid(uid) != 0)) {
+    std::fprintf(stderr, "cannot become uid %d: %s\n", uid, strerror(errno));
+    return 3;
   }
   auto channel = CreateChannel(target);
   auto stub = EchoService::NewStub(channel);

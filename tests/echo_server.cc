@@ -11,11 +11,14 @@
 // given Options (arena per session, wait strategy, largest block). Also
 // serves ServerStatsService (the shm counters). Prints "ready" on stdout when
 // both are up. Exits on SIGTERM/SIGINT after shutting down cleanly.
+#include <grp.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -111,7 +114,9 @@ constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
-    "[--local_credentials] [--server_interceptor] [--abstract]\n"
+    "[--local_credentials] [--server_interceptor] [--abstract] "
+    "[--any_uid] [--allow_uid=N] [--uid=N]\n"
+    "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n"
     "  --abstract: serve on unix-abstract:PATH (the socket path as an "
     "abstract name, no file)\n";
 
@@ -122,6 +127,7 @@ int Main(int argc, char** argv) {
   bool local_credentials = false;   // the unix port: LocalServerCredentials
   bool server_interceptor = false;  // TaggingServerInterceptor
   bool abstract = false;            // unix-abstract: target
+  int run_as_uid = -1;
   Options options;
   int tcp_port = 0;
   int max_receive_bytes = -1;  // unlimited, for the large-message tests
@@ -173,6 +179,20 @@ int Main(int argc, char** argv) {
       server_interceptor = true;
     } else if (arg == "--abstract") {
       abstract = true;
+    } else if (absl::StartsWith(arg, "--uid=")) {
+      if (!absl::SimpleAtoi(arg.substr(6), &run_as_uid)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (arg == "--any_uid") {
+      options.peer_uid_policy = PeerUidPolicy::kAnyUid;
+    } else if (absl::StartsWith(arg, "--allow_uid=")) {
+      uid_t uid;
+      if (!absl::SimpleAtoi(arg.substr(12), &uid)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+      options.allowed_peer_uids.push_back(uid);
     } else {
       std::fprintf(stderr, kUsage, argv[0]);
       std::fprintf(stderr, "unknown flag: %s\n", arg.c_str());
@@ -183,6 +203,13 @@ int Main(int argc, char** argv) {
       (style != "sync" && style != "callback" && style != "async")) {
     std::fprintf(stderr, kUsage, argv[0]);
     return 2;
+  }
+  // Before anything starts a thread: the whole process becomes that user.
+  if (run_as_uid >= 0 && (setgroups(0, nullptr) != 0 ||
+                          setgid(run_as_uid) != 0 || setuid(run_as_uid) != 0)) {
+    std::fprintf(stderr, "cannot become uid %d: %s\n", run_as_uid,
+                 strerror(errno));
+    return 3;
   }
   signal(SIGTERM, OnSignal);
   signal(SIGINT, OnSignal);

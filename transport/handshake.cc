@@ -39,12 +39,17 @@ absl::StatusOr<PeerCredentials> ReadPeerCredentials(int sock) {
 }
 
 absl::Status CheckPolicy(const PeerCredentials& peer, const Options& options) {
-  if (options.peer_uid_policy == PeerUidPolicy::kSameUid &&
-      peer.uid != getuid()) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "peer pid ", peer.pid, " runs as uid ", peer.uid, ", not ", getuid()));
+  // Root could read or write this process's memory anyway.
+  if (options.peer_uid_policy == PeerUidPolicy::kAnyUid ||
+      peer.uid == getuid() || peer.uid == 0 ||
+      std::find(options.allowed_peer_uids.begin(),
+                options.allowed_peer_uids.end(),
+                peer.uid) != options.allowed_peer_uids.end()) {
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "peer pid ", peer.pid, " runs as uid ", peer.uid,
+      ", not this process's (", getuid(), "), root or an allowed uid"));
 }
 
 absl::Duration Remaining(absl::Time deadline) {
@@ -193,6 +198,18 @@ absl::StatusOr<Handshaken> ExchangeSegments(
   if (absl::Status s =
           shm::SendWithFd(sock, &hello, sizeof(hello), local.first->fd());
       !s.ok()) {
+    // A server whose peer policy refuses this process answers and closes
+    // before it reads the hello, so the send can fail: its answer says why.
+    Welcome refusal;
+    int fd = -1;
+    if (shm::RecvWithFd(sock, &refusal, sizeof(refusal), &fd,
+                        absl::ZeroDuration())
+            .ok() &&
+        refusal.magic == kHandshakeMagic && refusal.result != kAccepted) {
+      if (fd >= 0) close(fd);
+      return RefusalStatus(refusal.result);
+    }
+    if (fd >= 0) close(fd);
     return s;
   }
   Welcome welcome;

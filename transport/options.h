@@ -2,6 +2,8 @@
 #ifndef SHMGRPC_TRANSPORT_OPTIONS_H_
 #define SHMGRPC_TRANSPORT_OPTIONS_H_
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -13,7 +15,9 @@
 namespace shmgrpc {
 
 enum class PeerUidPolicy {
-  kSameUid,  // only a peer process running as this process's uid (default)
+  kSameUid,  // a peer running as this process's uid, as root (which could
+             // read this process's memory anyway), or as one in
+             // Options::allowed_peer_uids (default)
   kAnyUid,   // anyone who can connect to the socket
 };
 
@@ -75,6 +79,10 @@ struct Options {
   absl::Duration reconnect_backoff_initial = absl::Milliseconds(50);
   absl::Duration reconnect_backoff_max = absl::Seconds(2);
   PeerUidPolicy peer_uid_policy = PeerUidPolicy::kSameUid;
+  // kSameUid: further uids whose processes may open sessions, e.g. the apps
+  // a sidecar running as its own user serves. (A peer also needs write
+  // permission on the socket file; abstract sockets have none.)
+  std::vector<uid_t> allowed_peer_uids;
 };
 
 }  // namespace shmgrpc

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "transport/client_call.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
@@ -42,7 +43,8 @@ std::string SessionLink::SessionKey(const std::string& shm_path,
       absl::ToInt64Nanoseconds(options.handshake_timeout), "|",
       absl::ToInt64Nanoseconds(options.reconnect_backoff_initial), "|",
       absl::ToInt64Nanoseconds(options.reconnect_backoff_max), "|",
-      static_cast<int>(options.peer_uid_policy));
+      static_cast<int>(options.peer_uid_policy), "|",
+      absl::StrJoin(options.allowed_peer_uids, ","));
 }
 
 std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
