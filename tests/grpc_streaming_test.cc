@@ -97,6 +97,37 @@ TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
+// Write options on a client stream: buffer-hinted and corked writes arrive
+// (in order, none held back once a plain write or the end follows), and
+// WriteLast both sends its message and half-closes, every server style.
+TEST_P(StreamingTest, WriteOptionsBufferHintCorkAndWriteLast) {
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  auto stream = stub_->Bidi(&context);
+  EchoRequest request;
+  EchoResponse response;
+  FillRequest(&request, 100, 0);
+  ASSERT_TRUE(stream->Write(request, grpc::WriteOptions().set_buffer_hint()));
+  FillRequest(&request, 100, 1);
+  ASSERT_TRUE(stream->Write(request, grpc::WriteOptions().set_corked()));
+  FillRequest(&request, 100, 2);
+  ASSERT_TRUE(stream->Write(request));
+  for (int64_t seq = 0; seq <= 2; ++seq) {
+    ASSERT_TRUE(stream->Read(&response)) << seq;
+    EXPECT_EQ(response.seq(), seq);
+    EXPECT_TRUE(PayloadIntact(response));
+  }
+  FillRequest(&request, 100, 3);
+  stream->WriteLast(request, grpc::WriteOptions());
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.seq(), 3);
+  EXPECT_EQ(response.messages_seen(), 4);
+  EXPECT_FALSE(stream->Read(&response)) << "the server saw no half-close";
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(CallsOnShm(), 1u);
+}
+
 // The completion-queue (async) client API on streams: bidi, server- and
 // client-streaming, each message checked, all over shm.
 TEST_P(StreamingTest, CompletionQueueClientStreams) {
