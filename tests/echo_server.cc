@@ -115,7 +115,7 @@ constexpr char kUsage[] =
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
     "[--local_credentials] [--server_interceptor] [--abstract] "
-    "[--any_uid] [--allow_uid=N] [--uid=N]\n"
+    "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n"
     "  --abstract: serve on unix-abstract:PATH (the socket path as an "
     "abstract name, no file)\n";
@@ -128,6 +128,7 @@ int Main(int argc, char** argv) {
   bool server_interceptor = false;  // TaggingServerInterceptor
   bool abstract = false;            // unix-abstract: target
   int run_as_uid = -1;
+  bool grpc_shutdown_first = false;  // grpc::Server before ShmServer at exit
   Options options;
   int tcp_port = 0;
   int max_receive_bytes = -1;  // unlimited, for the large-message tests
@@ -184,6 +185,8 @@ int Main(int argc, char** argv) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }
+    } else if (arg == "--grpc_shutdown_first") {
+      grpc_shutdown_first = true;
     } else if (arg == "--any_uid") {
       options.peer_uid_policy = PeerUidPolicy::kAnyUid;
     } else if (absl::StartsWith(arg, "--allow_uid=")) {
@@ -269,8 +272,12 @@ int Main(int argc, char** argv) {
   std::fflush(stdout);
   while (!stop_requested.load()) usleep(10000);
   stats_service.set_shm(nullptr);
+  const auto grpc_deadline =
+      std::chrono::system_clock::now() + std::chrono::seconds(2);
+  // The documented order is shm first; the other order must work too.
+  if (grpc_shutdown_first) server->Shutdown(grpc_deadline);
   if (shm) shm->Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (!grpc_shutdown_first) server->Shutdown(grpc_deadline);
   if (async_server) async_server->Stop();
   return 0;
 }

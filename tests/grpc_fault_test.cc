@@ -288,6 +288,25 @@ TEST(ShutdownTest, ServerShutdownEndsCallsInFlightUnavailable) {
   EXPECT_EQ(GetChannelStats(channel.get())->session.arena.blocks_in_use, 0u);
 }
 
+// The grpc::Server shut down before its ShmServer (README says the other
+// way round, but an app may not): the call in flight still ends promptly,
+// the server exits cleanly, and nothing stays in use.
+TEST(ShutdownTest, GrpcServerShutDownFirstStillEndsCallsAndExitsCleanly) {
+  ServerProcess server("sync", {"--grpc_shutdown_first"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());
+  auto stub = EchoService::NewStub(channel);
+  HangingCall call(stub.get(), absl::Seconds(30));
+  ASSERT_TRUE(OneCallActive(server.target()));
+  EXPECT_EQ(server.Stop(), 0) << "unclean server shutdown";
+  EXPECT_TRUE(WaitFor([&] { return call.returned(); }, kPrompt));
+  call.Join();
+  // As from the in-process transport the server's shutdown closed.
+  EXPECT_EQ(call.status().error_code(), grpc::StatusCode::UNAVAILABLE)
+      << call.status().error_message();
+  EXPECT_EQ(GetChannelStats(channel.get())->session.arena.blocks_in_use, 0u);
+}
+
 TEST(ShutdownTest, ChannelDroppedWithCallInFlightLeaksNothing) {
   ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
