@@ -97,6 +97,10 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
     AddHandlersHanging(-1);
     return grpc::Status(grpc::StatusCode::CANCELLED, "handler saw cancel");
   }
+  if (request.server_cancels()) {
+    context->TryCancel();
+    return grpc::Status::OK;  // what a cancelled call's client never sees
+  }
   if (request.delay_ms() > 0) usleep(request.delay_ms() * 1000);
   if (request.error_code() != 0) {
     return grpc::Status(static_cast<grpc::StatusCode>(request.error_code()),

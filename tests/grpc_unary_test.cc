@@ -7,18 +7,17 @@
 #include <thread>
 #include <vector>
 
-#include "gtest/gtest.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
-#include "tests/echo_logic.h"
 #include "tests/echo_fixture.h"
+#include "tests/echo_logic.h"
 #include "tests/server_process.h"
 
 namespace shmgrpc::test {
 namespace {
-
 
 class UnaryTest : public EchoStyleTest {};
 
@@ -58,7 +57,8 @@ TEST_P(UnaryTest, CallbackUnaryEverySize) {
                             cv.notify_one();
                           });
     std::unique_lock<std::mutex> lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
+    ASSERT_TRUE(
+        cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; }));
     ASSERT_TRUE(result.ok()) << size << ": " << result.error_message();
     EXPECT_EQ(response.payload().size(), size);
     EXPECT_TRUE(PayloadIntact(response));
@@ -78,8 +78,9 @@ TEST_P(UnaryTest, CompletionQueueAsyncUnaryEverySize) {
     reader->Finish(&response, &status, reinterpret_cast<void*>(1));
     void* tag;
     bool ok;
-    ASSERT_EQ(cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() +
-                                          std::chrono::seconds(10)),
+    ASSERT_EQ(cq.AsyncNext(
+                  &tag, &ok,
+                  std::chrono::system_clock::now() + std::chrono::seconds(10)),
               grpc::CompletionQueue::GOT_EVENT);
     EXPECT_TRUE(ok);
     ASSERT_TRUE(status.ok()) << size << ": " << status.error_message();
@@ -87,6 +88,26 @@ TEST_P(UnaryTest, CompletionQueueAsyncUnaryEverySize) {
     EXPECT_TRUE(PayloadIntact(response));
   }
   EXPECT_EQ(CallsOnShm(), std::size(kSizes));
+}
+
+// A handler that cancels its own call (ServerContext::TryCancel): the
+// client sees CANCELLED over shm as over plain gRPC, every server style.
+TEST_P(UnaryTest, HandlerTryCancelEndsTheCallCancelled) {
+  auto plain_stub = EchoService::NewStub(grpc::CreateChannel(
+      server_->target(), grpc::InsecureChannelCredentials()));
+  for (auto* stub : {stub_.get(), plain_stub.get()}) {
+    EchoRequest request;
+    FillRequest(&request, 100, 1);
+    request.set_server_cancels(true);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    const grpc::Status status = stub->Unary(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED)
+        << (stub == stub_.get() ? "shm: " : "plain: ")
+        << status.error_message();
+  }
+  EXPECT_EQ(CallsOnShm(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(ServerStyles, UnaryTest,
