@@ -118,15 +118,26 @@ inline std::shared_ptr<grpc::Channel> CreateChannelWithOwnSession(
   return CreateChannel(target, options, args);
 }
 
-// A fresh shm session's 4 KiB unary call succeeds, intact, over shm.
-inline void ExpectServerStillServesShm(const std::string& target) {
-  auto channel = CreateChannelWithOwnSession(target);
+// One 4 KiB unary echo on `channel` succeeds, intact, and went over shm iff
+// `over_shm`: the server-verified peer pid comes only with shm, and the
+// channel counts it. `what` names the case in failure messages.
+inline void ExpectEchoOver(const std::shared_ptr<grpc::Channel>& channel,
+                           bool over_shm, const std::string& what = "") {
+  const uint64_t before = GetChannelStats(channel.get())->calls_on_shm;
   auto stub = EchoService::NewStub(channel);
   EchoResponse response;
   const grpc::Status status = UnaryEcho(stub.get(), 4096, 7, &response);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_TRUE(PayloadIntact(response));
-  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+  ASSERT_TRUE(status.ok()) << what << ": " << status.error_message();
+  EXPECT_TRUE(PayloadIntact(response)) << what;
+  EXPECT_EQ(response.peer_pid() != "", over_shm) << what;
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm - before,
+            over_shm ? 1u : 0u)
+      << what;
+}
+
+// A fresh shm session's 4 KiB unary call succeeds, intact, over shm.
+inline void ExpectServerStillServesShm(const std::string& target) {
+  ExpectEchoOver(CreateChannelWithOwnSession(target), true, "fresh session");
 }
 
 // `Base` is ::testing::Test or ::testing::TestWithParam<std::string> (the

@@ -614,20 +614,11 @@ TEST_F(BehaviorTest, ManyFreshChannelsCallRightAfterTheirHandshake) {
 // one closes it.
 TEST_F(BehaviorTest, ChannelsToOneServerShareOneSession) {
   const std::string target = server_->target();
-  auto call_over_shm = [](const std::shared_ptr<grpc::Channel>& channel,
-                          int64_t seq) {
-    auto stub = EchoService::NewStub(channel);
-    EchoResponse response;
-    const grpc::Status status = UnaryEcho(stub.get(), 4096, seq, &response);
-    EXPECT_TRUE(status.ok()) << seq << ": " << status.error_message();
-    EXPECT_NE(response.peer_pid(), "") << seq << ": not over shm";
-  };
-  call_over_shm(channel_, 0);
+  ExpectEchoOver(channel_, true, "fixture channel");
   std::vector<std::shared_ptr<grpc::Channel>> shared;
   for (int i = 1; i <= 8; ++i) {
     shared.push_back(CreateChannel(target));
-    call_over_shm(shared.back(), i);
-    EXPECT_EQ(GetChannelStats(shared.back().get())->calls_on_shm, 1u);
+    ExpectEchoOver(shared.back(), true, absl::StrCat("channel ", i));
   }
   EXPECT_EQ(CallsOnShm(), 1u);
   ServerStatsReply server = FetchServerStats(target);
@@ -643,9 +634,9 @@ TEST_F(BehaviorTest, ChannelsToOneServerShareOneSession) {
   Options small_arena;
   small_arena.arena_bytes = 8 << 20;
   auto other_options = CreateChannel(target, small_arena);
-  call_over_shm(other_options, 10);
+  ExpectEchoOver(other_options, true, "other options");
   auto own = CreateChannelWithOwnSession(target);
-  call_over_shm(own, 11);
+  ExpectEchoOver(own, true, "own session");
   EXPECT_EQ(FetchServerStats(target).sessions_open(), 3u);
 
   shared.clear();
@@ -655,7 +646,7 @@ TEST_F(BehaviorTest, ChannelsToOneServerShareOneSession) {
       WaitFor([&] { return FetchServerStats(target).sessions_open() == 1; },
               absl::Seconds(5)))
       << "sessions of closed channels stay open";
-  call_over_shm(channel_, 12);
+  ExpectEchoOver(channel_, true, "fixture channel, after");
   EXPECT_EQ(CallsOnShm(), 2u);
   stub_.reset();
   channel_.reset();
@@ -1035,16 +1026,11 @@ TEST(NoShmServerTest, NonUnixTargetsArePlainGrpc) {
   ServerProcess server("sync", {absl::StrCat("--tcp_port=", port)});
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(absl::StrCat("127.0.0.1:", port));
-  auto stub = EchoService::NewStub(channel);
-  EchoResponse response;
-  ASSERT_TRUE(UnaryEcho(stub.get(), 4096, 1, &response).ok());
-  EXPECT_TRUE(PayloadIntact(response));
-  EXPECT_EQ(response.peer_pid(), "");
+  ExpectEchoOver(channel, false, "tcp");
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_EQ(stats.calls_plain_no_session, 1u);
   EXPECT_EQ(stats.sessions_opened, 0u);
   EXPECT_EQ(FetchServerStats(server.target()).sessions_accepted(), 0u);
-  stub.reset();
   channel.reset();  // else gRPC's shutdown waits 2 s for it
   EXPECT_EQ(server.Stop(), 0);
 }
@@ -1060,18 +1046,12 @@ TEST(AbstractSocketTest, ShmOverAbstractNames) {
     ASSERT_TRUE(server.status().ok()) << server.status();
     const std::string target = "unix-abstract:" + server.socket_path();
     auto channel = CreateChannel(target);
-    auto stub = EchoService::NewStub(channel);
-    EchoResponse response;
-    ASSERT_TRUE(UnaryEcho(stub.get(), 4096, 1, &response).ok()) << with_shm;
-    EXPECT_TRUE(PayloadIntact(response));
-    EXPECT_EQ(response.peer_pid() != "", with_shm);
-    EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, with_shm ? 1u : 0u);
+    ExpectEchoOver(channel, with_shm, with_shm ? "shm server" : "plain server");
     if (with_shm) {
       EXPECT_EQ(FetchServerStats(target).sessions_accepted(), 1u);
     }
     EXPECT_NE(access(server.socket_path().c_str(), F_OK), 0);
     EXPECT_NE(access((server.socket_path() + ".shm").c_str(), F_OK), 0);
-    stub.reset();
     channel.reset();  // its plain connection would hold up the server's exit
     EXPECT_EQ(server.Stop(), 0);
   }

@@ -86,13 +86,8 @@ TEST(PeerPolicyTest, ClientRefusesAnotherUsersServerUnlessAllowed) {
     if (allowed) options.allowed_peer_uids.push_back(65534);
     grpc::ChannelArguments own_session;  // options differ anyway; be explicit
     own_session.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto channel = CreateChannel(server.target(), options, own_session);
-    auto stub = EchoService::NewStub(channel);
-    EchoResponse response;
-    ASSERT_TRUE(UnaryEcho(stub.get(), 4096, 1, &response).ok()) << allowed;
-    EXPECT_TRUE(PayloadIntact(response));
-    EXPECT_EQ(response.peer_pid() != "", allowed);
-    EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, allowed ? 1u : 0u);
+    ExpectEchoOver(CreateChannel(server.target(), options, own_session),
+                   allowed, allowed ? "server's uid allowed" : "default");
   }
   // The server let both in (it allows root); the default client closed its
   // session at once, and both are closed and cleaned up by now.
