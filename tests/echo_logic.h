@@ -48,6 +48,11 @@ class SyncEchoService : public EchoService::Service {
   grpc::Status ServerStream(grpc::ServerContext* context,
                             const EchoRequest* request,
                             grpc::ServerWriter<EchoResponse>* writer) override {
+    if (request->add_metadata()) {  // sent ahead of the replies (and delay)
+      context->AddInitialMetadata("x-echo-early", "before-any-reply");
+      writer->SendInitialMetadata();
+    }
+    if (request->delay_ms() > 0) usleep(request->delay_ms() * 1000);
     for (int i = 0; i < request->reply_count(); ++i) {
       EchoResponse response = ReplyFor(context, *request, i);
       if (!writer->Write(response)) break;

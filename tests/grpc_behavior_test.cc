@@ -99,6 +99,35 @@ TEST_F(BehaviorTest, UserAgentNamesTheClientAndShm) {
   EXPECT_EQ(user_agents[1], common + " (linux; chttp2) build/7");
 }
 
+// Initial metadata a handler sends before any message reaches the client
+// at once: WaitForInitialMetadata returns while the handler still sleeps,
+// over shm as over plain.
+TEST_F(BehaviorTest, EarlyInitialMetadataArrivesBeforeAnyMessage) {
+  auto plain_stub = FreshPlainStub(server_->target());
+  for (auto* stub : {stub_.get(), plain_stub.get()}) {
+    const char* which = stub == stub_.get() ? "shm" : "plain";
+    EchoRequest request;
+    FillRequest(&request, 10, 1);
+    request.set_add_metadata(true);
+    request.set_delay_ms(1000);
+    request.set_reply_count(1);
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    const absl::Time start = absl::Now();
+    auto reader = stub->ServerStream(&context, request);
+    reader->WaitForInitialMetadata();
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(700)) << which;
+    const auto& initial = context.GetServerInitialMetadata();
+    ASSERT_EQ(initial.count("x-echo-early"), 1u) << which;
+    EXPECT_EQ(initial.find("x-echo-early")->second, "before-any-reply");
+    EchoResponse response;
+    EXPECT_TRUE(reader->Read(&response)) << which;
+    EXPECT_FALSE(reader->Read(&response)) << which;
+    EXPECT_TRUE(reader->Finish().ok()) << which;
+  }
+  EXPECT_EQ(Stats().calls_on_shm, 1u);
+}
+
 // Request metadata larger than Options::max_shm_metadata_bytes (4 KiB) goes
 // plain, so gRPC's own limit decides it exactly as without shm: the same
 // status on the shm channel as on a plain one, for sizes below, between and
