@@ -97,6 +97,37 @@ TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
+// A stream's deadline ends it on time over shm: a bidi stream whose client
+// waits for a reply it never asked for ends DEADLINE_EXCEEDED within 50 ms
+// of its deadline, and the server lets go of the call, every server style.
+TEST_P(StreamingTest, StreamDeadlineEndsItOnTime) {
+  grpc::ClientContext context;
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(300);
+  context.set_deadline(absl::ToChronoTime(deadline));
+  auto stream = stub_->Bidi(&context);
+  EchoRequest request;
+  FillRequest(&request, 100, 1);
+  ASSERT_TRUE(stream->Write(request));
+  EchoResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_FALSE(stream->Read(&response));  // nothing more is coming
+  const grpc::Status status = stream->Finish();
+  const absl::Time ended = absl::Now();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << status.error_message();
+  EXPECT_GE(ended, deadline);
+  EXPECT_LT(ended - deadline, absl::Milliseconds(50));
+  EXPECT_EQ(CallsOnShm(), 1u);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const ServerStatsReply stats = FetchServerStats(server_->target());
+        return stats.calls_injected() == 1 && stats.calls_active() == 0 &&
+               stats.blocks_in_use() == 0;
+      },
+      absl::Seconds(5)))
+      << "the server still holds the call";
+}
+
 // Write options on a client stream: buffer-hinted and corked writes arrive
 // (in order, none held back once a plain write or the end follows), and
 // WriteLast both sends its message and half-closes, every server style.
