@@ -97,6 +97,18 @@ TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
+// The server injected one call, and none is active or holds a block.
+void ExpectServerLetGoOfItsOneCall(const std::string& target) {
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const ServerStatsReply stats = FetchServerStats(target);
+        return stats.calls_injected() == 1 && stats.calls_active() == 0 &&
+               stats.blocks_in_use() == 0;
+      },
+      absl::Seconds(5)))
+      << "the server still holds the call";
+}
+
 // A stream's deadline ends it on time over shm: a bidi stream whose client
 // waits for a reply it never asked for ends DEADLINE_EXCEEDED within 50 ms
 // of its deadline, and the server lets go of the call, every server style.
@@ -118,14 +130,29 @@ TEST_P(StreamingTest, StreamDeadlineEndsItOnTime) {
   EXPECT_GE(ended, deadline);
   EXPECT_LT(ended - deadline, absl::Milliseconds(50));
   EXPECT_EQ(CallsOnShm(), 1u);
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        const ServerStatsReply stats = FetchServerStats(server_->target());
-        return stats.calls_injected() == 1 && stats.calls_active() == 0 &&
-               stats.blocks_in_use() == 0;
-      },
-      absl::Seconds(5)))
-      << "the server still holds the call";
+  ExpectServerLetGoOfItsOneCall(server_->target());
+}
+
+// TryCancel in the middle of a stream: the client's next Read fails at once,
+// the stream ends CANCELLED, and the server lets go of the call.
+TEST_P(StreamingTest, TryCancelMidStreamEndsItCancelled) {
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  auto stream = stub_->Bidi(&context);
+  EchoRequest request;
+  FillRequest(&request, 100, 1);
+  ASSERT_TRUE(stream->Write(request));
+  EchoResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  const absl::Time cancelled = absl::Now();
+  context.TryCancel();
+  EXPECT_FALSE(stream->Read(&response));
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED)
+      << status.error_message();
+  EXPECT_LT(absl::Now() - cancelled, absl::Milliseconds(50));
+  EXPECT_EQ(CallsOnShm(), 1u);
+  ExpectServerLetGoOfItsOneCall(server_->target());
 }
 
 // Write options on a client stream: buffer-hinted and corked writes arrive
