@@ -97,62 +97,45 @@ TEST_P(StreamingTest, BidiThousandMessagesInOrder) {
   EXPECT_EQ(CallsOnShm(), 1u);
 }
 
-// The server injected one call, and none is active or holds a block.
-void ExpectServerLetGoOfItsOneCall(const std::string& target) {
+// A stream the client ends, by its deadline or by TryCancel after one round
+// trip, ends at once over shm: DEADLINE_EXCEEDED within 50 ms of the
+// deadline, CANCELLED within 50 ms of TryCancel; and the server lets go of
+// the call, every server style.
+TEST_P(StreamingTest, ClientEndingAStreamEndsItAtOnce) {
+  for (const bool by_deadline : {true, false}) {
+    const char* how = by_deadline ? "deadline" : "TryCancel";
+    grpc::ClientContext context;
+    const absl::Time deadline =
+        absl::Now() +
+        (by_deadline ? absl::Milliseconds(300) : absl::Seconds(10));
+    context.set_deadline(absl::ToChronoTime(deadline));
+    auto stream = stub_->Bidi(&context);
+    EchoRequest request;
+    FillRequest(&request, 100, 1);
+    ASSERT_TRUE(stream->Write(request)) << how;
+    EchoResponse response;
+    ASSERT_TRUE(stream->Read(&response)) << how;
+    const absl::Time ending = by_deadline ? deadline : absl::Now();
+    if (!by_deadline) context.TryCancel();
+    EXPECT_FALSE(stream->Read(&response)) << how;  // no more replies
+    const grpc::Status status = stream->Finish();
+    const absl::Time ended = absl::Now();
+    EXPECT_EQ(status.error_code(), by_deadline
+                                       ? grpc::StatusCode::DEADLINE_EXCEEDED
+                                       : grpc::StatusCode::CANCELLED)
+        << how << ": " << status.error_message();
+    EXPECT_GE(ended, ending) << how;
+    EXPECT_LT(ended - ending, absl::Milliseconds(50)) << how;
+  }
+  EXPECT_EQ(CallsOnShm(), 2u);
   EXPECT_TRUE(WaitFor(
       [&] {
-        const ServerStatsReply stats = FetchServerStats(target);
-        return stats.calls_injected() == 1 && stats.calls_active() == 0 &&
+        const ServerStatsReply stats = FetchServerStats(server_->target());
+        return stats.calls_injected() == 2 && stats.calls_active() == 0 &&
                stats.blocks_in_use() == 0;
       },
       absl::Seconds(5)))
-      << "the server still holds the call";
-}
-
-// A stream's deadline ends it on time over shm: a bidi stream whose client
-// waits for a reply it never asked for ends DEADLINE_EXCEEDED within 50 ms
-// of its deadline, and the server lets go of the call, every server style.
-TEST_P(StreamingTest, StreamDeadlineEndsItOnTime) {
-  grpc::ClientContext context;
-  const absl::Time deadline = absl::Now() + absl::Milliseconds(300);
-  context.set_deadline(absl::ToChronoTime(deadline));
-  auto stream = stub_->Bidi(&context);
-  EchoRequest request;
-  FillRequest(&request, 100, 1);
-  ASSERT_TRUE(stream->Write(request));
-  EchoResponse response;
-  ASSERT_TRUE(stream->Read(&response));
-  EXPECT_FALSE(stream->Read(&response));  // nothing more is coming
-  const grpc::Status status = stream->Finish();
-  const absl::Time ended = absl::Now();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
-      << status.error_message();
-  EXPECT_GE(ended, deadline);
-  EXPECT_LT(ended - deadline, absl::Milliseconds(50));
-  EXPECT_EQ(CallsOnShm(), 1u);
-  ExpectServerLetGoOfItsOneCall(server_->target());
-}
-
-// TryCancel in the middle of a stream: the client's next Read fails at once,
-// the stream ends CANCELLED, and the server lets go of the call.
-TEST_P(StreamingTest, TryCancelMidStreamEndsItCancelled) {
-  grpc::ClientContext context;
-  context.set_deadline(In(absl::Seconds(10)));
-  auto stream = stub_->Bidi(&context);
-  EchoRequest request;
-  FillRequest(&request, 100, 1);
-  ASSERT_TRUE(stream->Write(request));
-  EchoResponse response;
-  ASSERT_TRUE(stream->Read(&response));
-  const absl::Time cancelled = absl::Now();
-  context.TryCancel();
-  EXPECT_FALSE(stream->Read(&response));
-  const grpc::Status status = stream->Finish();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED)
-      << status.error_message();
-  EXPECT_LT(absl::Now() - cancelled, absl::Milliseconds(50));
-  EXPECT_EQ(CallsOnShm(), 1u);
-  ExpectServerLetGoOfItsOneCall(server_->target());
+      << "the server still holds a call";
 }
 
 // Write options on a client stream: buffer-hinted and corked writes arrive
