@@ -1,7 +1,6 @@
 #include "transport/session_link.h"
 
 #include <algorithm>
-#include <map>
 #include <utility>
 #include <vector>
 
@@ -10,16 +9,14 @@
 #include "transport/client_call.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
+#include "transport/weak_registry.h"
 
 namespace shmgrpc::transport {
 namespace {
 
-std::mutex registry_mu;
-// Links other channels may join, by SessionKey. Expired entries are pruned
-// whenever one is added.
-std::map<std::string, std::weak_ptr<SessionLink>>& Registry() {
-  static auto* registry =
-      new std::map<std::string, std::weak_ptr<SessionLink>>();
+// Links other channels may join, by SessionKey.
+WeakRegistry<std::string, SessionLink>& Registry() {
+  static auto* registry = new WeakRegistry<std::string, SessionLink>();
   return *registry;
 }
 
@@ -51,27 +48,21 @@ std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
                                               const Options& options,
                                               bool shared) {
   std::shared_ptr<SessionLink> link;
-  bool joined = false;
+  bool made = true;
   if (!shared) {
     link.reset(new SessionLink(shm_path, options));
   } else {
-    const std::string key = SessionKey(shm_path, options);
-    std::lock_guard<std::mutex> lock(registry_mu);
-    auto& registry = Registry();
-    auto it = registry.find(key);
-    if (it != registry.end()) link = it->second.lock();
-    joined = link != nullptr;
-    if (!link) {
-      for (auto i = registry.begin(); i != registry.end();) {
-        i = i->second.expired() ? registry.erase(i) : std::next(i);
-      }
-      link.reset(new SessionLink(shm_path, options));
-      registry[key] = link;
-    }
+    link = Registry().FindOrAdd(
+        SessionKey(shm_path, options),
+        [&] {
+          return std::shared_ptr<SessionLink>(
+              new SessionLink(shm_path, options));
+        },
+        &made);
   }
-  // Outside registry_mu: a handshake takes ~20 ms.
+  // Outside the registry's lock: a handshake takes ~20 ms.
   link->StartOnce();
-  if (joined) link->Connect().IgnoreError();  // no-op while the session is up
+  if (!made) link->Connect().IgnoreError();  // no-op while the session is up
   return link;
 }
 

@@ -1,8 +1,6 @@
 #include "transport/shm_channel.h"
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +15,7 @@
 #include "grpcpp/support/client_interceptor.h"
 #include "shm/endpoint.h"
 #include "transport/client_call.h"
+#include "transport/weak_registry.h"
 
 namespace shmgrpc {
 namespace {
@@ -37,11 +36,10 @@ class InterceptorFactory
 };
 
 // Channels made here -> their cores, for GetChannelStats.
-std::mutex registry_mu;
-std::map<const grpc::Channel*, std::weak_ptr<transport::ClientCore>>&
+transport::WeakRegistry<const grpc::Channel*, transport::ClientCore>&
 Registry() {
   static auto* registry =
-      new std::map<const grpc::Channel*, std::weak_ptr<transport::ClientCore>>;
+      new transport::WeakRegistry<const grpc::Channel*, transport::ClientCore>;
   return *registry;
 }
 
@@ -182,22 +180,14 @@ std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
   std::shared_ptr<grpc::Channel> channel =
       grpc::experimental::CreateCustomChannelWithInterceptors(
           target, credentials, args, std::move(interceptor_creators));
-  std::lock_guard<std::mutex> lock(registry_mu);
-  auto& registry = Registry();
-  for (auto it = registry.begin(); it != registry.end();) {
-    it = it->second.expired() ? registry.erase(it) : std::next(it);
-  }
-  registry[channel.get()] = core;
+  Registry().Add(channel.get(), core);
   return channel;
 }
 
 }  // namespace experimental
 
 std::optional<ClientStats> GetChannelStats(const grpc::Channel* channel) {
-  std::lock_guard<std::mutex> lock(registry_mu);
-  auto it = Registry().find(channel);
-  if (it == Registry().end()) return std::nullopt;
-  std::shared_ptr<transport::ClientCore> core = it->second.lock();
+  std::shared_ptr<transport::ClientCore> core = Registry().Find(channel);
   if (!core) return std::nullopt;
   return core->Stats();
 }
