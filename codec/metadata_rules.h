@@ -20,13 +20,16 @@ namespace shmgrpc::codec {
 // ASCII value. Otherwise InvalidArgument naming the problem.
 absl::Status CheckMetadataEntry(absl::string_view key, absl::string_view value);
 
+// What HTTP/2 and gRPC's limits add to each entry's key and value.
+inline constexpr size_t kMetadataEntryOverhead = 32;
+
 // Metadata size as HTTP/2 and gRPC's limits count it: key + value + 32 per
 // entry. `Pairs`: any container of (key, value) string pairs.
 template <typename Pairs>
 size_t MetadataSize(const Pairs& metadata) {
   size_t size = 0;
   for (const auto& [key, value] : metadata) {
-    size += key.size() + value.size() + 32;
+    size += key.size() + value.size() + kMetadataEntryOverhead;
   }
   return size;
 }

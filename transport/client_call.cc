@@ -29,16 +29,17 @@ using codec::MetadataSize;
 // (unless the trailers already carry them).
 size_t TrailersSize(const codec::CallStatus& status) {
   constexpr absl::string_view kDetailsKey = "grpc-status-details-bin";
-  constexpr size_t kEntryOverhead = 32;
   size_t size =
       MetadataSize(status.trailing_metadata) +
-      (sizeof("grpc-status") - 1 + 2 + kEntryOverhead) +
-      (sizeof("grpc-message") - 1 + status.message.size() + kEntryOverhead);
+      (sizeof("grpc-status") - 1 + 2 + codec::kMetadataEntryOverhead) +
+      (sizeof("grpc-message") - 1 + status.message.size() +
+       codec::kMetadataEntryOverhead);
   const bool details_in_trailers = std::any_of(
       status.trailing_metadata.begin(), status.trailing_metadata.end(),
       [&](const auto& entry) { return entry.first == kDetailsKey; });
   if (!status.details.empty() && !details_in_trailers) {
-    size += kDetailsKey.size() + status.details.size() + kEntryOverhead;
+    size += kDetailsKey.size() + status.details.size() +
+            codec::kMetadataEntryOverhead;
   }
   return size;
 }
@@ -263,19 +264,6 @@ void ClientCall::SendPass(Batch* m) {
 }
 
 void ClientCall::SendHeaders(Batch* m) {
-  // Only a corked call (its metadata comes after the hijack decision) can
-  // get here with more than max_shm_metadata_bytes: refuse what a default
-  // gRPC server would (or more, if the options allow more over shm).
-  const size_t limit = std::max(kGrpcDefaultMaxMetadataBytes,
-                                core_->options().max_shm_metadata_bytes);
-  if (const size_t size = MetadataSize(*m->GetSendInitialMetadata());
-      size > limit) {
-    Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("request metadata of ", size,
-                                    " bytes exceeds the limit of ", limit)),
-          /*tell_server=*/false);
-    return;
-  }
   codec::CallHeaders headers;
   headers.method = info_->method();
   // ClientContext::authority() is private in gRPC 1.51, so a per-call
@@ -283,20 +271,36 @@ void ClientCall::SendHeaders(Batch* m) {
   if (deadline_ != absl::InfiniteFuture()) {
     headers.deadline_unix_nanos = absl::ToUnixNanos(deadline_);
   }
+  // One pass: the entries' size, their legality, and the copy to send.
+  size_t size = 0;
+  absl::Status legal;
   for (const auto& [key, value] : *m->GetSendInitialMetadata()) {
+    size += key.size() + value.size() + codec::kMetadataEntryOverhead;
     // A plain channel's transport sends its own user-agent in place of the
     // app's (added below, as gRPC would).
-    if (key == "user-agent") continue;
+    if (key == "user-agent" || !legal.ok()) continue;
+    legal = codec::CheckMetadataEntry(key, value);
+    headers.metadata.emplace_back(key, value);
+  }
+  // Only a corked call (its metadata comes after the hijack decision) can
+  // get here with more than max_shm_metadata_bytes: refuse what a default
+  // gRPC server would (or more, if the options allow more over shm).
+  const size_t limit = std::max(kGrpcDefaultMaxMetadataBytes,
+                                core_->options().max_shm_metadata_bytes);
+  if (size > limit) {
+    Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("request metadata of ", size,
+                                    " bytes exceeds the limit of ", limit)),
+          /*tell_server=*/false);
+    return;
+  }
+  if (!legal.ok()) {
     // A plain channel aborts the process here (gRPC's API-misuse assert);
     // over shm the call fails instead.
-    if (absl::Status legal = codec::CheckMetadataEntry(key, value);
-        !legal.ok()) {
-      Abort(grpc::Status(grpc::StatusCode::INTERNAL,
-                         std::string(legal.message())),
-            /*tell_server=*/false);
-      return;
-    }
-    headers.metadata.emplace_back(key, value);
+    Abort(
+        grpc::Status(grpc::StatusCode::INTERNAL, std::string(legal.message())),
+        /*tell_server=*/false);
+    return;
   }
   headers.metadata.emplace_back("user-agent", core_->settings().user_agent);
   const uint16_t flags =
