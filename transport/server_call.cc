@@ -366,6 +366,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
     }
     done = TakeIfDoneLocked();
   }
+  if (done) on_done_(stream_id_);
   if (send_status) SendStatusAndFinish();
 }
 
@@ -407,15 +408,17 @@ void InjectedCall::SendStatusAndFinish() {
                   codec::EncodeCallStatus(status), SendDeadline())
       .IgnoreError();                  // a gone client needs no status
   std::shared_ptr<InjectedCall> done;  // released after the lock
-  std::lock_guard<std::mutex> lock(mu_);
-  status_sent_ = true;
-  done = TakeIfDoneLocked();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_sent_ = true;
+    done = TakeIfDoneLocked();
+  }
+  if (done) on_done_(stream_id_);
 }
 
 std::shared_ptr<InjectedCall> InjectedCall::TakeIfDoneLocked() {
   if (done_ || !status_sent_ || outstanding_ops_ != 0) return nullptr;
   done_ = true;
-  on_done_(stream_id_);
   return std::move(self_);
 }
 

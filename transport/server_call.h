@@ -62,7 +62,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     Op op;
   };
 
-  // `on_done` runs once, after the status went out and every op completed.
+  // `on_done` runs once, after the status went out and every op completed,
+  // without this call's lock held.
   // `window_*`: the per-stream flow-control window (Options).
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                grpc::GenericStub* stub, grpc::CompletionQueue* cq,
@@ -94,8 +95,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void ReadNextResponseLocked();
   void SendResponseLocked(grpc::ByteBuffer* response);
   void CancelLocked();
-  // Once the status is out and no op is outstanding: reports the call done
-  // and hands back the self-reference, to be dropped after unlocking.
+  // Once the status is out and no op is outstanding: marks the call done and
+  // hands back the self-reference. The caller runs on_done_ after unlocking
+  // (on_done_ takes the owner's lock, which the owner holds while it reads
+  // this call's state) and then drops the reference.
   std::shared_ptr<InjectedCall> TakeIfDoneLocked();
   void SendStatusAndFinish();
   // Unary: initial metadata and (if OK) the response, before the status.

@@ -250,8 +250,13 @@ void ShmServer::Shutdown() {
     for (int i = 0; i < 5000 && !CallsEnded(s->mu, s->calls); ++i) {
       usleep(1000);
     }
-    std::lock_guard<std::mutex> lock(s->mu);
-    for (auto& [id, call] : s->calls) {
+    std::vector<std::shared_ptr<InjectedCall>> stuck;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      for (auto& [id, call] : s->calls) stuck.push_back(call);
+    }
+    // Outside s->mu: a call takes its own lock, then s->mu when it ends.
+    for (auto& call : stuck) {
       ShmLog("shutdown: call did not end in 5 s: ", call->DebugString());
     }
   }
