@@ -94,9 +94,11 @@ StreamResult RunSoakStream(EchoService::Stub& stub, int stream_index,
     }
   }
   const grpc::Status status = stream->Finish();
-  if (result.failure.empty() && !status.ok()) {
-    result.failure = "status " + std::to_string(status.error_code()) + ": " +
-                     status.error_message();
+  if (!status.ok()) {
+    // Also after a failed read or write: the status says why it ended.
+    result.failure +=
+        (result.failure.empty() ? "" : ", ") + std::string("status ") +
+        std::to_string(status.error_code()) + ": " + status.error_message();
   }
   if (result.failure.empty() && absl::Now() > deadline) {
     result.failure = "past its deadline";

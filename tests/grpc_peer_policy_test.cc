@@ -66,7 +66,13 @@ TEST(PeerPolicyTest, AnotherUsersClientNeedsThePolicyToGetShm) {
     EXPECT_EQ(code, 0) << which;
     const ServerStatsReply stats = FetchServerStats(server.target());
     EXPECT_EQ(stats.sessions_accepted(), c.shm ? 1u : 0u) << which;
-    EXPECT_EQ(stats.handshakes_refused(), c.shm ? 0u : 1u) << which;
+    // Refused at least once: the client retries after its reconnect
+    // backoff (50 ms at first) while its plain calls run.
+    if (c.shm) {
+      EXPECT_EQ(stats.handshakes_refused(), 0u) << which;
+    } else {
+      EXPECT_GE(stats.handshakes_refused(), 1u) << which;
+    }
     EXPECT_EQ(server.Stop(), 0) << which;
   }
 }
