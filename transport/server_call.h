@@ -83,9 +83,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
  private:
   // False when the headers are malformed (status_ then says why).
   bool StartLocked(const shm::ReceivedMessage& headers);
-  // Unary: the request and half-close are in; run the call as one batch.
-  // False when there is no request (status_ then says why).
-  bool StartUnaryLocked();
+  // Unary: the request and half-close are in; prepares the call, which the
+  // caller starts as one batch (StartCall + Finish) after unlocking. False
+  // when there is no request (status_ then says why).
+  bool PrepareUnaryLocked();
   // Unary: ends the call before it started (cancel, gone client).
   bool FinishUnstartedLocked(grpc::StatusCode code, const char* why);
   void MaybeWriteLocked();
