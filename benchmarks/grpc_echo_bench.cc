@@ -1,12 +1,13 @@
-// grpc_echo_bench: sync unary echo over shm vs plain gRPC over UDS vs gRPC
+// grpc_echo_bench: unary echo over shm vs plain gRPC over UDS vs gRPC
 // in-process (the floor for an unchanged grpc::Server), in one run.
 //
-// shm and UDS talk to a separate echo_server process (sync service); the
-// in-process transport uses a server inside this process with the same
-// service. Rounds are interleaved (every transport at every size in each
-// round, starting transport rotated), so noise hits all alike. Every call
-// carries a real protobuf message with an N-byte payload that the server
-// checksums and echoes; the client checks the first reply of each batch.
+// shm and UDS talk to a separate echo_server process (sync service, or
+// --style=callback|async); the in-process transport uses a server inside this
+// process with the same service. Rounds are interleaved (every transport at
+// every size in each round, starting transport rotated), so noise hits all
+// alike. Every call carries a real protobuf message with an N-byte payload that
+// the server checksums and echoes; the client checks the first reply of each
+// batch.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -61,19 +62,44 @@ bool Measure(EchoService::Stub* stub, size_t size, int calls,
 int Main(int argc, char** argv) {
   BenchFlags flags;
   flags.sizes = {64, 4096, 64 << 10, 1 << 20};
+  std::string style = "sync";
+  ExtraFlags extra;
+  extra.usage_synopsis = "[--style=sync|callback|async]";
+  extra.usage_lines =
+      "  --style=...  the echo service's API, in echo_server and in-process "
+      "(default sync)\n";
+  extra.parse = [&](const std::string& arg, std::string* error) {
+    if (!absl::StartsWith(arg, "--style=")) return false;
+    style = arg.substr(8);
+    if (style != "sync" && style != "callback" && style != "async") {
+      *error = "bad --style: " + arg;
+    }
+    return true;
+  };
   // A reply must stay under gRPC's default 4 MiB receive limit.
-  if (!ParseBenchFlags(argc, argv, 0, (4 << 20) - 1024, &flags)) return 2;
-  testing::ServerProcess server("sync");
+  if (!ParseBenchFlags(argc, argv, 0, (4 << 20) - 1024, &flags, &extra)) {
+    return 2;
+  }
+  testing::ServerProcess server(style);
   if (!server.status().ok()) {
     std::fprintf(stderr, "cannot start echo_server: %s\n",
                  server.status().ToString().c_str());
     return 1;
   }
   // The in-process reference: the same service inside this process.
-  test::SyncEchoService service;
+  test::SyncEchoService sync_service;
+  test::CallbackEchoService callback_service;
+  std::unique_ptr<test::AsyncEchoServer> async_server;
   grpc::ServerBuilder builder;
-  builder.RegisterService(&service);
+  if (style == "sync") {
+    builder.RegisterService(&sync_service);
+  } else if (style == "callback") {
+    builder.RegisterService(&callback_service);
+  } else {
+    async_server = std::make_unique<test::AsyncEchoServer>(&builder);
+  }
   std::unique_ptr<grpc::Server> inproc_server = builder.BuildAndStart();
+  if (async_server) async_server->Run();
   grpc::ChannelArguments inproc_args;
   inproc_args.SetMaxReceiveMessageSize(-1);
 
@@ -104,13 +130,13 @@ int Main(int argc, char** argv) {
   const ClientStats stats = *GetChannelStats(channels[0].get());
 
   std::printf(
-      "grpc_echo_bench: sync unary echo, %d interleaved rounds%s\n"
+      "grpc_echo_bench: unary echo (%s service), %d interleaved rounds%s\n"
       "conditions: %ld CPUs; shm and uds: client and echo_server in two "
       "processes; inproc: same service in this process; %s "
       "for all; shm session wait %s (spin up to %s); server checksums and "
       "echoes the payload\n"
       "shm calls on shared memory: %lu, plain: %lu\n\n",
-      flags.rounds, flags.quick ? " (--quick)" : "",
+      style.c_str(), flags.rounds, flags.quick ? " (--quick)" : "",
       sysconf(_SC_NPROCESSORS_ONLN), AllocatorConditions().c_str(),
       std::string(shm::WaitStrategyName(Options().wait.strategy)).c_str(),
       absl::FormatDuration(Options().wait.max_spin).c_str(),
@@ -153,6 +179,7 @@ int Main(int argc, char** argv) {
     std::fclose(out);
   }
   inproc_server->Shutdown();
+  if (async_server) async_server->Stop();
   return 0;
 }
 
