@@ -71,7 +71,7 @@ int Main(int argc, char** argv) {
   extra.parse = [&](const std::string& arg, std::string* error) {
     if (!absl::StartsWith(arg, "--style=")) return false;
     style = arg.substr(8);
-    if (style != "sync" && style != "callback" && style != "async") {
+    if (!test::IsEchoStyle(style)) {
       *error = "bad --style: " + arg;
     }
     return true;
@@ -87,19 +87,10 @@ int Main(int argc, char** argv) {
     return 1;
   }
   // The in-process reference: the same service inside this process.
-  test::SyncEchoService sync_service;
-  test::CallbackEchoService callback_service;
-  std::unique_ptr<test::AsyncEchoServer> async_server;
   grpc::ServerBuilder builder;
-  if (style == "sync") {
-    builder.RegisterService(&sync_service);
-  } else if (style == "callback") {
-    builder.RegisterService(&callback_service);
-  } else {
-    async_server = std::make_unique<test::AsyncEchoServer>(&builder);
-  }
+  test::EchoServiceOfStyle service(style, &builder);
   std::unique_ptr<grpc::Server> inproc_server = builder.BuildAndStart();
-  if (async_server) async_server->Run();
+  service.Run();
   grpc::ChannelArguments inproc_args;
   inproc_args.SetMaxReceiveMessageSize(-1);
 
@@ -179,7 +170,7 @@ int Main(int argc, char** argv) {
     std::fclose(out);
   }
   inproc_server->Shutdown();
-  if (async_server) async_server->Stop();
+  service.Stop();
   return 0;
 }
 

@@ -302,4 +302,27 @@ void AsyncEchoServer::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool IsEchoStyle(const std::string& style) {
+  return style == "sync" || style == "callback" || style == "async";
+}
+
+EchoServiceOfStyle::EchoServiceOfStyle(const std::string& style,
+                                       grpc::ServerBuilder* builder) {
+  if (style == "callback") {
+    builder->RegisterService(&callback_service_);
+  } else if (style == "async") {
+    async_server_ = std::make_unique<AsyncEchoServer>(builder);
+  } else {
+    builder->RegisterService(&sync_service_);
+  }
+}
+
+void EchoServiceOfStyle::Run() {
+  if (async_server_) async_server_->Run();
+}
+
+void EchoServiceOfStyle::Stop() {
+  if (async_server_) async_server_->Stop();
+}
+
 }  // namespace shmgrpc::test

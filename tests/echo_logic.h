@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "grpcpp/grpcpp.h"
@@ -245,6 +246,23 @@ class AsyncEchoServer {
   Service service_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::thread thread_;
+};
+
+// The echo service in one of the three styles, "sync", "callback" or
+// "async" (IsEchoStyle), registered with `builder` on construction. Run()
+// after BuildAndStart, Stop() after the server's Shutdown (both matter only
+// to the async style, whose queue needs a thread).
+bool IsEchoStyle(const std::string& style);
+class EchoServiceOfStyle {
+ public:
+  EchoServiceOfStyle(const std::string& style, grpc::ServerBuilder* builder);
+  void Run();
+  void Stop();
+
+ private:
+  SyncEchoService sync_service_;
+  CallbackEchoService callback_service_;
+  std::unique_ptr<AsyncEchoServer> async_server_;
 };
 
 }  // namespace shmgrpc::test

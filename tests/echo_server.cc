@@ -202,8 +202,7 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
-  if (socket_path.empty() ||
-      (style != "sync" && style != "callback" && style != "async")) {
+  if (socket_path.empty() || !IsEchoStyle(style)) {
     std::fprintf(stderr, kUsage, argv[0]);
     return 2;
   }
@@ -220,9 +219,6 @@ int Main(int argc, char** argv) {
       (abstract ? "unix-abstract:" : "unix:") + socket_path;
   if (!abstract) unlink(socket_path.c_str());
 
-  SyncEchoService sync_service;
-  CallbackEchoService callback_service;
-  std::unique_ptr<AsyncEchoServer> async_server;
   StatsService stats_service;
   grpc::ServerBuilder builder;
   builder.RegisterService(&stats_service);
@@ -244,19 +240,13 @@ int Main(int argc, char** argv) {
     interceptors.push_back(std::make_unique<TaggingServerInterceptorFactory>());
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
-  if (style == "sync") {
-    builder.RegisterService(&sync_service);
-  } else if (style == "callback") {
-    builder.RegisterService(&callback_service);
-  } else {
-    async_server = std::make_unique<AsyncEchoServer>(&builder);
-  }
+  EchoServiceOfStyle echo_service(style, &builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr) {
     std::fprintf(stderr, "cannot listen on %s\n", target.c_str());
     return 1;
   }
-  if (async_server) async_server->Run();
+  echo_service.Run();
   std::unique_ptr<ShmServer> shm;
   if (with_shm) {
     absl::StatusOr<std::unique_ptr<ShmServer>> started =
@@ -278,7 +268,7 @@ int Main(int argc, char** argv) {
   if (grpc_shutdown_first) server->Shutdown(grpc_deadline);
   if (shm) shm->Shutdown();
   if (!grpc_shutdown_first) server->Shutdown(grpc_deadline);
-  if (async_server) async_server->Stop();
+  echo_service.Stop();
   return 0;
 }
 
