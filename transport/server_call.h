@@ -97,9 +97,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void SendResponseLocked(grpc::ByteBuffer* response);
   void CancelLocked();
   // Once the status is out and no op is outstanding: marks the call done and
-  // hands back the self-reference. The caller runs on_done_ after unlocking
-  // (on_done_ takes the owner's lock, which the owner holds while it reads
-  // this call's state) and then drops the reference.
+  // hands back the self-reference. The caller runs on_done_ (which takes the
+  // owner's lock) after unlocking, so this call's lock and its owner's are
+  // never held together, and then drops the reference.
   std::shared_ptr<InjectedCall> TakeIfDoneLocked();
   void SendStatusAndFinish();
   // Unary: initial metadata and (if OK) the response, before the status.

@@ -255,7 +255,8 @@ void ShmServer::Shutdown() {
       std::lock_guard<std::mutex> lock(s->mu);
       for (auto& [id, call] : s->calls) stuck.push_back(call);
     }
-    // Outside s->mu: a call takes its own lock, then s->mu when it ends.
+    // Outside s->mu: a session's lock and a call's are never held together
+    // (see InjectedCall::TakeIfDoneLocked).
     for (auto& call : stuck) {
       ShmLog("shutdown: call did not end in 5 s: ", call->DebugString());
     }
