@@ -157,10 +157,11 @@ Client SpawnClient(const std::vector<std::string>& args) {
 bool CollectClient(Client& client, ClientResult* result) {
   bool parsed = false;
   if (client.out != nullptr) {
-    long start = 0, end = 0;
-    parsed = std::fscanf(client.out, "result %ld %ld %ld %lf %lf %lf",
-                         &result->calls, &start, &end, &result->cpu_seconds,
-                         &result->p50_us, &result->p99_us) == 6;
+    long calls = 0, start = 0, end = 0;
+    parsed = std::fscanf(client.out, "result %ld %ld %ld %lf %lf %lf", &calls,
+                         &start, &end, &result->cpu_seconds, &result->p50_us,
+                         &result->p99_us) == 6;
+    result->calls = calls;
     result->start_ns = start;
     result->end_ns = end;
     std::fclose(client.out);
@@ -193,24 +194,26 @@ bool MeasureSlot(const std::string& target, pid_t server_pid,
   const int64_t start_ns =
       MonotonicNanos() + 1500000000LL + int64_t{clients} * 150000000LL;
   std::vector<Client> running;
-  for (int i = 0; i < clients; ++i) {
-    running.push_back(SpawnClient(
+  bool ok = true;
+  for (int i = 0; i < clients && ok; ++i) {
+    const Client client = SpawnClient(
         {"multi_client_bench", "--child", "--target=" + target,
          "--transport=" + transport, "--calls=" + std::to_string(calls),
          "--sizes=" + std::to_string(size),
-         "--start_ns=" + std::to_string(start_ns)}));
-    if (running.back().pid < 0) {
+         "--start_ns=" + std::to_string(start_ns)});
+    if (client.pid < 0) {
       std::fprintf(stderr, "cannot start a client process\n");
-      return false;
+      ok = false;  // the ones started still run and are reaped below
+    } else {
+      running.push_back(client);
     }
   }
-  while (MonotonicNanos() < start_ns) {
+  while (ok && MonotonicNanos() < start_ns) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   OtherProcessUsage server_usage(server_pid);
-  std::vector<ClientResult> results(clients);
-  bool ok = true;
-  for (int i = 0; i < clients; ++i) {
+  std::vector<ClientResult> results(running.size());
+  for (size_t i = 0; i < running.size(); ++i) {
     ok = CollectClient(running[i], &results[i]) && ok;
   }
   const ProcessUsage server = server_usage.Since();
