@@ -4,6 +4,7 @@
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
 //               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
+//               [--max_sessions=N]
 //               [--max_receive_bytes=N]   (the server's limit; default none)
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
@@ -114,6 +115,7 @@ constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
+    "[--max_sessions=N] "
     "[--local_credentials] [--server_interceptor] [--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n"
@@ -141,6 +143,11 @@ int Main(int argc, char** argv) {
       }
     } else if (absl::StartsWith(arg, "--max_block_bytes=")) {
       if (!absl::SimpleAtoi(arg.substr(18), &options.max_block_bytes)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--max_sessions=")) {
+      if (!absl::SimpleAtoi(arg.substr(15), &options.max_sessions)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }

@@ -233,6 +233,40 @@ TEST(FallbackTest, UnaryThatCannotFitGoesPlainAndSucceeds) {
   EXPECT_EQ(stats.calls_on_shm, 0u);
 }
 
+// A server at Options::max_sessions refuses further clients: their calls go
+// plain and succeed, and such a client gets shm once a session closes (its
+// reconnect backoff retries the handshake).
+TEST(FallbackTest, ServerAtItsSessionLimitSendsNewClientsPlainUntilOneLeaves) {
+  ServerProcess server("sync", {"--max_sessions=2"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto first = CreateChannelWithOwnSession(server.target());
+  auto second = CreateChannelWithOwnSession(server.target());
+  ExpectEchoOver(first, true, "first session");
+  ExpectEchoOver(second, true, "second session");
+  auto third = CreateChannelWithOwnSession(server.target());
+  ExpectEchoOver(third, false, "third client, over the limit");
+  const ServerStatsReply at_limit = FetchServerStats(server.target());
+  EXPECT_EQ(at_limit.sessions_open(), 2u);
+  EXPECT_GE(at_limit.handshakes_refused(), 1u);
+
+  first.reset();  // its session closes and frees a slot
+  auto stub = EchoService::NewStub(third);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        EchoResponse response;
+        return UnaryEcho(stub.get(), 64, 1, &response).ok() &&
+               !response.peer_pid().empty();
+      },
+      absl::Seconds(5)))
+      << "the third client never got the freed session";
+  EXPECT_EQ(FetchServerStats(server.target()).sessions_open(), 2u);
+  stub.reset();
+  second.reset();
+  third.reset();
+  ExpectServerIdle(server.target());
+  EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
+}
+
 TEST(FallbackTest, StreamMessagesLargerThanTheArenaTravelInline) {
   ServerProcess server("sync", {"--arena_bytes=" + std::to_string(kTinyArena)});
   ASSERT_TRUE(server.status().ok()) << server.status();

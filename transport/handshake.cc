@@ -183,6 +183,9 @@ absl::Status RefusalStatus(uint16_t result) {
     case kNoSharedMemory:
       return absl::ResourceExhaustedError(
           "shm handshake: the server has no memory for a session's segment");
+    case kTooManySessions:
+      return absl::ResourceExhaustedError(
+          "shm handshake: the server is at its session limit");
     default:
       return absl::UnavailableError(
           absl::StrCat("shm handshake: server refused (reason ", result, ")"));
@@ -279,12 +282,15 @@ absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
   return result;
 }
 
+void RefuseHandshake(int sock, HandshakeRefusal reason) {
+  const Welcome refusal{kHandshakeMagic, 0, reason, 0, 0, 0};
+  shm::SendWithFd(sock, &refusal, sizeof(refusal), -1).IgnoreError();
+}
+
 absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   const absl::Time deadline = absl::Now() + options.handshake_timeout;
-  Welcome refusal{kHandshakeMagic, 0, kAccepted, 0, 0, 0};
   auto refuse = [&](HandshakeRefusal reason, absl::Status why) {
-    refusal.result = reason;
-    shm::SendWithFd(sock, &refusal, sizeof(refusal), -1).IgnoreError();
+    RefuseHandshake(sock, reason);
     return why;
   };
   absl::StatusOr<PeerCredentials> credentials = ReadPeerCredentials(sock);

@@ -56,7 +56,8 @@ enum HandshakeRefusal : uint16_t {
   kNoCommonVersion = 2,
   kPeerNotAllowed = 3,
   kBadSegment = 4,
-  kNoSharedMemory = 5,  // the server cannot make its segment (memory limit)
+  kNoSharedMemory = 5,   // the server cannot make its segment (memory limit)
+  kTooManySessions = 6,  // the server is at Options::max_sessions
 };
 
 // The verified identity of the process on the other end (SO_PEERCRED).
@@ -83,6 +84,11 @@ absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
 
 // Server side, on an accepted socket (same ownership rule).
 absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
+
+// Refuses a connection before any exchange (the server is at its session
+// limit): sends the refusal without reading the hello, which a client reads
+// even when its hello could not be sent. The caller closes the socket.
+void RefuseHandshake(int sock, HandshakeRefusal reason);
 
 // Unix socket addresses below are a file path, or an abstract-namespace
 // name as a NUL byte and the name (what UnixPathOf makes of a

@@ -78,6 +78,12 @@ struct Options {
   // Calls meanwhile use plain gRPC.
   absl::Duration reconnect_backoff_initial = absl::Milliseconds(50);
   absl::Duration reconnect_backoff_max = absl::Seconds(2);
+  // Server: at most this many open sessions (client processes on shm); 0: no
+  // limit. Each holds an arena of arena_bytes, fallocated, on this side. A
+  // client beyond the limit is refused (RESOURCE_EXHAUSTED, logged), its
+  // calls go plain, and it retries with its reconnect backoff, so it gets
+  // shm once a session closes.
+  size_t max_sessions = 0;
   PeerUidPolicy peer_uid_policy = PeerUidPolicy::kSameUid;
   // kSameUid: further uids whose processes may open sessions, e.g. the apps
   // a sidecar running as its own user serves. (A peer also needs write

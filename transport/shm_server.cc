@@ -106,10 +106,37 @@ void ShmServer::AcceptLoop() {
   }
 }
 
+bool ShmServer::ReserveSessionSlot() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (options_.max_sessions != 0 &&
+      sessions_.size() + sessions_starting_ >= options_.max_sessions) {
+    return false;
+  }
+  ++sessions_starting_;
+  return true;
+}
+
 void ShmServer::Handshake(int sock) {
+  if (!ReserveSessionSlot()) {
+    handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
+    uint64_t not_logged;
+    if (refusals_log_.ShouldLog("session limit", absl::Now(), &not_logged)) {
+      ShmLog("refused shm connection on ",
+             transport::PrintableSocketPath(shm_path_), ": at the limit of ",
+             options_.max_sessions, " sessions; its calls go plain",
+             transport::LogRateLimiter::NotLoggedNote(not_logged));
+    }
+    transport::RefuseHandshake(sock, transport::kTooManySessions);
+    close(sock);
+    return;
+  }
   absl::StatusOr<Handshaken> handshaken =
       transport::ServerHandshake(sock, options_);
   if (!handshaken.ok()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --sessions_starting_;
+    }
     handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
     uint64_t not_logged;
     if (refusals_log_.ShouldLog(
@@ -144,6 +171,7 @@ void ShmServer::Handshake(int sock) {
       options_.max_block_bytes);
   sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
+  --sessions_starting_;
   if (shutting_down_) return;  // never started: closing it is dropping it
   // Listed before it starts, so its OnClosed (which waits for mu_) always
   // finds it; Shutdown() joins this thread before it reads sessions_.

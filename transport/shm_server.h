@@ -76,6 +76,9 @@ class ShmServer {
   ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
             const Options& options);
   void AcceptLoop();
+  // Counts a handshake about to start against Options::max_sessions; false
+  // when the server is at the limit (open sessions plus handshakes started).
+  bool ReserveSessionSlot();
   void Handshake(int sock);
   void OnFrame(const std::shared_ptr<ServerSession>& session,
                const shm::ReceivedMessage& message);
@@ -96,6 +99,7 @@ class ShmServer {
   bool shutting_down_ = false;
   std::list<std::unique_ptr<HandshakeThread>> handshake_threads_;
   std::vector<std::shared_ptr<ServerSession>> sessions_;  // open sessions
+  size_t sessions_starting_ = 0;  // slots reserved by running handshakes
 
   std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
       calls_injected_{0}, sessions_closed_{0}, calls_cancelled_by_close_{0},
