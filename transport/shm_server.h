@@ -8,9 +8,9 @@
 // It listens on "/p.shm", handshakes each client (one thread per handshake,
 // bounded by the handshake timeout and joined once done; a bad or slow client
 // costs only its own connection, with a logged reason), runs one session per
-// client (forgotten, and its arenas unmapped, once the client is gone), and
-// injects each stream into the server through its in-process channel on its
-// own completion-queue threads.
+// client (up to Options::max_sessions; forgotten, and its arenas unmapped,
+// once the client is gone), and injects each stream into the server through
+// its in-process channel on its own completion-queue threads.
 #ifndef SHMGRPC_TRANSPORT_SHM_SERVER_H_
 #define SHMGRPC_TRANSPORT_SHM_SERVER_H_
 
