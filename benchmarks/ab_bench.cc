@@ -71,6 +71,7 @@ struct AbFlags {
   std::string tcp_target;  // with --target: its TCP address, if any
   std::string malloc_env;  // K=V,... for every process
   bool pin = false;
+  std::string style = "sync";  // the echo service's API, everywhere
 };
 
 // A cell of the plan: what is measured, for every transport.
@@ -111,7 +112,7 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
   extra.usage_synopsis =
       "[--duration=S] [--transports=..] [--shapes=..] [--concurrency=..] "
       "[--csv=FILE] [--svg=FILE] [--target=unix:/p [--tcp_target=H:P]] "
-      "[--malloc_env=K=V,..] [--pin]";
+      "[--malloc_env=K=V,..] [--pin] [--style=sync|callback|async]";
   extra.usage_lines =
       "  --duration=S        seconds per measurement slot (default 1; 0.5 "
       "with --quick)\n"
@@ -126,6 +127,9 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       "  --malloc_env=K=V,.. allocator environment for every process, e.g.\n"
       "                      MALLOC_ARENA_MAX=2 (default: glibc defaults)\n"
       "  --pin               pin this process to CPU 0 and servers to CPU 1\n"
+      "  --style=...         the echo service's API in echo_server and in-\n"
+      "                      process (default sync; async serves unary and\n"
+      "                      pingpong from a completion queue, oneway sync)\n"
       "  (here --rounds defaults to 3, and 2 with --quick)\n";
   extra.parse = [&](const std::string& arg, std::string* error) {
     auto value = [&](absl::string_view prefix) -> std::optional<std::string> {
@@ -192,6 +196,11 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       return true;
     }
     if (arg == "--pin") return (flags->pin = true), true;
+    if (auto v = value("--style=")) {
+      flags->style = *v;
+      if (!test::IsEchoStyle(*v)) *error = "bad --style: " + arg;
+      return true;
+    }
     return false;
   };
   if (!ParseBenchFlags(argc, argv, 0, 16 << 20, &flags->common, &extra)) {
@@ -506,7 +515,7 @@ int Main(int argc, char** argv) {
       if (wait == "notify") {
         args.push_back("--tcp_port=" + std::to_string(tcp_port));
       }
-      server = std::make_unique<testing::ServerProcess>("sync", args);
+      server = std::make_unique<testing::ServerProcess>(flags.style, args);
       if (!server->status().ok()) {
         std::fprintf(stderr, "cannot start echo_server: %s\n",
                      server->status().ToString().c_str());
@@ -517,9 +526,8 @@ int Main(int argc, char** argv) {
     return server.get();
   };
   // The in-process reference: the same service inside this process.
-  test::SyncEchoService inproc_service;
   grpc::ServerBuilder builder;
-  builder.RegisterService(&inproc_service);
+  test::EchoServiceOfStyle inproc_service(flags.style, &builder);
   builder.SetMaxReceiveMessageSize(-1);
   std::unique_ptr<grpc::Server> inproc_server;
 
@@ -554,7 +562,10 @@ int Main(int argc, char** argv) {
             target, grpc::InsecureChannelCredentials(), UnlimitedArgs());
       };
     } else {  // inproc
-      if (!inproc_server) inproc_server = builder.BuildAndStart();
+      if (!inproc_server) {
+        inproc_server = builder.BuildAndStart();
+        inproc_service.Run();
+      }
       grpc::Server* server = inproc_server.get();
       spec.make_channel = [server] {
         return server->InProcessChannel(UnlimitedArgs());
@@ -631,9 +642,10 @@ int Main(int argc, char** argv) {
   std::printf("ab_bench%s: %s\n", flags.common.quick ? " (--quick)" : "",
               conditions.c_str());
   std::printf(
-      "echo_server (sync service) in separate processes; inproc = same "
+      "echo_server (%s service) in separate processes; inproc = same "
       "service in this process. cpu_us and cs/call: both processes. "
-      "oneway: latency per message of a client stream.\n\n");
+      "oneway: latency per message of a client stream.\n\n",
+      flags.style.c_str());
   PrintTable(rows);
   PrintSummary(rows);
   bool ok = true;
@@ -646,7 +658,10 @@ int Main(int argc, char** argv) {
   }
   if (!ok) std::fprintf(stderr, "could not write an output file\n");
   for (auto& [wait, server] : servers) server->Stop();
-  if (inproc_server) inproc_server->Shutdown();
+  if (inproc_server) {
+    inproc_server->Shutdown();
+    inproc_service.Stop();
+  }
   return ok ? 0 : 1;
 }
 

@@ -36,4 +36,13 @@ grep -q "shm-notify vs the others" "$out/table.txt" || { echo "no summary"; exit
 if grep '"transport": "shm-' "$out/r.json" | grep -v '"fallbacks": 0,' ; then
   echo "shm fallbacks in a healthy run"; exit 1
 fi
+# Another service style, end to end.
+"$bench" --style=callback --transports=shm-notify,inproc --shapes=unary \
+  --sizes=64 --concurrency=1 --duration=0.05 --rounds=1 > "$out/callback.txt" \
+  2> /dev/null
+grep -q "(callback service)" "$out/callback.txt" \
+  || { echo "no callback run"; exit 1; }
+if "$bench" --style=bogus 2> /dev/null; then
+  echo "a bad --style was accepted"; exit 1
+fi
 echo "ab_bench smoke: OK"
