@@ -96,8 +96,9 @@ TEST(PeerPolicyTest, ClientRefusesAnotherUsersServerUnlessAllowed) {
                    allowed, allowed ? "server's uid allowed" : "default");
   }
   // The server let both in (it allows root); the default client closed its
-  // session at once, and both are closed and cleaned up by now.
-  EXPECT_EQ(ExpectServerIdle(server.target()).sessions_accepted(), 2u);
+  // session at once (and again at each retry of its reconnect backoff while
+  // it lived: at least once), and all are closed and cleaned up by now.
+  EXPECT_GE(ExpectServerIdle(server.target()).sessions_accepted(), 2u);
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
