@@ -177,7 +177,7 @@ uint64_t SessionLink::Register(const std::shared_ptr<ClientCall>& call,
   // the registered calls, so a call either is aborted there or sees this.
   if (!session.alive()) return 0;
   const uint64_t id = next_stream_id_++;
-  calls_.emplace(id, call);
+  calls_.emplace(id, RegisteredCall{call, &session});
   return id;
 }
 
@@ -186,7 +186,7 @@ void SessionLink::Unregister(uint64_t stream_id) {
   std::lock_guard<std::mutex> lock(calls_mu_);
   auto it = calls_.find(stream_id);
   if (it == calls_.end()) return;
-  call = std::move(it->second);  // destroyed after the lock is released
+  call = std::move(it->second.call);  // destroyed after the lock is released
   calls_.erase(it);
 }
 
@@ -195,7 +195,7 @@ void SessionLink::OnFrame(const shm::ReceivedMessage& message) {
   {
     std::lock_guard<std::mutex> lock(calls_mu_);
     auto it = calls_.find(message.descriptor.tag);
-    if (it != calls_.end()) call = it->second;
+    if (it != calls_.end()) call = it->second.call;
   }
   if (call) {
     call->OnFrame(message);
@@ -214,10 +214,17 @@ void SessionLink::OnClosed(const std::shared_ptr<Session>& session,
     blocks_reclaimed_.fetch_add(session->blocks_reclaimed(),
                                 std::memory_order_relaxed);
   }
+  // Only this session's calls: a channel made meanwhile may already have
+  // opened the next session (its session went dead before this ran) and
+  // put new calls on it.
   std::vector<std::shared_ptr<ClientCall>> calls;
   {
     std::lock_guard<std::mutex> lock(calls_mu_);
-    for (auto& [id, call] : calls_) calls.push_back(call);
+    for (auto& [id, registered] : calls_) {
+      if (session == nullptr || registered.session == session.get()) {
+        calls.push_back(registered.call);
+      }
+    }
   }
   for (auto& call : calls) {
     call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,

@@ -99,8 +99,14 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   // Send paths of sessions already replaced (guarded by session_mu_).
   SendPathStats replaced_sessions_;
 
+  // A call and the session it was registered on: a session that closes
+  // ends only its own calls, not those a newer session already carries.
+  struct RegisteredCall {
+    std::shared_ptr<ClientCall> call;
+    const Session* session;
+  };
   std::mutex calls_mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<ClientCall>> calls_;
+  std::unordered_map<uint64_t, RegisteredCall> calls_;
   uint64_t next_stream_id_ = 1;
 
   std::atomic<uint64_t> sessions_opened_{0}, sessions_closed_{0},
