@@ -13,12 +13,16 @@
 //                never answers (for tests that kill this process mid-call).
 //   stream       bidi ping-pong forever; prints "in-call" after 100 round
 //                trips (for tests that kill this process mid-stream).
+//   server-stream  one server stream of endless --size replies, read
+//                forever; prints "in-call" after 100 (for tests that stop
+//                this process while the server keeps writing to it).
 #include <grp.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -33,7 +37,8 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
-    "[--mode=unary|hang-unary|stream] [--expect=shm|plain] [--uid=N]\n"
+    "[--mode=unary|hang-unary|stream|server-stream] [--expect=shm|plain] "
+    "[--uid=N]\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
@@ -97,6 +102,24 @@ int RunStreamForever(EchoService::Stub& stub, size_t size) {
   }
 }
 
+int RunServerStreamForever(EchoService::Stub& stub, size_t size) {
+  grpc::ClientContext context;
+  EchoRequest request;
+  request.set_reply_count(std::numeric_limits<int32_t>::max());
+  request.set_reply_bytes(static_cast<uint32_t>(size));
+  auto stream = stub.ServerStream(&context, request);
+  EchoResponse response;
+  for (int64_t i = 0; stream->Read(&response); ++i) {
+    if (i == 100) {
+      std::printf("in-call\n");
+      std::fflush(stdout);
+    }
+  }
+  std::fprintf(stderr, "stream ended: %s\n",
+               stream->Finish().error_message().c_str());
+  return 1;
+}
+
 int Main(int argc, char** argv) {
   std::string target;
   std::string mode = "unary";
@@ -115,7 +138,8 @@ int Main(int argc, char** argv) {
       ok = absl::SimpleAtoi(arg.substr(7), &size);
     } else if (absl::StartsWith(arg, "--mode=")) {
       mode = arg.substr(7);
-      ok = mode == "unary" || mode == "hang-unary" || mode == "stream";
+      ok = mode == "unary" || mode == "hang-unary" || mode == "stream" ||
+           mode == "server-stream";
     } else if (arg == "--expect=shm" || arg == "--expect=plain") {
       expect_shm = arg == "--expect=shm";
     } else if (absl::StartsWith(arg, "--uid=")) {
@@ -143,6 +167,7 @@ int Main(int argc, char** argv) {
   auto stub = EchoService::NewStub(channel);
   if (mode == "hang-unary") return RunHangingUnary(*stub);
   if (mode == "stream") return RunStreamForever(*stub, size);
+  if (mode == "server-stream") return RunServerStreamForever(*stub, size);
   return RunUnary(*stub, *channel, calls, size, expect_shm);
 }
 

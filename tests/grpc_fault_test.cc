@@ -2,11 +2,14 @@
 // handshake, a unary call and a stream; a server restarted under a client
 // that keeps calling. Every case ends with the right status, no hang, and no
 // block left in use on the survivor.
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <thread>
 
@@ -265,6 +268,48 @@ TEST(ClientDeathTest, GoneMidHandshakeCostsOnlyItsConnection) {
   const ServerStatsReply stats = FetchServerStats(server.target());
   EXPECT_EQ(stats.sessions_open(), 0u);
   EXPECT_EQ(stats.sessions_accepted(), 0u);
+  ExpectServerStillServesShm(server.target());
+}
+
+// ---- a client stops -------------------------------------------------------
+
+// A client process stopped (SIGSTOP: a debugger, a frozen cgroup) while the
+// server streams to it stops draining its ring, and the server's sends to it
+// wait (up to 5 s each). The server's other clients must not wait with them:
+// their calls take as long as ever.
+TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
+  // 8 ring slots: the stopped client's ring fills long before its stream's
+  // flow window (64 messages) would stop the handler.
+  ServerProcess server("sync", {"--ring_slots=8"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  ChildProcess stopped(
+      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
+       "--mode=server-stream", "--size=1024"},
+      "in-call");
+  ASSERT_TRUE(stopped.status().ok()) << stopped.status();
+  ASSERT_EQ(kill(stopped.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::SleepFor(absl::Milliseconds(200));  // its ring is full by now
+
+  auto channel = CreateChannelWithOwnSession(server.target());
+  auto stub = EchoService::NewStub(channel);
+  absl::Duration slowest;
+  for (int i = 0; i < 20; ++i) {
+    const absl::Time start = absl::Now();
+    EchoResponse response;
+    const grpc::Status status = UnaryEcho(stub.get(), 4096, i, &response);
+    slowest = std::max(slowest, absl::Now() - start);
+    ASSERT_TRUE(status.ok()) << "call " << i << ": " << status.error_message();
+    EXPECT_TRUE(PayloadIntact(response));
+    EXPECT_NE(response.peer_pid(), "") << "call " << i << " went plain";
+  }
+  EXPECT_LT(slowest, absl::Seconds(1))
+      << "a stopped client held up another client's calls";
+
+  ASSERT_EQ(kill(stopped.pid(), SIGCONT), 0) << strerror(errno);
+  stopped.Kill();
+  channel.reset();
+  stub.reset();
+  ExpectServerIdle(server.target());
   ExpectServerStillServesShm(server.target());
 }
 

@@ -48,8 +48,9 @@ grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
 
 absl::Time InjectedCall::SendDeadline() const {
   // A client whose session thread stops reading (stopped, not dead) fills
-  // the ring; the wait is bounded so it cannot hold the completion-queue
-  // thread, and with it every other call, for long.
+  // the ring; the wait is bounded so it cannot hold its session's
+  // completion-queue thread, and with it that client's other calls, for
+  // long.
   constexpr absl::Duration kMaxRingFullWait = absl::Seconds(5);
   return std::min(deadline_, absl::Now() + kMaxRingFullWait);
 }

@@ -26,9 +26,22 @@ using transport::ShmLog;
 
 struct ShmServer::ServerSession {
   std::shared_ptr<Session> session;
+  // Where this session's injected calls complete, drained by a thread of
+  // this session alone (see StartCompletionThreadLocked).
+  grpc::CompletionQueue cq;
   std::mutex mu;
   std::map<uint64_t, std::shared_ptr<InjectedCall>> calls;
-  bool closed = false;
+  bool closed = false;  // no new calls
+  bool cq_shut_down = false;
+
+  // mu held. Shuts the queue down once nothing can complete on it again:
+  // the session is closed (no new calls) and every call is done (a call
+  // leaves `calls` only with no op outstanding). With `force`, at once.
+  void ShutDownQueueIfIdleLocked(bool force = false) {
+    if (cq_shut_down || !(force || (closed && calls.empty()))) return;
+    cq_shut_down = true;
+    cq.Shutdown();
+  }
 };
 
 absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
@@ -54,19 +67,38 @@ ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
   args.SetMaxSendMessageSize(-1);
   inproc_channel_ = server->InProcessChannel(args);
   stub_ = std::make_unique<grpc::GenericStub>(inproc_channel_);
-  cq_ = std::make_unique<grpc::CompletionQueue>();
-  cq_threads_.emplace_back([this] { DrainCompletionQueue(); });
   accept_thread_ = std::thread([this] { AcceptLoop(); });
 }
 
 ShmServer::~ShmServer() { Shutdown(); }
 
-void ShmServer::DrainCompletionQueue() {
-  void* tag;
-  bool ok;
-  while (cq_->Next(&tag, &ok)) {
-    auto* t = static_cast<InjectedCall::Tag*>(tag);
-    t->call->OnCompletion(t->op, ok);
+void ShmServer::StartCompletionThreadLocked(
+    std::shared_ptr<ServerSession> session) {
+  auto worker = std::make_unique<ReapableThread>();
+  ReapableThread* raw = worker.get();
+  raw->thread = std::thread([s = std::move(session), raw]() mutable {
+    void* tag;
+    bool ok;
+    while (s->cq.Next(&tag, &ok)) {
+      auto* t = static_cast<InjectedCall::Tag*>(tag);
+      t->call->OnCompletion(t->op, ok);
+    }
+    s.reset();  // may be the last reference: the session is freed here
+    raw->done.store(true, std::memory_order_release);
+  });
+  completion_threads_.push_back(std::move(worker));
+}
+
+void ShmServer::JoinFinishedThreadsLocked() {
+  for (auto* threads : {&handshake_threads_, &completion_threads_}) {
+    for (auto it = threads->begin(); it != threads->end();) {
+      if ((*it)->done.load(std::memory_order_acquire)) {
+        (*it)->thread.join();
+        it = threads->erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
 }
 
@@ -86,18 +118,10 @@ void ShmServer::AcceptLoop() {
       close(sock);
       return;
     }
-    // Join finished handshake threads, then start one for this connection.
-    for (auto it = handshake_threads_.begin();
-         it != handshake_threads_.end();) {
-      if ((*it)->done.load(std::memory_order_acquire)) {
-        (*it)->thread.join();
-        it = handshake_threads_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    auto handshake = std::make_unique<HandshakeThread>();
-    HandshakeThread* raw = handshake.get();
+    // Join finished threads, then start a handshake for this connection.
+    JoinFinishedThreadsLocked();
+    auto handshake = std::make_unique<ReapableThread>();
+    ReapableThread* raw = handshake.get();
     raw->thread = std::thread([this, sock, raw] {
       Handshake(sock);
       raw->done.store(true, std::memory_order_release);
@@ -176,6 +200,7 @@ void ShmServer::Handshake(int sock) {
   // Listed before it starts, so its OnClosed (which waits for mu_) always
   // finds it; Shutdown() joins this thread before it reads sessions_.
   sessions_.push_back(server_session);
+  StartCompletionThreadLocked(server_session);
   server_session->session->Start();
 }
 
@@ -193,7 +218,7 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
                !s->closed) {
       std::weak_ptr<ServerSession> weak = s;
       call = std::make_shared<InjectedCall>(
-          s->session, stream_id, stub_.get(), cq_.get(),
+          s->session, stream_id, stub_.get(), &s->cq,
           options_.stream_window_bytes, options_.stream_window_messages,
           [weak](uint64_t id) {
             if (auto session = weak.lock()) {
@@ -204,6 +229,7 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
                 done = std::move(it->second);
                 session->calls.erase(it);
               }
+              session->ShutDownQueueIfIdleLocked();
             }
           });
       s->calls.emplace(stream_id, call);
@@ -223,6 +249,7 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
     std::lock_guard<std::mutex> lock(s->mu);
     s->closed = true;
     for (auto& [id, call] : s->calls) calls.push_back(call);
+    s->ShutDownQueueIfIdleLocked();
   }
   for (auto& call : calls) call->Cancel();
   // Counted and forgotten in one step under mu_, so Stats() never sees the
@@ -251,7 +278,7 @@ bool CallsEnded(
 
 void ShmServer::Shutdown() {
   std::vector<std::shared_ptr<ServerSession>> sessions;
-  std::list<std::unique_ptr<HandshakeThread>> handshakes;
+  std::list<std::unique_ptr<ReapableThread>> handshakes, completions;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shutting_down_) return;
@@ -288,9 +315,16 @@ void ShmServer::Shutdown() {
     for (auto& call : stuck) {
       ShmLog("shutdown: call did not end in 5 s: ", call->DebugString());
     }
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->ShutDownQueueIfIdleLocked(/*force=*/true);
   }
-  cq_->Shutdown();
-  for (std::thread& t : cq_threads_) t.join();
+  // Sessions that closed earlier shut their queues down themselves once
+  // their calls were done.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    completions.swap(completion_threads_);
+  }
+  for (auto& completion : completions) completion->thread.join();
   close(listen_fd_);
   close(wake_fd_);
   if (!transport::IsAbstractSocketPath(shm_path_)) unlink(shm_path_.c_str());

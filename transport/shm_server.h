@@ -10,7 +10,10 @@
 // costs only its own connection, with a logged reason), runs one session per
 // client (up to Options::max_sessions; forgotten, and its arenas unmapped,
 // once the client is gone), and injects each stream into the server through
-// its in-process channel on its own completion-queue threads.
+// its in-process channel. Each session's injected calls complete on a
+// completion-queue thread of that session: a client that stops reading
+// (stopped, not dead) makes only its own calls wait for ring space, never
+// another client's.
 #ifndef SHMGRPC_TRANSPORT_SHM_SERVER_H_
 #define SHMGRPC_TRANSPORT_SHM_SERVER_H_
 
@@ -68,7 +71,8 @@ class ShmServer {
 
  private:
   struct ServerSession;
-  struct HandshakeThread {
+  // A thread joined once `done` (by the accept loop, or by Shutdown()).
+  struct ReapableThread {
     std::thread thread;
     std::atomic<bool> done{false};
   };
@@ -83,7 +87,12 @@ class ShmServer {
   void OnFrame(const std::shared_ptr<ServerSession>& session,
                const shm::ReceivedMessage& message);
   void OnClosed(const std::shared_ptr<ServerSession>& session);
-  void DrainCompletionQueue();
+  // mu_ held: starts the thread that drains `session`'s completion queue
+  // until the queue is shut down (once the session is closed and its calls
+  // are done).
+  void StartCompletionThreadLocked(std::shared_ptr<ServerSession> session);
+  // mu_ held: joins the finished handshake and completion threads.
+  void JoinFinishedThreadsLocked();
 
   const std::string shm_path_;
   const Options options_;
@@ -91,13 +100,12 @@ class ShmServer {
   int wake_fd_ = -1;  // eventfd that stops the accept loop
   std::shared_ptr<grpc::Channel> inproc_channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
-  std::unique_ptr<grpc::CompletionQueue> cq_;
-  std::vector<std::thread> cq_threads_;
   std::thread accept_thread_;
 
   std::mutex mu_;
   bool shutting_down_ = false;
-  std::list<std::unique_ptr<HandshakeThread>> handshake_threads_;
+  std::list<std::unique_ptr<ReapableThread>> handshake_threads_;
+  std::list<std::unique_ptr<ReapableThread>> completion_threads_;
   std::vector<std::shared_ptr<ServerSession>> sessions_;  // open sessions
   size_t sessions_starting_ = 0;  // slots reserved by running handshakes
 
