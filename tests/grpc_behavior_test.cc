@@ -7,9 +7,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -1030,6 +1036,78 @@ TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
   grpc::ClientContext context;
   ASSERT_TRUE(stub->Unary(&context, EchoRequest(), &response).ok());
   EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+}
+
+// Threads of process `pid` now (/proc/PID/status), or -1.
+int ThreadsOf(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    int threads;
+    if (absl::StartsWith(line, "Threads:") &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)),
+                         &threads)) {
+      return threads;
+    }
+  }
+  return -1;
+}
+
+// A flood of connections that never finish their hello (each would hold a
+// handshake thread up to the 1 s timeout) cannot make the server start a
+// thread per connection: beyond ShmServer::kMaxConcurrentHandshakes it
+// refuses at once (kServerBusy), and it serves shm again once they go.
+TEST_F(BehaviorTest, ConnectionFloodIsRefusedBeyondTheHandshakeLimit) {
+  const std::string shm_path = server_->socket_path() + ".shm";
+  const int threads_before = ThreadsOf(server_->pid());
+  ASSERT_GT(threads_before, 0);
+  const uint64_t refused_before =
+      FetchServerStats(server_->target()).handshakes_refused();
+  constexpr int kFlood = 200;
+  constexpr int kLimit = static_cast<int>(ShmServer::kMaxConcurrentHandshakes);
+  std::vector<int> silent;
+  for (int i = 0; i < kFlood; ++i) {
+    const int sock = RawConnect(shm_path);
+    ASSERT_GE(sock, 0) << "connection " << i;
+    ASSERT_EQ(write(sock, "SSG", 3), 3);  // a hello that never completes
+    silent.push_back(sock);
+  }
+  // All of them were taken within the 1 s the first ones hold their
+  // handshakes, so all but kLimit were refused at once.
+  uint64_t refused = 0;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        refused = FetchServerStats(server_->target()).handshakes_refused() -
+                  refused_before;
+        return refused >= kFlood - kLimit;
+      },
+      absl::Seconds(5)))
+      << "refused " << refused;
+  const int threads_during = ThreadsOf(server_->pid());
+  // Slack for gRPC's own threads, which come and go.
+  EXPECT_LE(threads_during, threads_before + kLimit + 16)
+      << "a thread per connection";
+  // The last connection came after the limit was reached: it was told why.
+  transport::Welcome refusal{};
+  ASSERT_EQ(read(silent.back(), &refusal, sizeof(refusal)), sizeof(refusal));
+  EXPECT_EQ(refusal.result, transport::kServerBusy);
+  for (int sock : silent) close(sock);
+  // Their handshakes end at EOF; a new client gets a session again.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        auto channel = CreateChannelWithOwnSession(server_->target());
+        EchoResponse response;
+        return UnaryEcho(EchoService::NewStub(channel).get(), 64, 1, &response)
+                   .ok() &&
+               GetChannelStats(channel.get())->calls_on_shm == 1;
+      },
+      absl::Seconds(5)))
+      << "no shm session after the flood ended";
+  std::printf(
+      "server threads: %d before, %d during a %d-connection flood; "
+      "%lu refused\n",
+      threads_before, threads_during, kFlood,
+      static_cast<unsigned long>(refused));
 }
 
 TEST(NoShmServerTest, ChannelFallsBackToPlainGrpc) {

@@ -186,6 +186,9 @@ absl::Status RefusalStatus(uint16_t result) {
     case kTooManySessions:
       return absl::ResourceExhaustedError(
           "shm handshake: the server is at its session limit");
+    case kServerBusy:
+      return absl::UnavailableError(
+          "shm handshake: the server is busy with other handshakes");
     default:
       return absl::UnavailableError(
           absl::StrCat("shm handshake: server refused (reason ", result, ")"));

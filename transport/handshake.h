@@ -58,6 +58,7 @@ enum HandshakeRefusal : uint16_t {
   kBadSegment = 4,
   kNoSharedMemory = 5,   // the server cannot make its segment (memory limit)
   kTooManySessions = 6,  // the server is at Options::max_sessions
+  kServerBusy = 7,       // the server has too many handshakes under way
 };
 
 // The verified identity of the process on the other end (SO_PEERCRED).
@@ -86,8 +87,9 @@ absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
 absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
 
 // Refuses a connection before any exchange (the server is at its session
-// limit): sends the refusal without reading the hello, which a client reads
-// even when its hello could not be sent. The caller closes the socket.
+// limit, or busy with other handshakes): sends the refusal without reading the
+// hello, which a client reads even when its hello could not be sent. The caller
+// closes the socket.
 void RefuseHandshake(int sock, HandshakeRefusal reason);
 
 // Unix socket addresses below are a file path, or an abstract-namespace

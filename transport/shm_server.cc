@@ -113,13 +113,18 @@ void ShmServer::AcceptLoop() {
     if (fds[1].revents != 0) return;
     const int sock = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (sock < 0) continue;
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     if (shutting_down_) {
       close(sock);
       return;
     }
     // Join finished threads, then start a handshake for this connection.
     JoinFinishedThreadsLocked();
+    if (handshake_threads_.size() >= kMaxConcurrentHandshakes) {
+      lock.unlock();
+      RefuseBusy(sock);
+      continue;
+    }
     auto handshake = std::make_unique<ReapableThread>();
     ReapableThread* raw = handshake.get();
     raw->thread = std::thread([this, sock, raw] {
@@ -128,6 +133,20 @@ void ShmServer::AcceptLoop() {
     });
     handshake_threads_.push_back(std::move(handshake));
   }
+}
+
+void ShmServer::RefuseBusy(int sock) {
+  handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
+  uint64_t not_logged;
+  if (refusals_log_.ShouldLog("busy", absl::Now(), &not_logged)) {
+    ShmLog("refused shm connection on ",
+           transport::PrintableSocketPath(shm_path_), ": ",
+           kMaxConcurrentHandshakes,
+           " handshakes already under way; its calls go plain",
+           transport::LogRateLimiter::NotLoggedNote(not_logged));
+  }
+  transport::RefuseHandshake(sock, transport::kServerBusy);
+  close(sock);
 }
 
 bool ShmServer::ReserveSessionSlot() {

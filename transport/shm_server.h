@@ -7,7 +7,10 @@
 //
 // It listens on "/p.shm", handshakes each client (one thread per handshake,
 // bounded by the handshake timeout and joined once done; a bad or slow client
-// costs only its own connection, with a logged reason), runs one session per
+// costs only its own connection, with a logged reason; at most
+// kMaxConcurrentHandshakes at once, further connections are refused until
+// one ends, so a flood of connections cannot exhaust the server's threads),
+// runs one session per
 // client (up to Options::max_sessions; forgotten, and its arenas unmapped,
 // once the client is gone), and injects each stream into the server through
 // its in-process channel. Each session's injected calls complete on a
@@ -59,6 +62,10 @@ struct ServerStats {
 
 class ShmServer {
  public:
+  // Handshakes under way at once; a connection beyond them is refused
+  // (kServerBusy: its client goes plain and retries with backoff).
+  static constexpr size_t kMaxConcurrentHandshakes = 64;
+
   static absl::StatusOr<std::unique_ptr<ShmServer>> Start(
       grpc::Server* server, const std::string& target,
       const Options& options = Options());
@@ -83,6 +90,8 @@ class ShmServer {
   // Counts a handshake about to start against Options::max_sessions; false
   // when the server is at the limit (open sessions plus handshakes started).
   bool ReserveSessionSlot();
+  // Refuses, counts and logs a connection beyond kMaxConcurrentHandshakes.
+  void RefuseBusy(int sock);
   void Handshake(int sock);
   void OnFrame(const std::shared_ptr<ServerSession>& session,
                const shm::ReceivedMessage& message);
