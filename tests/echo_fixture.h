@@ -154,6 +154,11 @@ class EchoFixtureBase : public Base {
     stub_ = EchoService::NewStub(channel_);
   }
   void TearDown() override {
+    // The channel goes first: a gRPC server (with shm or without) whose
+    // plain client is still connected when it exits often waits out a
+    // 10 s timer in grpc_shutdown.
+    stub_.reset();
+    channel_.reset();
     // A server that crashed mid-test would otherwise go unnoticed.
     if (server_ != nullptr && server_->status().ok()) {
       EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
