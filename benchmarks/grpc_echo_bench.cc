@@ -124,13 +124,15 @@ int Main(int argc, char** argv) {
       "grpc_echo_bench: unary echo (%s service), %d interleaved rounds%s\n"
       "conditions: %ld CPUs; shm and uds: client and echo_server in two "
       "processes; inproc: same service in this process; %s "
-      "for all; shm session wait %s (spin up to %s); server checksums and "
+      "for all; shm session wait %s (spin up to %s, +%s per MiB after a large "
+      "message); server checksums and "
       "echoes the payload\n"
       "shm calls on shared memory: %lu, plain: %lu\n\n",
       style.c_str(), flags.rounds, flags.quick ? " (--quick)" : "",
       sysconf(_SC_NPROCESSORS_ONLN), AllocatorConditions().c_str(),
       std::string(shm::WaitStrategyName(Options().wait.strategy)).c_str(),
       absl::FormatDuration(Options().wait.max_spin).c_str(),
+      absl::FormatDuration(Options().wait.spin_per_mib).c_str(),
       static_cast<unsigned long>(stats.calls_on_shm),
       static_cast<unsigned long>(stats.calls_plain_no_session +
                                  stats.calls_plain_not_protobuf +

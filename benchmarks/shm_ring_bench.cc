@@ -391,13 +391,15 @@ int Main(int argc, char** argv) {
   std::printf(
       "shm_ring_bench: two processes, %d interleaved rounds%s\n"
       "conditions: %ld CPUs, arena 64 MiB/side, ring 4096 slots, notify spin "
-      "%s..%s adaptive, periodic %s, glibc malloc defaults, sender copies the "
-      "payload in (memcpy / write), receiver checksums every byte (in place / "
-      "after read), echo copies request to reply\n"
+      "%s..%s adaptive (+%s per MiB after a large message), periodic %s, "
+      "glibc malloc defaults, sender copies the payload in (memcpy / write), "
+      "receiver checksums every byte (in place / after read), echo copies "
+      "request to reply\n"
       "machine floor: core-to-core cache-line round trip %.0f ns\n\n",
       flags.rounds, flags.quick ? " (--quick)" : "", sysconf(_SC_NPROCESSORS_ONLN),
       absl::FormatDuration(wait.min_spin).c_str(),
       absl::FormatDuration(wait.max_spin).c_str(),
+      absl::FormatDuration(wait.spin_per_mib).c_str(),
       absl::FormatDuration(wait.period).c_str(), core_to_core_ns);
   std::printf("%-8s %-9s %10s %10s %11s %11s %8s %8s\n", "size", "mode",
               "p50_us", "p99_us", "uds_p50_us", "uds_p99_us", "ratio",

@@ -251,6 +251,45 @@ Endpoint::PopResult Endpoint::TryPop(ReceivedMessage* out,
   return PopResult::kMessage;
 }
 
+int64_t Endpoint::SizeSpinNanos(uint32_t message_bytes) const {
+  constexpr int64_t kMaxSizeSpinNs = 2'000'000;
+  const int64_t per_mib_ns = absl::ToInt64Nanoseconds(wait_.spin_per_mib);
+  return std::min(kMaxSizeSpinNs,
+                  static_cast<int64_t>(static_cast<double>(per_mib_ns) *
+                                       message_bytes / (1 << 20)));
+}
+
+void Endpoint::ArmSizeSpin(uint32_t message_bytes) {
+  // Extensions stop after this many misses in a row (one is noise), and
+  // are tried again after a while (the peer may have become faster).
+  constexpr int kMissesToStop = 2;
+  constexpr int64_t kRetryAfterNs = 100'000'000;
+  const int64_t extension_ns = SizeSpinNanos(message_bytes);
+  if (extension_ns <= size_spin_ns_) return;
+  if (size_spin_misses_ >= kMissesToStop &&
+      message_bytes >= size_spin_missed_bytes_ &&
+      MonotonicNanos() - size_spin_missed_at_ns_ < kRetryAfterNs) {
+    return;
+  }
+  size_spin_ns_ = extension_ns;
+  size_spin_bytes_ = message_bytes;
+}
+
+void Endpoint::NoteSizeSpinMiss(int64_t extension_ns, uint32_t message_bytes,
+                                int64_t waited_ns) {
+  // A message a few extensions late means exchanges of messages that large
+  // take longer than their extension: spinning for them only burns CPU
+  // (4 MiB round trips here). One much later means the link went idle
+  // after a burst, which says nothing about the next burst.
+  constexpr int64_t kSlowExchangeFactor = 4;
+  if (extension_ns == 0 || waited_ns > kSlowExchangeFactor * extension_ns) {
+    return;
+  }
+  size_spin_misses_ = std::min(size_spin_misses_ + 1, 8);
+  size_spin_missed_bytes_ = message_bytes;
+  size_spin_missed_at_ns_ = MonotonicNanos();
+}
+
 void Endpoint::AdaptSpin(int64_t waited_ns) {
   // A wait of a few spin budgets is a near miss: the peer answered quickly
   // but paid a wake-up because this side (and so, soon, the peer) slept.
@@ -270,8 +309,9 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
   ReceivedMessage message;
   absl::Status error;
   auto done = [&](PopResult result) -> absl::StatusOr<ReceivedMessage> {
-    if (result == PopResult::kMessage) return message;
-    return error;
+    if (result != PopResult::kMessage) return error;
+    ArmSizeSpin(message.descriptor.length);
+    return message;
   };
   if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
     return done(r);
@@ -280,7 +320,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
   const int64_t deadline_ns = DeadlineNanos(deadline);
   const int64_t liveness_ns = absl::ToInt64Nanoseconds(wait_.liveness_check);
   const int64_t spin_ns = wait_.strategy == WaitStrategy::kNotify
-                              ? spin_budget_ns_
+                              ? std::max(spin_budget_ns_, size_spin_ns_)
                           : wait_.strategy == WaitStrategy::kPoll
                               ? std::numeric_limits<int64_t>::max()
                               : 0;
@@ -294,6 +334,8 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
   bool yielding = pause_ns <= 0;
   for (uint32_t i = 1; now_ns - start_ns < spin_ns; ++i) {
     if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
+      // Caught only thanks to a spin extended for large messages.
+      if (now_ns - start_ns > spin_budget_ns_) size_spin_misses_ = 0;
       return done(r);
     }
     if (yielding) {
@@ -318,7 +360,14 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
       }
     }
   }
-  // Sleep phase (notify: doorbell; periodic: fixed period).
+  // Sleep phase (notify: doorbell; periodic: fixed period). A spin extended
+  // for large messages is over; whether it was too short is judged when the
+  // next message comes (NoteSizeSpinMiss).
+  const int64_t missed_extension_ns =
+      size_spin_ns_ > spin_budget_ns_ ? size_spin_ns_ : 0;
+  const uint32_t missed_extension_bytes = size_spin_bytes_;
+  size_spin_ns_ = 0;
+  size_spin_bytes_ = 0;
   for (;;) {
     DrainReleases();
     now_ns = MonotonicNanos();
@@ -356,7 +405,12 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
       }
     }
     if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
-      if (notify) AdaptSpin(MonotonicNanos() - start_ns);
+      if (notify) {
+        const int64_t waited_ns = MonotonicNanos() - start_ns;
+        AdaptSpin(waited_ns);
+        NoteSizeSpinMiss(missed_extension_ns, missed_extension_bytes,
+                         waited_ns);
+      }
       return done(r);
     }
   }

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -128,10 +129,20 @@ class Endpoint {
   bool TryPublishLocked(const Descriptor& descriptor, absl::Status* status);
   // Attempts until published, waiting out a full ring until `deadline`.
   absl::Status PublishLocked(const Descriptor& descriptor, absl::Time deadline);
-  void DrainReleases();       // any thread; one drains at a time
+  void DrainReleases();               // any thread; one drains at a time
   void RetryPendingReleases();        // takes release_mu_ only if needed
   void FlushPendingReleasesLocked();  // release_mu_ held
   void AdaptSpin(int64_t waited_ns);
+  int64_t SizeSpinNanos(uint32_t message_bytes) const;
+  // Extends the next spins for a received message of `message_bytes`,
+  // unless extensions for messages that large missed lately.
+  void ArmSizeSpin(uint32_t message_bytes);
+  // After a sleep that followed a spin extended by `extension_ns` for a
+  // message of `message_bytes`: counts a miss if the next message came
+  // only a little too late for it (repeated misses stop such extensions
+  // for a while).
+  void NoteSizeSpinMiss(int64_t extension_ns, uint32_t message_bytes,
+                        int64_t waited_ns);
 
   std::unique_ptr<Arena> local_;
   std::unique_ptr<Arena> peer_;
@@ -147,12 +158,21 @@ class Endpoint {
   RingWriter data_out_;  // guarded by send_mu_
   RingReader data_in_;   // receiver thread
   std::mutex release_mu_;
-  RingWriter release_out_;                   // guarded by release_mu_
-  std::deque<Descriptor> pending_releases_;  // guarded by release_mu_
+  RingWriter release_out_;                         // guarded by release_mu_
+  std::deque<Descriptor> pending_releases_;        // guarded by release_mu_
   std::atomic<bool> has_pending_releases_{false};  // !pending_releases_.empty()
-  RingReader release_in_;  // whoever holds draining_
+  RingReader release_in_;                          // whoever holds draining_
   std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
   int64_t spin_budget_ns_;  // receiver thread
+  // Spin owed to the large messages received since the last sleep
+  // (receiver thread; see WaitOptions::spin_per_mib): the extension, the
+  // message size that set it, extensions missed in a row, and the size and
+  // time of the last miss.
+  int64_t size_spin_ns_ = 0;
+  uint32_t size_spin_bytes_ = 0;
+  int size_spin_misses_ = 0;
+  uint32_t size_spin_missed_bytes_ = std::numeric_limits<uint32_t>::max();
+  int64_t size_spin_missed_at_ns_ = 0;
 
   // Single-writer counters (each bumped by one thread, read by Stats()).
   struct Counter {
@@ -165,9 +185,9 @@ class Endpoint {
   };
   Counter messages_sent_, bytes_sent_, doorbells_sent_, doorbells_suppressed_,
       ring_full_waits_, inline_sent_, inline_bytes_sent_;  // under send_mu_
-  Counter releases_sent_;  // under release_mu_
-  Counter messages_received_, bytes_received_, wakeups_,
-      invalid_descriptors_, inline_received_;  // receiver thread
+  Counter releases_sent_;                                  // under release_mu_
+  Counter messages_received_, bytes_received_, wakeups_, invalid_descriptors_,
+      inline_received_;                         // receiver thread
   std::atomic<uint64_t> releases_received_{0};  // any draining thread
 };
 

@@ -36,6 +36,12 @@ struct WaitOptions {
   // halves (down to min_spin) when it came much later (slow peer, idle link).
   absl::Duration max_spin = absl::Microseconds(100);
   absl::Duration min_spin = absl::Microseconds(1);
+  // notify: after a message of N MiB, the next spin lasts at least
+  // N * spin_per_mib (at most 2 ms), whatever the adaptive budget: the next
+  // frame after a large one comes only once both sides have passed over
+  // its bytes, later than max_spin, and sleeping then costs two wake-ups
+  // per round trip. 0 turns it off.
+  absl::Duration spin_per_mib = absl::Milliseconds(1);
   // Part of each spin that pauses without yielding (see above).
   absl::Duration pause_spin = absl::Microseconds(2);
   // periodic: sleep between drains.
