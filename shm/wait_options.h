@@ -36,11 +36,13 @@ struct WaitOptions {
   // halves (down to min_spin) when it came much later (slow peer, idle link).
   absl::Duration max_spin = absl::Microseconds(100);
   absl::Duration min_spin = absl::Microseconds(1);
-  // notify: after a message of N MiB, the next spin lasts at least
-  // N * spin_per_mib (at most 2 ms), whatever the adaptive budget: the next
-  // frame after a large one comes only once both sides have passed over
-  // its bytes, later than max_spin, and sleeping then costs two wake-ups
-  // per round trip. 0 turns it off.
+  // notify: after a message of N MiB, spins last at least N * spin_per_mib
+  // (at most 2 ms), whatever the adaptive budget, until one runs out: the
+  // next frame after a large one comes only once both sides have passed
+  // over its bytes, later than max_spin, and sleeping then costs two
+  // wake-ups per round trip. Two extensions in a row that the next message
+  // missed by less than 4x stop them for messages that large for 100 ms
+  // (exchanges too slow to catch; an idle link does not count). 0: off.
   absl::Duration spin_per_mib = absl::Milliseconds(1);
   // Part of each spin that pauses without yielding (see above).
   absl::Duration pause_spin = absl::Microseconds(2);
