@@ -10,7 +10,7 @@
 #include <cstring>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "shm/arena.h"
 #include "shm/memory_headroom.h"
@@ -89,6 +89,9 @@ MapPeer(int fd, uint64_t data_bytes, uint32_t ring_slots) {
 
 namespace {
 
+// Marks ConnectUnix's failure: nothing listens at the path.
+constexpr absl::string_view kNoShmSocketPayload = "shmgrpc/no-shm-socket";
+
 // A unix socket, its address and the address's length, or why not.
 struct UnixSocket {
   int fd;
@@ -134,16 +137,16 @@ absl::StatusOr<int> ConnectUnix(const std::string& path) {
               unix_socket->addr_len) != 0) {
     const int err = errno;
     close(unix_socket->fd);
-    return absl::UnavailableError(absl::StrCat(
+    absl::Status status = absl::UnavailableError(absl::StrCat(
         "connect ", PrintableSocketPath(path), ": ", strerror(err)));
+    status.SetPayload(kNoShmSocketPayload, absl::Cord());
+    return status;
   }
   return unix_socket->fd;
 }
 
 bool IsNoShmSocket(const absl::Status& status) {
-  // ConnectUnix's failure, and the only Unavailable that starts this way.
-  return absl::IsUnavailable(status) &&
-         absl::StartsWith(status.message(), "connect ");
+  return status.GetPayload(kNoShmSocketPayload).has_value();
 }
 
 absl::StatusOr<int> ListenUnix(const std::string& path) {

@@ -103,7 +103,8 @@ std::string PrintableSocketPath(const std::string& path);
 // Connects a SOCK_STREAM unix socket to `path` (CLOEXEC).
 absl::StatusOr<int> ConnectUnix(const std::string& path);
 // True for ClientHandshake's failure when nothing listens at the shm socket
-// (the server has no shm, or is restarting): the ordinary plain case.
+// (the server has no shm, or is restarting): the ordinary plain case. Told
+// by a status payload ConnectUnix sets, not by the message.
 bool IsNoShmSocket(const absl::Status& status);
 // Binds and listens on `path` (replacing a stale socket file), CLOEXEC.
 absl::StatusOr<int> ListenUnix(const std::string& path);
