@@ -13,6 +13,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
@@ -288,6 +289,9 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
       "in-call");
   ASSERT_TRUE(stopped.status().ok()) << stopped.status();
   ASSERT_EQ(kill(stopped.pid(), SIGSTOP), 0) << strerror(errno);
+  // Resumed however the test ends: a stopped process ignores the SIGTERM
+  // that ends it, and the test would hang.
+  absl::Cleanup resume = [&] { kill(stopped.pid(), SIGCONT); };
   absl::SleepFor(absl::Milliseconds(200));  // its ring is full by now
 
   auto channel = CreateChannelWithOwnSession(server.target());
@@ -305,10 +309,10 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
   EXPECT_LT(slowest, absl::Seconds(1))
       << "a stopped client held up another client's calls";
 
-  ASSERT_EQ(kill(stopped.pid(), SIGCONT), 0) << strerror(errno);
+  std::move(resume).Invoke();
   stopped.Kill();
-  channel.reset();
   stub.reset();
+  channel.reset();
   ExpectServerIdle(server.target());
   ExpectServerStillServesShm(server.target());
 }
