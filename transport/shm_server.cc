@@ -122,7 +122,10 @@ void ShmServer::AcceptLoop() {
     JoinFinishedThreadsLocked();
     if (handshake_threads_.size() >= kMaxConcurrentHandshakes) {
       lock.unlock();
-      RefuseBusy(sock);
+      RefuseConnection(sock, transport::kServerBusy, "busy",
+                       absl::StrCat(kMaxConcurrentHandshakes,
+                                    " handshakes already under way; its "
+                                    "calls go plain"));
       continue;
     }
     auto handshake = std::make_unique<ReapableThread>();
@@ -135,17 +138,17 @@ void ShmServer::AcceptLoop() {
   }
 }
 
-void ShmServer::RefuseBusy(int sock) {
+void ShmServer::RefuseConnection(int sock, transport::HandshakeRefusal reason,
+                                 const std::string& kind,
+                                 absl::string_view why) {
   handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
   uint64_t not_logged;
-  if (refusals_log_.ShouldLog("busy", absl::Now(), &not_logged)) {
+  if (refusals_log_.ShouldLog(kind, absl::Now(), &not_logged)) {
     ShmLog("refused shm connection on ",
-           transport::PrintableSocketPath(shm_path_), ": ",
-           kMaxConcurrentHandshakes,
-           " handshakes already under way; its calls go plain",
+           transport::PrintableSocketPath(shm_path_), ": ", why,
            transport::LogRateLimiter::NotLoggedNote(not_logged));
   }
-  transport::RefuseHandshake(sock, transport::kServerBusy);
+  if (reason != transport::kAccepted) transport::RefuseHandshake(sock, reason);
   close(sock);
 }
 
@@ -161,16 +164,9 @@ bool ShmServer::ReserveSessionSlot() {
 
 void ShmServer::Handshake(int sock) {
   if (!ReserveSessionSlot()) {
-    handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
-    uint64_t not_logged;
-    if (refusals_log_.ShouldLog("session limit", absl::Now(), &not_logged)) {
-      ShmLog("refused shm connection on ",
-             transport::PrintableSocketPath(shm_path_), ": at the limit of ",
-             options_.max_sessions, " sessions; its calls go plain",
-             transport::LogRateLimiter::NotLoggedNote(not_logged));
-    }
-    transport::RefuseHandshake(sock, transport::kTooManySessions);
-    close(sock);
+    RefuseConnection(sock, transport::kTooManySessions, "session limit",
+                     absl::StrCat("at the limit of ", options_.max_sessions,
+                                  " sessions; its calls go plain"));
     return;
   }
   absl::StatusOr<Handshaken> handshaken =
@@ -180,17 +176,10 @@ void ShmServer::Handshake(int sock) {
       std::lock_guard<std::mutex> lock(mu_);
       --sessions_starting_;
     }
-    handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
-    uint64_t not_logged;
-    if (refusals_log_.ShouldLog(
-            absl::StatusCodeToString(handshaken.status().code()), absl::Now(),
-            &not_logged)) {
-      ShmLog("refused shm connection on ",
-             transport::PrintableSocketPath(shm_path_), ": ",
-             handshaken.status().ToString(),
-             transport::LogRateLimiter::NotLoggedNote(not_logged));
-    }
-    close(sock);
+    // ServerHandshake already sent any refusal.
+    RefuseConnection(sock, transport::kAccepted,
+                     absl::StatusCodeToString(handshaken.status().code()),
+                     handshaken.status().ToString());
     return;
   }
   const pid_t peer_pid = handshaken->peer.pid;

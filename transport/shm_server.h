@@ -31,9 +31,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/server.h"
+#include "transport/handshake.h"
 #include "transport/log_rate_limiter.h"
 #include "transport/options.h"
 #include "transport/server_call.h"
@@ -90,8 +92,11 @@ class ShmServer {
   // Counts a handshake about to start against Options::max_sessions; false
   // when the server is at the limit (open sessions plus handshakes started).
   bool ReserveSessionSlot();
-  // Refuses, counts and logs a connection beyond kMaxConcurrentHandshakes.
-  void RefuseBusy(int sock);
+  // Counts a refused connection, logs `why` (at most one line per `kind`
+  // per 10 s), sends `reason` unless it is kAccepted (a refusal already
+  // sent) and closes the socket.
+  void RefuseConnection(int sock, transport::HandshakeRefusal reason,
+                        const std::string& kind, absl::string_view why);
   void Handshake(int sock);
   void OnFrame(const std::shared_ptr<ServerSession>& session,
                const shm::ReceivedMessage& message);
