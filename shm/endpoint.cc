@@ -70,7 +70,8 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
           At<const RingProducerState>(*peer_, peer_layout.release_ring_offset),
           At<RingConsumerState>(*local_, local_layout.release_consumer_offset),
           peer_layout.ring_slots),
-      spin_budget_ns_(absl::ToInt64Nanoseconds(wait.max_spin)) {}
+      spin_budget_ns_(absl::ToInt64Nanoseconds(wait.max_spin)),
+      spin_per_mib_ns_(absl::ToInt64Nanoseconds(wait.spin_per_mib)) {}
 
 Endpoint::~Endpoint() {
   // Unblock and stop the side channel's writer before the fd goes away.
@@ -253,9 +254,8 @@ Endpoint::PopResult Endpoint::TryPop(ReceivedMessage* out,
 
 int64_t Endpoint::SizeSpinNanos(uint32_t message_bytes) const {
   constexpr int64_t kMaxSizeSpinNs = 2'000'000;
-  const int64_t per_mib_ns = absl::ToInt64Nanoseconds(wait_.spin_per_mib);
   return std::min(kMaxSizeSpinNs,
-                  static_cast<int64_t>(static_cast<double>(per_mib_ns) *
+                  static_cast<int64_t>(static_cast<double>(spin_per_mib_ns_) *
                                        message_bytes / (1 << 20)));
 }
 

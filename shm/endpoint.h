@@ -163,7 +163,8 @@ class Endpoint {
   std::atomic<bool> has_pending_releases_{false};  // !pending_releases_.empty()
   RingReader release_in_;                          // whoever holds draining_
   std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
-  int64_t spin_budget_ns_;  // receiver thread
+  int64_t spin_budget_ns_;         // receiver thread
+  const int64_t spin_per_mib_ns_;  // wait_.spin_per_mib, converted once
   // Spin owed to the large messages received since the last sleep
   // (receiver thread; see WaitOptions::spin_per_mib): the extension, the
   // message size that set it, extensions missed in a row, and the size and
