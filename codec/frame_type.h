@@ -21,6 +21,11 @@ enum class FrameType : uint16_t {
   kWindowUpdate = 7,     // both ways, streams only: the receiver consumed
                          // messages; no payload, the credit is in `aux`
                          // (see transport/flow_window.h)
+  kGoAway = 8,  // server -> client, stream 0: the server is shutting down;
+                // it serves the calls it has and those already sent, the
+                // client starts no new one on this session and closes it
+                // once its calls have ended (a peer that predates this frame
+                // skips it as unknown, and the server closes it once idle)
 };
 
 // Descriptor flags on a kCallHeaders frame.
@@ -33,7 +38,7 @@ inline constexpr uint16_t kMessageContinuesFlag = 2;
 // True for the values above; anything else from a peer is a protocol error.
 inline bool IsKnownFrameType(uint16_t type) {
   return type >= static_cast<uint16_t>(FrameType::kCallHeaders) &&
-         type <= static_cast<uint16_t>(FrameType::kWindowUpdate);
+         type <= static_cast<uint16_t>(FrameType::kGoAway);
 }
 
 }  // namespace shmgrpc::codec

@@ -11,7 +11,8 @@
 // unless --no-shm, attaches shmgrpc (handshake socket <socket>.shm) with the
 // given Options (arena per session, wait strategy, largest block). Also
 // serves ServerStatsService (the shm counters). Prints "ready" on stdout when
-// both are up. Exits on SIGTERM/SIGINT after shutting down cleanly.
+// both are up. Exits on SIGTERM/SIGINT after shutting down gracefully (calls
+// under way get 2 s to finish).
 #include <grp.h>
 #include <signal.h>
 #include <unistd.h>
@@ -271,9 +272,11 @@ int Main(int argc, char** argv) {
   stats_service.set_shm(nullptr);
   const auto grpc_deadline =
       std::chrono::system_clock::now() + std::chrono::seconds(2);
-  // The documented order is shm first; the other order must work too.
+  // The documented order is shm first; the other order must work too. Both
+  // let calls under way finish until the deadline (shm's calls on shm, new
+  // ones plain meanwhile).
   if (grpc_shutdown_first) server->Shutdown(grpc_deadline);
-  if (shm) shm->Shutdown();
+  if (shm) shm->Shutdown(absl::FromChrono(grpc_deadline));
   if (!grpc_shutdown_first) server->Shutdown(grpc_deadline);
   echo_service.Stop();
   return 0;

@@ -4,6 +4,7 @@
 // block left in use on the survivor.
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -319,7 +320,80 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
 
 // ---- orderly endings -------------------------------------------------------
 
-TEST(ShutdownTest, ServerShutdownEndsCallsInFlightUnavailable) {
+// A server shut down (SIGTERM: echo_server gives calls 2 s, as a rolling
+// restart would) lets the calls under way on shm finish there: unary calls
+// in their handlers and a stream that keeps going. Its client hears of it
+// at once and puts new calls on plain gRPC meanwhile; none is lost, and the
+// client closes the drained session itself.
+TEST(ShutdownTest, CallsUnderWayFinishOnShmAndNewCallsGoPlain) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target());
+  auto stub = EchoService::NewStub(channel);
+
+  constexpr int kSlowCalls = 4;
+  std::vector<grpc::Status> statuses(kSlowCalls);
+  std::vector<EchoResponse> responses(kSlowCalls);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kSlowCalls; ++i) {
+    callers.emplace_back([&, i] {
+      EchoRequest request;
+      FillRequest(&request, 65536, i);
+      request.set_delay_ms(700);
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(10)));
+      statuses[i] = stub->Unary(&context, request, &responses[i]);
+    });
+  }
+  grpc::ClientContext stream_context;
+  auto stream = stub->Bidi(&stream_context);
+  int64_t seq = 0;
+  auto round_trip = [&] {
+    EchoRequest request;
+    FillRequest(&request, 4096, seq);
+    EchoResponse response;
+    return stream->Write(request) && stream->Read(&response) &&
+           response.seq() == seq++ && PayloadIntact(response) &&
+           response.peer_pid() != "";
+  };
+  ASSERT_TRUE(round_trip());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return FetchServerStats(server.target()).calls_active() ==
+               kSlowCalls + 1;
+      },
+      absl::Seconds(5)));
+
+  ASSERT_EQ(kill(server.pid(), SIGTERM), 0) << strerror(errno);
+  ASSERT_TRUE(
+      WaitFor([&] { return !GetChannelStats(channel.get())->session_alive; },
+              absl::Milliseconds(500)))
+      << "the client did not hear of the shutdown";
+  // A new call meanwhile: plain, served by the grpc::Server still up.
+  ExpectEchoOver(channel, /*over_shm=*/false, "call during the drain");
+  // The stream started on shm goes on there.
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(round_trip()) << i;
+  ASSERT_TRUE(stream->WritesDone());
+  const grpc::Status stream_status = stream->Finish();
+  EXPECT_TRUE(stream_status.ok()) << stream_status.error_message();
+  for (auto& caller : callers) caller.join();
+  for (int i = 0; i < kSlowCalls; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    EXPECT_TRUE(PayloadIntact(responses[i])) << i;
+    EXPECT_NE(responses[i].peer_pid(), "") << i << " did not finish on shm";
+  }
+  EXPECT_EQ(server.Stop(), 0) << "unclean server shutdown";
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_aborted_by_close, 0u);
+  EXPECT_EQ(stats.sessions_drained, 1u);
+  EXPECT_EQ(stats.sessions_closed, 1u);
+  EXPECT_EQ(stats.session.arena.blocks_in_use, 0u);
+}
+
+// A call still running at the shutdown deadline is cancelled then: its
+// client hears UNAVAILABLE about 2 s after the SIGTERM, not at its own 30 s
+// deadline, and the server exits cleanly.
+TEST(ShutdownTest, CallsOutlivingTheShutdownDeadlineEndUnavailable) {
   ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target());
@@ -333,8 +407,42 @@ TEST(ShutdownTest, ServerShutdownEndsCallsInFlightUnavailable) {
   call.Join();
   EXPECT_EQ(call.status().error_code(), grpc::StatusCode::UNAVAILABLE)
       << call.status().error_message();
+  EXPECT_GE(call.returned_at() - stop_at, absl::Milliseconds(1500))
+      << "the call was not given the shutdown's grace";
   EXPECT_LT(stop_took, absl::Seconds(4)) << "shutdown waited on the call";
   EXPECT_EQ(GetChannelStats(channel.get())->session.arena.blocks_in_use, 0u);
+}
+
+// A successor server that binds the same path while its predecessor still
+// drains (a rolling restart) keeps its shm socket when the predecessor
+// exits, and the client's next session is with the successor.
+TEST(ShutdownTest, SuccessorOnTheSamePathKeepsItsSocketAndGetsTheClient) {
+  auto old_server = std::make_unique<ServerProcess>("sync");
+  ASSERT_TRUE(old_server->status().ok()) << old_server->status();
+  auto channel = CreateChannel(old_server->target());
+  auto stub = EchoService::NewStub(channel);
+  EchoResponse response;
+  ASSERT_TRUE(UnaryEcho(stub.get(), 64, 1, &response).ok());
+  ASSERT_NE(response.peer_pid(), "") << "not on shm";
+
+  ServerProcess successor("sync", {}, old_server->socket_path());
+  ASSERT_TRUE(successor.status().ok()) << successor.status();
+  EXPECT_EQ(old_server->Stop(), 0) << "unclean server shutdown";
+  old_server.reset();
+  struct stat file;
+  EXPECT_EQ(stat((successor.socket_path() + ".shm").c_str(), &file), 0)
+      << "the old server removed its successor's shm socket";
+  // Over shm (the verified peer pid), with the old server gone: the
+  // successor's session. (ServerProcess::Stop() removed the plain socket
+  // file, so plain calls fail meanwhile.)
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        EchoResponse r;
+        return UnaryEcho(stub.get(), 64, 2, &r).ok() && r.peer_pid() != "";
+      },
+      absl::Seconds(5)))
+      << "the client never reached the successor over shm";
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_aborted_by_close, 0u);
 }
 
 // The grpc::Server shut down before its ShmServer (README says the other

@@ -93,6 +93,7 @@ ClientStats ClientCore::Stats() {
   const LinkStats link = link_->Stats();
   stats.sessions_opened = link.sessions_opened;
   stats.sessions_closed = link.sessions_closed;
+  stats.sessions_drained = link.sessions_drained;
   stats.calls_aborted_by_close = link.calls_aborted_by_close;
   stats.blocks_reclaimed = link.blocks_reclaimed;
   stats.messages_chained = link.send_paths.chained;

@@ -39,8 +39,9 @@ struct ClientStats {
   // The session is the channel's link's, shared with this process's other
   // channels to the same server (session_link.h): these and the counters
   // above from messages_chained on count every channel's traffic on it.
-  uint64_t sessions_opened = 0;         // the first one included
-  uint64_t sessions_closed = 0;         // peer gone or connection broken
+  uint64_t sessions_opened = 0;   // the first one included
+  uint64_t sessions_closed = 0;   // peer gone, connection broken, drained
+  uint64_t sessions_drained = 0;  // of those: closed after a server's goaway
   uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
   uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   bool session_alive = false;

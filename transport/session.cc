@@ -42,10 +42,14 @@ Session::~Session() {
   if (thread_.joinable()) thread_.detach();  // only when destroyed on it
 }
 
-void Session::Shutdown() {
+void Session::Close() {
   if (!shutdown_.exchange(true)) {
     ::shutdown(endpoint_->socket(), SHUT_RDWR);
   }
+}
+
+void Session::Shutdown() {
+  Close();
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) {
     thread_.join();
   }

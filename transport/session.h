@@ -126,6 +126,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Closes the connection; waits for the session thread unless called from
   // it. Idempotent.
   void Shutdown();
+  // Closes the connection without waiting: the session thread then calls
+  // `on_closed` and ends. For a thread that may hold a lock the handlers
+  // take. Idempotent.
+  void Close();
 
  private:
   Session(Handshaken handshaken, FrameHandler on_frame, ClosedHandler on_closed,

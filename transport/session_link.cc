@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "codec/frame_type.h"
 #include "transport/client_call.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
@@ -80,6 +81,13 @@ SessionLink::~SessionLink() {
   session_down_.notify_all();
   if (reconnect_thread_.joinable()) reconnect_thread_.join();
   if (session) session->Shutdown();
+  std::vector<std::shared_ptr<Session>> draining;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    for (auto& [raw, drained] : draining_) draining.push_back(drained);
+    draining_.clear();
+  }
+  for (auto& drained : draining) drained->Shutdown();
 }
 
 void SessionLink::StartOnce() {
@@ -130,8 +138,8 @@ absl::Status SessionLink::Connect() {
   auto self = std::make_shared<std::weak_ptr<Session>>();
   std::shared_ptr<Session> session = Session::Create(
       std::move(*handshaken),
-      [weak](const shm::ReceivedMessage& message) {
-        if (auto link = weak.lock()) link->OnFrame(message);
+      [weak, self](const shm::ReceivedMessage& message) {
+        if (auto link = weak.lock()) link->OnFrame(message, *self);
       },
       [weak, self](const absl::Status& status) {
         if (auto link = weak.lock()) link->OnClosed(self->lock(), status);
@@ -176,22 +184,68 @@ uint64_t SessionLink::Register(const std::shared_ptr<ClientCall>& call,
   std::lock_guard<std::mutex> lock(calls_mu_);
   // A session marks itself dead before OnClosed takes calls_mu_ to abort
   // the registered calls, so a call either is aborted there or sees this.
-  if (!session.alive()) return 0;
+  // A draining session is closed once it has no calls: a call registered on
+  // it after that check would be lost with it.
+  if (!session.alive() || draining_.count(&session) != 0) return 0;
   const uint64_t id = next_stream_id_++;
   calls_.emplace(id, RegisteredCall{call, &session});
   return id;
 }
 
 void SessionLink::Unregister(uint64_t stream_id) {
-  std::shared_ptr<ClientCall> call;
-  std::lock_guard<std::mutex> lock(calls_mu_);
-  auto it = calls_.find(stream_id);
-  if (it == calls_.end()) return;
-  call = std::move(it->second.call);  // destroyed after the lock is released
-  calls_.erase(it);
+  std::shared_ptr<ClientCall> call;  // destroyed after the lock is released
+  std::shared_ptr<Session> drained;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    auto it = calls_.find(stream_id);
+    if (it == calls_.end()) return;
+    const Session* session = it->second.session;
+    call = std::move(it->second.call);
+    calls_.erase(it);
+    auto draining = draining_.find(session);
+    if (draining != draining_.end() && !HasCallsLocked(session)) {
+      drained = draining->second;
+    }
+  }
+  // Without waiting: the caller may hold locks the session thread takes.
+  if (drained) drained->Close();
 }
 
-void SessionLink::OnFrame(const shm::ReceivedMessage& message) {
+bool SessionLink::HasCallsLocked(const Session* session) const {
+  for (const auto& [id, registered] : calls_) {
+    if (registered.session == session) return true;
+  }
+  return false;
+}
+
+void SessionLink::OnGoAway(const std::shared_ptr<Session>& session) {
+  {
+    std::lock_guard<std::mutex> lock(session_mu_);
+    if (session_ == session) session_ = nullptr;  // no new calls on it
+  }
+  bool idle;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    if (!draining_.emplace(session.get(), session).second) return;
+    idle = !HasCallsLocked(session.get());
+  }
+  ShmLog("client session to ", PrintableSocketPath(shm_path_),
+         ": the server is shutting down; calls under way finish on it, new "
+         "calls go plain until a session reopens");
+  if (idle) session->Close();
+  session_down_.notify_all();  // look for the server's successor
+}
+
+void SessionLink::OnFrame(const shm::ReceivedMessage& message,
+                          const std::weak_ptr<Session>& from) {
+  if (message.descriptor.type ==
+      static_cast<uint16_t>(codec::FrameType::kGoAway)) {
+    if (std::shared_ptr<Session> session = from.lock()) {
+      session->Release(message);
+      OnGoAway(session);
+    }
+    return;
+  }
   std::shared_ptr<ClientCall> call;
   {
     std::lock_guard<std::mutex> lock(calls_mu_);
@@ -203,13 +257,24 @@ void SessionLink::OnFrame(const shm::ReceivedMessage& message) {
     return;
   }
   // The call already ended (cancelled, deadline): nothing waits for this.
-  if (std::shared_ptr<Session> s = session()) s->Release(message);
+  if (std::shared_ptr<Session> session = from.lock()) session->Release(message);
 }
 
 void SessionLink::OnClosed(const std::shared_ptr<Session>& session,
                            const absl::Status& status) {
-  ShmLog("client session to ", PrintableSocketPath(shm_path_),
-         " closed: ", status.ToString());
+  bool drained = false;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    if (session) drained = draining_.erase(session.get()) != 0;
+  }
+  if (drained) {
+    sessions_drained_.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(session_mu_);
+    replaced_sessions_ += session->send_path_stats();  // not session_ now
+  } else {
+    ShmLog("client session to ", PrintableSocketPath(shm_path_),
+           " closed: ", status.ToString());
+  }
   sessions_closed_.fetch_add(1, std::memory_order_relaxed);
   if (session) {
     blocks_reclaimed_.fetch_add(session->blocks_reclaimed(),
@@ -242,6 +307,7 @@ LinkStats SessionLink::Stats() {
   LinkStats stats;
   stats.sessions_opened = sessions_opened_.load(std::memory_order_relaxed);
   stats.sessions_closed = sessions_closed_.load(std::memory_order_relaxed);
+  stats.sessions_drained = sessions_drained_.load(std::memory_order_relaxed);
   stats.calls_aborted_by_close =
       calls_aborted_by_close_.load(std::memory_order_relaxed);
   stats.blocks_reclaimed = blocks_reclaimed_.load(std::memory_order_relaxed);

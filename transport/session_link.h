@@ -7,8 +7,12 @@
 // A link keeps its session open: it re-opens it, with exponential backoff,
 // whenever it is down (server restarted, server without shm yet). It routes
 // incoming frames to calls by stream id, and ends the calls of a session
-// that closes UNAVAILABLE. The session closes when the last channel using
-// the link lets go of it. Thread-safe.
+// that closes UNAVAILABLE. A server shutting down gracefully says so
+// (kGoAway): the link then starts no new call on that session (new calls go
+// plain until a new session opens), lets its calls finish, and closes it
+// after the last one, as a gRPC client drains a connection after GOAWAY.
+// The session closes when the last channel using the link lets go of it.
+// Thread-safe.
 #ifndef SHMGRPC_TRANSPORT_SESSION_LINK_H_
 #define SHMGRPC_TRANSPORT_SESSION_LINK_H_
 
@@ -32,8 +36,9 @@ class ClientCall;
 
 // What a link's sessions did, all of them so far.
 struct LinkStats {
-  uint64_t sessions_opened = 0;         // the first one included
-  uint64_t sessions_closed = 0;         // peer gone or connection broken
+  uint64_t sessions_opened = 0;   // the first one included
+  uint64_t sessions_closed = 0;   // peer gone, connection broken, drained
+  uint64_t sessions_drained = 0;  // of those: closed after a server's goaway
   uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
   uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   SendPathStats send_paths;             // messages chained or sent inline
@@ -59,7 +64,8 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   // The live session, or nullptr.
   std::shared_ptr<Session> session();
   // Calls register once hijacked and unregister when they end. Returns the
-  // stream id, or 0 when `session` has closed meanwhile (go plain).
+  // stream id, or 0 when `session` has closed or is draining meanwhile (go
+  // plain).
   uint64_t Register(const std::shared_ptr<ClientCall>& call,
                     const Session& session);
   void Unregister(uint64_t stream_id);
@@ -81,7 +87,13 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   void ReconnectLoop();
   // Only from Connect(), under connect_mu_.
   void LogConnectFailure(const absl::Status& status);
-  void OnFrame(const shm::ReceivedMessage& message);
+  // `from`: the session that received it (for frames no call takes).
+  void OnFrame(const shm::ReceivedMessage& message,
+               const std::weak_ptr<Session>& from);
+  // The server is shutting `session` down gracefully (see the class comment).
+  void OnGoAway(const std::shared_ptr<Session>& session);
+  // calls_mu_ held: whether a call still runs on `session`.
+  bool HasCallsLocked(const Session* session) const;
   void OnClosed(const std::shared_ptr<Session>& session,
                 const absl::Status& status);
 
@@ -108,9 +120,12 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   std::mutex calls_mu_;
   std::unordered_map<uint64_t, RegisteredCall> calls_;
   uint64_t next_stream_id_ = 1;
+  // Sessions after a goaway, until they close: they take no new call, and
+  // are closed once no call runs on them (guarded by calls_mu_).
+  std::unordered_map<const Session*, std::shared_ptr<Session>> draining_;
 
   std::atomic<uint64_t> sessions_opened_{0}, sessions_closed_{0},
-      calls_aborted_by_close_{0}, blocks_reclaimed_{0};
+      sessions_drained_{0}, calls_aborted_by_close_{0}, blocks_reclaimed_{0};
 };
 
 }  // namespace shmgrpc::transport

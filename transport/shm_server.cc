@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -33,6 +34,8 @@ struct ShmServer::ServerSession {
   std::map<uint64_t, std::shared_ptr<InjectedCall>> calls;
   bool closed = false;  // no new calls
   bool cq_shut_down = false;
+  // When its client was told to drain it (guarded by ShmServer::mu_).
+  absl::Time goaway_at = absl::InfiniteFuture();
 
   // mu held. Shuts the queue down once nothing can complete on it again:
   // the session is closed (no new calls) and every call is done (a call
@@ -61,6 +64,12 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
 ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
                      const Options& options)
     : shm_path_(std::move(shm_path)), options_(options), listen_fd_(listen_fd) {
+  struct stat file;
+  if (!transport::IsAbstractSocketPath(shm_path_) &&
+      stat(shm_path_.c_str(), &file) == 0) {
+    socket_file_dev_ = file.st_dev;
+    socket_file_ino_ = file.st_ino;
+  }
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
@@ -70,7 +79,7 @@ ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
   accept_thread_ = std::thread([this] { AcceptLoop(); });
 }
 
-ShmServer::~ShmServer() { Shutdown(); }
+ShmServer::~ShmServer() { Shutdown(absl::Now()); }
 
 void ShmServer::StartCompletionThreadLocked(
     std::shared_ptr<ServerSession> session) {
@@ -204,12 +213,23 @@ void ShmServer::Handshake(int sock) {
   sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
   --sessions_starting_;
-  if (shutting_down_) return;  // never started: closing it is dropping it
   // Listed before it starts, so its OnClosed (which waits for mu_) always
-  // finds it; Shutdown() joins this thread before it reads sessions_.
+  // finds it; Shutdown() joins this thread before it reads sessions_. One
+  // that completes while the server shuts down is served and drained like
+  // the others: its client may already be sending calls on it.
   sessions_.push_back(server_session);
   StartCompletionThreadLocked(server_session);
   server_session->session->Start();
+  if (shutting_down_) SendGoAwayLocked(*server_session);
+}
+
+void ShmServer::SendGoAwayLocked(ServerSession& s) {
+  if (s.goaway_at != absl::InfiniteFuture()) return;
+  s.goaway_at = absl::Now();
+  // Never waits: a client that does not read (stopped) gets it late or not
+  // at all, and is then closed as idle or at the deadline.
+  s.session->PostControl(codec::FrameType::kGoAway, 0, 0,
+                         s.goaway_at + options_.handshake_timeout);
 }
 
 void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
@@ -271,6 +291,7 @@ void ShmServer::OnClosed(const std::shared_ptr<ServerSession>& s) {
   closed_sessions_paths_ += s->session->send_path_stats();
   sessions_.erase(std::remove(sessions_.begin(), sessions_.end(), s),
                   sessions_.end());
+  session_closed_.notify_all();
 }
 
 namespace {
@@ -284,7 +305,42 @@ bool CallsEnded(
 
 }  // namespace
 
-void ShmServer::Shutdown() {
+void ShmServer::RemoveSocketFile() {
+  struct stat file;
+  if (socket_file_ino_ != 0 && stat(shm_path_.c_str(), &file) == 0 &&
+      file.st_dev == socket_file_dev_ && file.st_ino == socket_file_ino_) {
+    unlink(shm_path_.c_str());
+  }
+}
+
+void ShmServer::DrainSessions(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    const absl::Time now = absl::Now();
+    if (sessions_.empty() || now >= deadline) return;
+    std::vector<std::shared_ptr<ServerSession>> idle;
+    for (const auto& s : sessions_) {
+      std::lock_guard<std::mutex> session_lock(s->mu);
+      if (s->calls.empty() &&
+          now - s->goaway_at >= options_.handshake_timeout) {
+        idle.push_back(s);
+      }
+    }
+    if (!idle.empty()) {
+      // Outside mu_: closing runs OnClosed, which takes it.
+      lock.unlock();
+      for (auto& s : idle) s->session->Shutdown();
+      lock.lock();
+      continue;
+    }
+    // Woken by each close; the grace is checked every 10 ms.
+    session_closed_.wait_until(
+        lock,
+        absl::ToChronoTime(std::min(deadline, now + absl::Milliseconds(10))));
+  }
+}
+
+void ShmServer::Shutdown(absl::Time deadline) {
   std::vector<std::shared_ptr<ServerSession>> sessions;
   std::list<std::unique_ptr<ReapableThread>> handshakes, completions;
   {
@@ -297,16 +353,22 @@ void ShmServer::Shutdown() {
     ShmLog("shutdown: cannot wake the accept loop: ", strerror(errno));
   }
   accept_thread_.join();
+  // From here a client's reconnect finds no shm socket (or a successor's).
+  close(listen_fd_);
+  RemoveSocketFile();
   {
     std::lock_guard<std::mutex> lock(mu_);
+    for (auto& s : sessions_) SendGoAwayLocked(*s);
     handshakes.swap(handshake_threads_);
   }
   for (auto& handshake : handshakes) handshake->thread.join();
+  DrainSessions(deadline);
   {
     std::lock_guard<std::mutex> lock(mu_);
     sessions.swap(sessions_);
   }
-  for (auto& s : sessions) s->session->Shutdown();  // cancels their calls
+  // Past the deadline: what still runs is cancelled.
+  for (auto& s : sessions) s->session->Shutdown();
   // Wait (up to 5 s) for injected calls to send their status and complete
   // every op; name the ones that do not.
   for (auto& s : sessions) {
@@ -333,9 +395,7 @@ void ShmServer::Shutdown() {
     completions.swap(completion_threads_);
   }
   for (auto& completion : completions) completion->thread.join();
-  close(listen_fd_);
   close(wake_fd_);
-  if (!transport::IsAbstractSocketPath(shm_path_)) unlink(shm_path_.c_str());
 }
 
 ServerStats ShmServer::Stats() {

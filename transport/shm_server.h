@@ -3,7 +3,7 @@
 //   auto server = builder.BuildAndStart();           // listens on unix:/p
 //   auto shm = shmgrpc::ShmServer::Start(server.get(), "unix:/p", options);
 //   ...
-//   shm->Shutdown();   // before the grpc::Server is destroyed
+//   shm->Shutdown(deadline);   // then server->Shutdown(deadline)
 //
 // It listens on "/p.shm", handshakes each client (one thread per handshake,
 // bounded by the handshake timeout and joined once done; a bad or slow client
@@ -17,10 +17,18 @@
 // completion-queue thread of that session: a client that stops reading
 // (stopped, not dead) makes only its own calls wait for ring space, never
 // another client's.
+//
+// Shutdown is graceful, as grpc::Server's is: the shm socket goes away at
+// once, every client is told (kGoAway) and puts its new calls on plain gRPC
+// (served by the grpc::Server, still up), and the calls under way finish on
+// shared memory; only those still running at the deadline are cancelled.
 #ifndef SHMGRPC_TRANSPORT_SHM_SERVER_H_
 #define SHMGRPC_TRANSPORT_SHM_SERVER_H_
 
+#include <sys/types.h>
+
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <map>
@@ -32,6 +40,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/server.h"
@@ -73,8 +82,15 @@ class ShmServer {
       const Options& options = Options());
   ~ShmServer();
 
-  // Stops accepting, cancels injected calls, closes every session. Idempotent.
-  void Shutdown();
+  // Stops accepting sessions, lets the injected calls under way finish until
+  // `deadline`, then cancels the rest; returns once every session is closed.
+  // Without a deadline it waits for them all, as grpc::Server::Shutdown()
+  // does. Clients close their sessions once their calls have ended; a
+  // session idle for Options::handshake_timeout after it was told (its
+  // client stopped, or from before kGoAway) is closed by the server.
+  // Idempotent; the destructor shuts down with no grace.
+  void Shutdown(absl::Time deadline);
+  void Shutdown() { Shutdown(absl::InfiniteFuture()); }
   ServerStats Stats();
   const std::string& shm_path() const { return shm_path_; }
 
@@ -107,10 +123,21 @@ class ShmServer {
   void StartCompletionThreadLocked(std::shared_ptr<ServerSession> session);
   // mu_ held: joins the finished handshake and completion threads.
   void JoinFinishedThreadsLocked();
+  // mu_ held, shutting down: tells the client of `session` to drain it.
+  void SendGoAwayLocked(ServerSession& session);
+  // Waits until every session has closed or `deadline`, closing the ones
+  // left idle past the grace (see Shutdown()).
+  void DrainSessions(absl::Time deadline);
+  // Removes the shm socket file, unless a successor server bound the path
+  // meanwhile (its ListenUnix replaced the file with its own).
+  void RemoveSocketFile();
 
   const std::string shm_path_;
   const Options options_;
   const int listen_fd_;
+  // The socket file this server bound (0, 0 for an abstract name).
+  dev_t socket_file_dev_ = 0;
+  ino_t socket_file_ino_ = 0;
   int wake_fd_ = -1;  // eventfd that stops the accept loop
   std::shared_ptr<grpc::Channel> inproc_channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
@@ -121,6 +148,7 @@ class ShmServer {
   std::list<std::unique_ptr<ReapableThread>> handshake_threads_;
   std::list<std::unique_ptr<ReapableThread>> completion_threads_;
   std::vector<std::shared_ptr<ServerSession>> sessions_;  // open sessions
+  std::condition_variable session_closed_;  // with mu_, for DrainSessions
   size_t sessions_starting_ = 0;  // slots reserved by running handshakes
 
   std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
