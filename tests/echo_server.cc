@@ -276,7 +276,7 @@ int Main(int argc, char** argv) {
   // let calls under way finish until the deadline (shm's calls on shm, new
   // ones plain meanwhile).
   if (grpc_shutdown_first) server->Shutdown(grpc_deadline);
-  if (shm) shm->Shutdown(absl::FromChrono(grpc_deadline));
+  if (shm) shm->Shutdown(grpc_deadline);
   if (!grpc_shutdown_first) server->Shutdown(grpc_deadline);
   echo_service.Stop();
   return 0;

@@ -28,6 +28,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <list>
@@ -90,6 +91,9 @@ class ShmServer {
   // client stopped, or from before kGoAway) is closed by the server.
   // Idempotent; the destructor shuts down with no grace.
   void Shutdown(absl::Time deadline);
+  void Shutdown(std::chrono::system_clock::time_point deadline) {
+    Shutdown(absl::FromChrono(deadline));
+  }
   void Shutdown() { Shutdown(absl::InfiniteFuture()); }
   ServerStats Stats();
   const std::string& shm_path() const { return shm_path_; }
