@@ -322,29 +322,17 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
 
 // A server shut down (SIGTERM: echo_server gives calls 2 s, as a rolling
 // restart would) lets the calls under way on shm finish there: unary calls
-// in their handlers and a stream that keeps going. Its client hears of it
-// at once and puts new calls on plain gRPC meanwhile; none is lost, and the
-// client closes the drained session itself.
-TEST(ShutdownTest, CallsUnderWayFinishOnShmAndNewCallsGoPlain) {
-  ServerProcess server("sync");
+// in their handlers and a stream that keeps going, every server style. Its
+// client hears of it at once and puts new calls on plain gRPC meanwhile; none
+// is lost, and the client closes the drained session itself.
+class GracefulShutdownTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GracefulShutdownTest, CallsUnderWayFinishOnShmAndNewCallsGoPlain) {
+  ServerProcess server(GetParam());
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto channel = CreateChannel(server.target());
   auto stub = EchoService::NewStub(channel);
 
-  constexpr int kSlowCalls = 4;
-  std::vector<grpc::Status> statuses(kSlowCalls);
-  std::vector<EchoResponse> responses(kSlowCalls);
-  std::vector<std::thread> callers;
-  for (int i = 0; i < kSlowCalls; ++i) {
-    callers.emplace_back([&, i] {
-      EchoRequest request;
-      FillRequest(&request, 65536, i);
-      request.set_delay_ms(700);
-      grpc::ClientContext context;
-      context.set_deadline(In(absl::Seconds(10)));
-      statuses[i] = stub->Unary(&context, request, &responses[i]);
-    });
-  }
   grpc::ClientContext stream_context;
   auto stream = stub->Bidi(&stream_context);
   int64_t seq = 0;
@@ -357,6 +345,25 @@ TEST(ShutdownTest, CallsUnderWayFinishOnShmAndNewCallsGoPlain) {
            response.peer_pid() != "";
   };
   ASSERT_TRUE(round_trip());
+  // 300 ms each: the async server runs them one after another on its one
+  // thread, 1.2 s in all, within echo_server's 2 s shutdown deadline.
+  constexpr int kSlowCalls = 4;
+  std::vector<grpc::Status> statuses(kSlowCalls);
+  std::vector<EchoResponse> responses(kSlowCalls);
+  std::vector<std::thread> callers;
+  absl::Cleanup join_callers = [&] {
+    for (auto& caller : callers) caller.join();
+  };
+  for (int i = 0; i < kSlowCalls; ++i) {
+    callers.emplace_back([&, i] {
+      EchoRequest request;
+      FillRequest(&request, 65536, i);
+      request.set_delay_ms(300);
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(10)));
+      statuses[i] = stub->Unary(&context, request, &responses[i]);
+    });
+  }
   ASSERT_TRUE(WaitFor(
       [&] {
         return FetchServerStats(server.target()).calls_active() ==
@@ -376,7 +383,7 @@ TEST(ShutdownTest, CallsUnderWayFinishOnShmAndNewCallsGoPlain) {
   ASSERT_TRUE(stream->WritesDone());
   const grpc::Status stream_status = stream->Finish();
   EXPECT_TRUE(stream_status.ok()) << stream_status.error_message();
-  for (auto& caller : callers) caller.join();
+  std::move(join_callers).Invoke();
   for (int i = 0; i < kSlowCalls; ++i) {
     EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
     EXPECT_TRUE(PayloadIntact(responses[i])) << i;
@@ -389,6 +396,9 @@ TEST(ShutdownTest, CallsUnderWayFinishOnShmAndNewCallsGoPlain) {
   EXPECT_EQ(stats.sessions_closed, 1u);
   EXPECT_EQ(stats.session.arena.blocks_in_use, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(ServerStyles, GracefulShutdownTest,
+                         ::testing::Values("sync", "callback", "async"));
 
 // A call still running at the shutdown deadline is cancelled then: its
 // client hears UNAVAILABLE about 2 s after the SIGTERM, not at its own 30 s
