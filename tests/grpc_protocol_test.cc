@@ -4,6 +4,8 @@
 // frames for streams that do not exist. Each gets the right status on its
 // own stream (sent by the server's CQ thread: its session thread never waits
 // for ring space), and a well-formed call on the same session still works.
+// Also a peer that ignores the server's goaway at shutdown.
+#include <signal.h>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -11,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -48,7 +51,11 @@ class RawClient {
     session_ = Session::Create(
         std::move(*handshaken),
         [this](const shm::ReceivedMessage& frame) { OnFrame(frame); },
-        [](const absl::Status&) {});
+        [this](const absl::Status&) {
+          std::lock_guard<std::mutex> lock(mu_);
+          closed_at_ = absl::Now();
+          cv_.notify_all();
+        });
     session_->Start();
   }
   ~RawClient() {
@@ -96,6 +103,14 @@ class RawClient {
     if (it == statuses_.end()) return std::nullopt;
     return it->second;
   }
+  // When the server's kGoAway came (this client ignores it otherwise), or
+  // when the session closed, waiting up to `timeout`; nullopt if not.
+  std::optional<absl::Time> GoAwayAt(absl::Duration timeout) {
+    return WaitFor(&goaway_at_, timeout);
+  }
+  std::optional<absl::Time> ClosedAt(absl::Duration timeout) {
+    return WaitFor(&closed_at_, timeout);
+  }
   int MessagesOn(uint64_t stream) {
     std::lock_guard<std::mutex> lock(mu_);
     return messages_[stream];
@@ -123,6 +138,9 @@ class RawClient {
           ++messages_[stream];
           last_message_[stream] = std::string(bytes);
           break;
+        case FrameType::kGoAway:
+          if (!goaway_at_) goaway_at_ = absl::Now();
+          break;
         default:
           break;
       }
@@ -131,9 +149,18 @@ class RawClient {
     cv_.notify_all();
   }
 
+  std::optional<absl::Time> WaitFor(std::optional<absl::Time>* when,
+                                    absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                 [&] { return when->has_value(); });
+    return *when;
+  }
+
   absl::Status status_;
   std::shared_ptr<Session> session_;
   std::mutex mu_;
+  std::optional<absl::Time> goaway_at_, closed_at_;
   std::condition_variable cv_;
   std::map<uint64_t, codec::CallStatus> statuses_;
   std::map<uint64_t, int> messages_;
@@ -293,6 +320,37 @@ TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
   ASSERT_TRUE(client_->Send(FrameType::kCancel, 15, "").ok());
   ExpectEchoWorks(17);
   EXPECT_FALSE(client_->StatusOf(11).has_value());
+}
+
+// A peer that ignores the server's kGoAway (one from before it, or a
+// stopped one) still gets the calls it sent after it served, and is closed
+// by the server once idle for the handshake timeout (1 s); the server then
+// exits well before its 2 s deadline.
+TEST_F(ProtocolTest, APeerIgnoringTheGoAwayIsServedThenClosedOnceIdle) {
+  EchoRequest slow;
+  FillRequest(&slow, 100, 5);
+  slow.set_delay_ms(300);
+  codec::CallHeaders headers;
+  headers.method = kUnaryMethod;
+  ASSERT_TRUE(client_->SendUnaryCall(5, headers, slow).ok());
+  absl::SleepFor(absl::Milliseconds(50));  // in its handler
+  const absl::Time stop_at = absl::Now();
+  ASSERT_EQ(kill(server_->pid(), SIGTERM), 0);
+  const std::optional<absl::Time> goaway_at =
+      client_->GoAwayAt(absl::Seconds(1));
+  ASSERT_TRUE(goaway_at.has_value()) << "no kGoAway";
+  ExpectEchoWorks(7);  // sent after the goaway: served all the same
+  ExpectStatus(5, grpc::StatusCode::OK, "the call under way");
+  const std::optional<absl::Time> closed_at =
+      client_->ClosedAt(absl::Seconds(3));
+  ASSERT_TRUE(closed_at.has_value()) << "the server never closed the session";
+  EXPECT_GE(*closed_at - *goaway_at, absl::Milliseconds(900))
+      << "closed before the idle grace";
+  EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
+  EXPECT_LT(absl::Now() - stop_at, absl::Milliseconds(1900))
+      << "the server waited for its deadline, not for the idle grace";
+  client_.reset();
+  server_.reset();
 }
 
 }  // namespace
