@@ -566,5 +566,69 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
       static_cast<unsigned long>(stats.calls_on_shm));
 }
 
+// A rolling restart: the successor binds the same path, then the old
+// server shuts down gracefully. A client calling all the while sees no
+// failed call: calls under way finish on the old server's shm, calls during
+// its drain go plain, and the client's next session is the successor's.
+TEST(RestartTest, GracefulRollingRestartFailsNoCall) {
+  const std::string socket_path = testing::FreshSocketPath();
+  // Not a ServerProcess: its Stop() removes the socket file, which is the
+  // successor's by then.
+  ChildProcess old_server({RunfilePath("tests/echo_server"),
+                           "--socket=" + socket_path, "--style=sync"},
+                          "ready");
+  ASSERT_TRUE(old_server.status().ok()) << old_server.status();
+  auto channel = CreateChannel("unix:" + socket_path);
+  auto stub = EchoService::NewStub(channel);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::thread caller([&] {
+    for (int64_t i = 0; !stop.load(); ++i) {
+      EchoRequest request;
+      FillRequest(&request, 2048, i);
+      EchoResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(5)));
+      const grpc::Status status = stub->Unary(&context, request, &response);
+      if (status.ok() && PayloadIntact(response) && response.seq() == i) {
+        ++ok;
+      } else {
+        ++failed;
+        std::fprintf(stderr, "call %ld: %d %s\n", static_cast<long>(i),
+                     status.error_code(), status.error_message().c_str());
+      }
+    }
+  });
+  absl::Cleanup stop_caller = [&] {
+    stop = true;
+    caller.join();
+  };
+  ASSERT_TRUE(WaitFor([&] { return ok.load() >= 200; }, absl::Seconds(20)));
+  ServerProcess successor("sync", {}, socket_path);
+  ASSERT_TRUE(successor.status().ok()) << successor.status();
+  EXPECT_EQ(old_server.Stop(), 0) << "unclean server shutdown";
+  const uint64_t shm_after_old = GetChannelStats(channel.get())->calls_on_shm;
+  const bool back_on_shm = WaitFor(
+      [&] {
+        const ClientStats stats = *GetChannelStats(channel.get());
+        return stats.session_alive && stats.calls_on_shm >= shm_after_old + 100;
+      },
+      absl::Seconds(10));
+  std::move(stop_caller).Invoke();
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_TRUE(back_on_shm) << "never back on shm";
+  EXPECT_EQ(failed.load(), 0) << "of " << ok.load() + failed.load();
+  EXPECT_EQ(stats.calls_aborted_by_close, 0u);
+  EXPECT_EQ(stats.sessions_drained, 1u);
+  EXPECT_EQ(FetchServerStats(successor.target()).sessions_accepted(), 1u);
+  std::printf(
+      "rolling restart: %d calls ok, %d failed; plain calls without a "
+      "session %lu, shm calls %lu\n",
+      ok.load(), failed.load(),
+      static_cast<unsigned long>(stats.calls_plain_no_session),
+      static_cast<unsigned long>(stats.calls_on_shm));
+}
+
 }  // namespace
 }  // namespace shmgrpc::test
