@@ -4,8 +4,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "tests/peer_process.h"
 
 namespace shmgrpc::test {
@@ -13,6 +17,14 @@ namespace {
 
 std::atomic<int> cancellations_seen{0};
 std::atomic<int> handlers_hanging{0};
+
+// Calls so far that named `key` (EchoRequest::attempt_key), this one counted.
+int CountAttempt(const std::string& key) {
+  static std::mutex mu;
+  static auto* attempts = new std::map<std::string, int>();
+  std::lock_guard<std::mutex> lock(mu);
+  return ++(*attempts)[key];
+}
 
 std::string PayloadFor(size_t size, int64_t seq) {
   std::string payload(size, '\0');
@@ -102,6 +114,24 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
     return grpc::Status::OK;  // what a cancelled call's client never sees
   }
   if (request.delay_ms() > 0) usleep(request.delay_ms() * 1000);
+  int attempts_seen = 0;
+  if (!request.attempt_key().empty()) {
+    attempts_seen = CountAttempt(request.attempt_key());
+    if (attempts_seen <= request.fail_attempts()) {
+      if (request.add_metadata()) {
+        context->AddInitialMetadata("x-echo-initial", "initial-value");
+      }
+      if (!request.retry_pushback_ms().empty()) {
+        context->AddTrailingMetadata("grpc-retry-pushback-ms",
+                                     request.retry_pushback_ms());
+      }
+      return grpc::Status(
+          request.error_code() != 0
+              ? static_cast<grpc::StatusCode>(request.error_code())
+              : grpc::StatusCode::UNAVAILABLE,
+          absl::StrCat("attempt ", attempts_seen, " fails"));
+    }
+  }
   if (request.error_code() != 0) {
     return grpc::Status(static_cast<grpc::StatusCode>(request.error_code()),
                         request.error_message(), request.error_details());
@@ -127,6 +157,7 @@ grpc::Status HandleUnary(grpc::ServerContextBase* context,
         std::string(request.reply_trailing_metadata_bytes(), 't'));
   }
   *response = ReplyFor(context, request, 0);
+  response->set_attempts_seen(attempts_seen);
   return grpc::Status::OK;
 }
 

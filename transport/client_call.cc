@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
 #include "codec/message_codec.h"
@@ -195,6 +197,17 @@ bool ClientCall::DecideHijack(Batch* m) {
     core_->CountPlain(ClientCore::PlainReason::kNotProtobuf);
     return false;
   }
+  const bool unary =
+      info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY;
+  if (const auto& policies = core_->settings().retry_policies) {
+    const MethodRetry retry = policies->For(info_->method());
+    if (retry.hedged || (retry.retry != nullptr && !unary)) {
+      core_->CountPlain(ClientCore::PlainReason::kRetryPolicy);
+      return false;
+    }
+    retry_policy_ = retry.retry;
+    if (retry_policy_) next_backoff_ = retry_policy_->initial_backoff;
+  }
   if (Has(m, Hook::PRE_SEND_INITIAL_METADATA) &&
       MetadataSize(*m->GetSendInitialMetadata()) >
           core_->options().max_shm_metadata_bytes) {
@@ -230,7 +243,7 @@ bool ClientCall::DecideHijack(Batch* m) {
   if (deadline != std::chrono::system_clock::time_point::max()) {
     deadline_ = absl::FromChrono(deadline);
   }
-  if (info_->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) {
+  if (!unary) {
     const Options& options = core_->options();
     send_window_ = std::make_unique<SendWindow>(options.stream_window_bytes,
                                                 options.stream_window_messages);
@@ -303,6 +316,7 @@ void ClientCall::SendHeaders(Batch* m) {
     return;
   }
   headers.metadata.emplace_back("user-agent", core_->settings().user_agent);
+  if (retry_policy_ != nullptr) retry_headers_ = headers;
   const uint16_t flags =
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY
           ? codec::kUnaryCallFlag
@@ -367,11 +381,108 @@ void ClientCall::SendMessage(Batch* m) {
     // the send returns. (A failed send ends the call.)
     send_window_->OnSent(size);
   }
+  if (retry_policy_ != nullptr) {
+    // Kept for further attempts: by then the message may be gone (a
+    // callback call's request need only live until its send completes).
+    if (message != nullptr) {
+      retry_request_ = message->SerializeAsString();
+    } else {
+      retry_buffer_ = *buffer;  // shares the slices
+    }
+  }
   const absl::Status sent =
-      message != nullptr
+      retry_request_.has_value()
+          ? session_->SendFrame(codec::FrameType::kMessage, stream_id_,
+                                *retry_request_, deadline_)
+      : message != nullptr
           ? session_->SendMessage(stream_id_, *message, size, deadline_)
           : session_->SendByteBuffer(stream_id_, *buffer, deadline_);
   if (!sent.ok()) FailSend(m, sent);
+}
+
+bool ClientCall::ScheduleRetryLocked(const codec::CallStatus& status) {
+  const auto code = static_cast<grpc::StatusCode>(status.code);
+  // Committed (gRPC's word): the server answered with initial metadata or a
+  // reply; the application may have seen them.
+  if (got_initial_metadata_ || !messages_.empty() ||
+      assembler_.pending_bytes() != 0 || !retry_policy_->Retryable(code)) {
+    return false;
+  }
+  const std::shared_ptr<RetryThrottle>& throttle =
+      core_->settings().retry_throttle;
+  if ((throttle && !throttle->RecordFailure()) ||
+      attempts_ >= retry_policy_->max_attempts) {
+    return false;
+  }
+  absl::Duration delay;
+  constexpr absl::string_view kPushbackKey = "grpc-retry-pushback-ms";
+  auto pushback = std::find_if(
+      status.trailing_metadata.begin(), status.trailing_metadata.end(),
+      [&](const auto& entry) { return entry.first == kPushbackKey; });
+  if (pushback != status.trailing_metadata.end()) {
+    // The server says when, or (negative, malformed) not to.
+    int64_t ms;
+    if (!absl::SimpleAtoi(pushback->second, &ms) || ms < 0) return false;
+    delay = absl::Milliseconds(ms);
+    next_backoff_ = retry_policy_->initial_backoff;
+  } else {
+    thread_local std::minstd_rand random(std::random_device{}());
+    delay =
+        next_backoff_ * std::uniform_real_distribution<double>(0, 1)(random);
+    next_backoff_ = std::min(next_backoff_ * retry_policy_->backoff_multiplier,
+                             retry_policy_->max_backoff);
+  }
+  ++attempts_;
+  // Should no further attempt start, this one's end is the call's.
+  status_ = grpc::Status(code, status.message, status.details);
+  trailing_metadata_ = status.trailing_metadata;
+  std::weak_ptr<ClientCall> weak = weak_from_this();
+  auto alarm = std::make_unique<grpc::Alarm>();
+  alarm->Set(absl::ToChronoTime(absl::Now() + delay), [weak](bool fired) {
+    if (!fired) return;  // the call ended first
+    // Not on gRPC's callback thread: sending may wait for ring space.
+    if (auto call = weak.lock()) {
+      std::thread([call] { call->StartNextAttempt(); }).detach();
+    }
+  });
+  retry_alarms_.push_back(std::move(alarm));
+  return true;
+}
+
+void ClientCall::StartNextAttempt() {
+  std::vector<Completion> ready;
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;  // cancelled or past its deadline meanwhile
+    id = core_->Register(shared_from_this(), *session_);
+    if (id == 0) {
+      // The session closed or is draining: the last attempt's end stands.
+      finished_ = true;
+      TakeReadyLocked(&ready);
+    } else {
+      stream_id_ = id;
+    }
+  }
+  if (id == 0) {
+    Complete(ready);
+    return;
+  }
+  core_->CountRetry();
+  absl::Status sent =
+      session_->SendFrame(codec::FrameType::kCallHeaders, id,
+                          codec::EncodeCallHeaders(retry_headers_), deadline_,
+                          codec::kUnaryCallFlag);
+  if (sent.ok()) {
+    sent = retry_request_.has_value()
+               ? session_->SendFrame(codec::FrameType::kMessage, id,
+                                     *retry_request_, deadline_)
+               : session_->SendByteBuffer(id, retry_buffer_, deadline_);
+  }
+  if (sent.ok()) {
+    sent = session_->SendFrame(codec::FrameType::kHalfClose, id, "", deadline_);
+  }
+  if (!sent.ok()) Abort(ToGrpc(sent), /*tell_server=*/true);
 }
 
 void ClientCall::RecvPass(Batch* m) {
@@ -531,9 +642,15 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
               /*tell_server=*/false);
         return;
       }
+      const uint64_t attempt_stream = stream_id_;
+      bool retrying = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!finished_) {
+        if (!finished_ && !over_limit && retry_policy_ != nullptr &&
+            status->code != 0) {
+          retrying = ScheduleRetryLocked(*status);
+        }
+        if (!finished_ && !retrying) {
           finished_ = true;
           if (over_limit) {
             // As a plain channel refuses it (GRPC_ARG_MAX_METADATA_SIZE).
@@ -545,8 +662,15 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
                                    status->message, status->details);
             trailing_metadata_ = std::move(status->trailing_metadata);
           }
+          if (status_.ok() && core_->settings().retry_throttle) {
+            core_->settings().retry_throttle->RecordSuccess();
+          }
         }
         TakeReadyLocked(&ready);
+      }
+      if (retrying) {
+        core_->Unregister(attempt_stream);  // the next attempt has its own
+        return;
       }
       // The server is done: a writer waiting for credit fails now, as a
       // gRPC Write after the call ended does, and so do parked writes (a
@@ -620,6 +744,10 @@ void ClientCall::ReleaseAll(std::deque<InboundMessage>& messages) {
 
 void ClientCall::Finish() {
   if (alarm_) alarm_->Cancel();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& alarm : retry_alarms_) alarm->Cancel();
+  }
   if (!hijacked_.load(std::memory_order_acquire)) return;
   std::deque<InboundMessage> unread;
   bool tell_server = false;

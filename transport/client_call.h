@@ -23,6 +23,17 @@
 // thread. Messages
 // may arrive chained over several blocks (MessageAssembler) and are parsed
 // in place across them.
+//
+// Retries: gRPC applies a service config's retryPolicy in its core, which a
+// hijacked call bypasses, so a unary call whose method has one retries here
+// as gRPC would: an attempt that ends with a retryable code before the
+// server sent initial metadata or a reply (gRPC's "not committed") is sent
+// again on a new stream of the same session after a jittered exponential
+// backoff (or the server's grpc-retry-pushback-ms), at most maxAttempts in
+// all, within the call's deadline, subject to the channel's retry throttle.
+// The request is kept (serialized) for that. An attempt that cannot start
+// (the session closed or is draining) leaves the last attempt's status.
+// Streaming methods with a retry policy, and hedged methods, go plain.
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 #define SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 
@@ -44,6 +55,7 @@
 #include "transport/client_core.h"
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
+#include "transport/retry_policy.h"
 
 namespace shmgrpc::transport {
 
@@ -90,6 +102,11 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void SendPass(Batch* methods);
   void SendHeaders(Batch* methods);
   void SendMessage(Batch* methods);
+  // An attempt ended with `status` before the call committed (mu_ held):
+  // true when the retry policy sends it again (then scheduled; `status` is
+  // kept as the call's, should no further attempt start).
+  bool ScheduleRetryLocked(const codec::CallStatus& status);
+  void StartNextAttempt();
   void RecvPass(Batch* methods);
   // Moves every pending recv that can complete now into `ready` (mu_ held).
   void TakeReadyLocked(std::vector<Completion>* ready);
@@ -106,7 +123,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   const std::shared_ptr<ClientCore> core_;
   grpc::experimental::ClientRpcInfo* const info_;
   std::shared_ptr<Session> session_;  // set when hijacked
-  uint64_t stream_id_ = 0;
+  // This attempt's stream (a retry takes a new one).
+  std::atomic<uint64_t> stream_id_{0};
   absl::Time deadline_ = absl::InfiniteFuture();
 
   std::mutex decide_mu_;
@@ -135,6 +153,16 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   grpc::Status status_;
   codec::Metadata trailing_metadata_;  // fixed once finished_
   bool ended_ = false;                 // Finish() ran
+
+  // Unary calls with a retry policy (set by DecideHijack): what every
+  // attempt sends, kept by the first.
+  const RetryPolicy* retry_policy_ = nullptr;
+  codec::CallHeaders retry_headers_;
+  std::optional<std::string> retry_request_;  // serialized; or:
+  grpc::ByteBuffer retry_buffer_;             // as a CQ-async call gave it
+  int attempts_ = 1;                          // guarded by mu_
+  absl::Duration next_backoff_;               // guarded by mu_
+  std::vector<std::unique_ptr<grpc::Alarm>> retry_alarms_;  // guarded by mu_
 };
 
 // The interceptor gRPC owns; forwards to the shared ClientCall.

@@ -73,6 +73,9 @@ void ClientCore::CountPlain(PlainReason reason) {
     case PlainReason::kLargeMetadata:
       plain_large_metadata_.fetch_add(1, std::memory_order_relaxed);
       break;
+    case PlainReason::kRetryPolicy:
+      plain_retry_policy_.fetch_add(1, std::memory_order_relaxed);
+      break;
   }
 }
 
@@ -89,6 +92,9 @@ ClientStats ClientCore::Stats() {
       plain_arena_full_.load(std::memory_order_relaxed);
   stats.calls_plain_large_metadata =
       plain_large_metadata_.load(std::memory_order_relaxed);
+  stats.calls_plain_retry_policy =
+      plain_retry_policy_.load(std::memory_order_relaxed);
+  stats.shm_retries = retries_.load(std::memory_order_relaxed);
   if (link_ == nullptr) return stats;
   const LinkStats link = link_->Stats();
   stats.sessions_opened = link.sessions_opened;

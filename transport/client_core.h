@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "transport/options.h"
+#include "transport/retry_policy.h"
 #include "transport/session.h"
 #include "transport/session_link.h"
 
@@ -31,6 +32,12 @@ struct ClientStats {
   uint64_t calls_plain_too_large = 0;   // request over any block or the limit
   uint64_t calls_plain_arena_full = 0;  // request did not fit in free shm
   uint64_t calls_plain_large_metadata = 0;  // > Options::max_shm_metadata_bytes
+  // The service config gives the method a hedging policy, or a retry policy
+  // on a streaming method: gRPC's own retries apply to it.
+  uint64_t calls_plain_retry_policy = 0;
+  // Attempts after the first of unary shm calls, as their method's retry
+  // policy asked (retry_policy.h).
+  uint64_t shm_retries = 0;
   // Messages inside shm calls that needed more than one block (all sessions
   // so far): chained over several blocks, or sent inline on the socket.
   uint64_t messages_chained = 0;
@@ -62,6 +69,11 @@ struct ChannelSettings {
   // Sent with every call as gRPC sends it (with "shmgrpc" as the transport),
   // including the channel's user-agent prefix and suffix arguments.
   std::string user_agent;
+  // The retry policies of the channel's service config (null when it has
+  // none, or GRPC_ARG_ENABLE_RETRIES is 0), and its retry throttle (null
+  // unless it sets retryThrottling).
+  std::shared_ptr<const RetryPolicies> retry_policies;
+  std::shared_ptr<RetryThrottle> retry_throttle;
 };
 
 class ClientCore {
@@ -95,9 +107,11 @@ class ClientCore {
     kTooLarge,
     kArenaFull,
     kLargeMetadata,
+    kRetryPolicy,
   };
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
+  void CountRetry() { retries_.fetch_add(1, std::memory_order_relaxed); }
 
   const Options& options() const { return options_; }
   const ChannelSettings& settings() const { return settings_; }
@@ -115,7 +129,7 @@ class ClientCore {
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
-      plain_large_metadata_{0};
+      plain_large_metadata_{0}, plain_retry_policy_{0}, retries_{0};
 };
 
 }  // namespace shmgrpc::transport

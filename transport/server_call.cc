@@ -388,10 +388,16 @@ void InjectedCall::SendUnaryReplyLocked() {
     metadata.emplace_back(std::string(key.data(), key.size()),
                           std::string(value.data(), value.size()));
   }
-  session_
-      ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
-                  codec::EncodeMetadata(metadata), SendDeadline())
-      .IgnoreError();  // a gone client needs no reply
+  // None when empty: the client completes the call's initial metadata with
+  // its status then, and a failure without initial metadata or reply is,
+  // as gRPC's trailers-only response is, one its client may retry. (A
+  // handler that sent empty initial metadata explicitly is not told apart.)
+  if (!metadata.empty()) {
+    session_
+        ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
+                    codec::EncodeMetadata(metadata), SendDeadline())
+        .IgnoreError();  // a gone client needs no reply
+  }
   if (status_.ok()) {
     absl::Status sent =
         session_->SendByteBuffer(stream_id_, response_, SendDeadline());

@@ -15,6 +15,8 @@
 #include "grpcpp/support/client_interceptor.h"
 #include "shm/endpoint.h"
 #include "transport/client_call.h"
+#include "transport/log.h"
+#include "transport/retry_policy.h"
 #include "transport/weak_registry.h"
 
 namespace shmgrpc {
@@ -118,6 +120,28 @@ transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
     settings.max_received_metadata_bytes = static_cast<size_t>(*metadata);
   }
   settings.user_agent = UserAgentOf(args);
+  // gRPC applies these in its core, which a hijacked call never reaches:
+  // shm calls apply them themselves (client_call.h).
+  const std::string service_config = StringArg(args, GRPC_ARG_SERVICE_CONFIG);
+  if (!service_config.empty() &&
+      IntegerArg(args, GRPC_ARG_ENABLE_RETRIES).value_or(1) != 0) {
+    absl::StatusOr<transport::RetryPolicies> policies =
+        transport::RetryPolicies::Parse(service_config);
+    if (!policies.ok()) {
+      transport::ShmLog("shm calls are not retried: ",
+                        policies.status().message());
+    } else {
+      if (policies->throttling().has_value()) {
+        settings.retry_throttle = std::make_shared<transport::RetryThrottle>(
+            policies->throttling()->first, policies->throttling()->second);
+      }
+      if (!policies->empty()) {
+        settings.retry_policies =
+            std::make_shared<const transport::RetryPolicies>(
+                *std::move(policies));
+      }
+    }
+  }
   return settings;
 }
 

@@ -1,0 +1,245 @@
+// Retry policies from a channel's service config apply to unary calls over
+// shm as gRPC applies them on a plain channel. Each case runs on a plain
+// channel and on an shm channel made with the same arguments, against one
+// sync echo_server, and must end alike: status, message, and how many
+// attempts the server saw; the shm calls stay on shm.
+#include <chrono>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "shmgrpc.h"
+#include "tests/call_done.h"
+#include "tests/echo.grpc.pb.h"
+#include "tests/echo_fixture.h"
+#include "tests/echo_logic.h"
+#include "tests/server_process.h"
+
+namespace shmgrpc::test {
+namespace {
+
+// Unary retried on UNAVAILABLE and ABORTED, 4 attempts at most, quickly.
+constexpr char kUnaryRetries[] = R"({"methodConfig": [{
+  "name": [{"service": "shmgrpc.test.EchoService", "method": "Unary"}],
+  "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s",
+                  "maxBackoff": "0.05s", "backoffMultiplier": 2,
+                  "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"]}}]})";
+
+struct Outcome {
+  grpc::StatusCode code;
+  std::string message;
+  int attempts_seen;  // by the server, on the attempt that answered
+  bool over_shm;
+};
+
+class RetryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<testing::ServerProcess>("sync");
+    ASSERT_TRUE(server_->status().ok()) << server_->status();
+  }
+  void TearDown() override {
+    if (server_ != nullptr && server_->status().ok()) {
+      EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
+    }
+  }
+
+  std::shared_ptr<grpc::Channel> ChannelWith(bool shm,
+                                             const std::string& config) {
+    grpc::ChannelArguments args;
+    args.SetServiceConfigJSON(config);
+    return shm ? CreateChannel(server_->target(), Options(), args)
+               : grpc::CreateCustomChannel(server_->target(),
+                                           grpc::InsecureChannelCredentials(),
+                                           args);
+  }
+
+  // A sync call whose first `fail` attempts fail as `request` says (its
+  // attempt key made unique here).
+  Outcome Call(const std::shared_ptr<grpc::Channel>& channel,
+               EchoRequest request, int fail,
+               absl::Duration deadline = absl::Seconds(10)) {
+    FillRequest(&request, 1000, 1);
+    request.set_attempt_key(absl::StrCat("key-", next_key_++));
+    request.set_fail_attempts(fail);
+    auto stub = EchoService::NewStub(channel);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(deadline));
+    const grpc::Status status = stub->Unary(&context, request, &response);
+    return {status.error_code(), status.error_message(),
+            response.attempts_seen(), response.peer_pid() != ""};
+  }
+
+  // The same case on a plain and an shm channel with `config`: the two end
+  // alike. Returns the shm channel's outcome.
+  Outcome ExpectAlike(const std::string& config, const EchoRequest& request,
+                      int fail, const std::string& what) {
+    const Outcome plain = Call(ChannelWith(false, config), request, fail);
+    auto shm_channel = ChannelWith(true, config);
+    const Outcome shm = Call(shm_channel, request, fail);
+    EXPECT_EQ(shm.code, plain.code) << what << ": " << shm.message;
+    EXPECT_EQ(shm.message, plain.message) << what;
+    EXPECT_EQ(shm.attempts_seen, plain.attempts_seen) << what;
+    EXPECT_FALSE(plain.over_shm);
+    if (shm.code == grpc::StatusCode::OK) {
+      EXPECT_TRUE(shm.over_shm) << what << ": went plain";
+    }
+    return shm;
+  }
+
+  std::unique_ptr<testing::ServerProcess> server_;
+  int next_key_ = 0;
+};
+
+TEST_F(RetryTest, RetryableFailuresAreRetriedUpToMaxAttempts) {
+  auto channel = ChannelWith(true, kUnaryRetries);
+  for (int fail : {0, 2, 3, 5}) {
+    const std::string what = absl::StrCat(fail, " failing attempts");
+    const Outcome shm = ExpectAlike(kUnaryRetries, EchoRequest(), fail, what);
+    if (fail < 4) {
+      EXPECT_EQ(shm.code, grpc::StatusCode::OK) << what;
+      EXPECT_EQ(shm.attempts_seen, fail + 1) << what;
+    } else {
+      EXPECT_EQ(shm.code, grpc::StatusCode::UNAVAILABLE) << what;
+      EXPECT_EQ(shm.message, "attempt 4 fails") << what;
+    }
+  }
+  // Counted on the channel that made them.
+  EXPECT_EQ(Call(channel, EchoRequest(), 2).attempts_seen, 3);
+  EXPECT_EQ(GetChannelStats(channel.get())->shm_retries, 2u);
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+}
+
+TEST_F(RetryTest, NonRetryableCodesAndCommittedAttemptsAreFinal) {
+  EchoRequest internal;
+  internal.set_error_code(grpc::StatusCode::INTERNAL);
+  Outcome shm = ExpectAlike(kUnaryRetries, internal, 1, "INTERNAL");
+  EXPECT_EQ(shm.code, grpc::StatusCode::INTERNAL);
+  EXPECT_EQ(shm.message, "attempt 1 fails");
+  // Initial metadata before the failure commits the call: no retry.
+  EchoRequest committed;
+  committed.set_add_metadata(true);
+  shm = ExpectAlike(kUnaryRetries, committed, 1, "committed");
+  EXPECT_EQ(shm.code, grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(shm.message, "attempt 1 fails");
+}
+
+TEST_F(RetryTest, ServerPushbackDelaysOrStopsRetries) {
+  EchoRequest stop;
+  stop.set_retry_pushback_ms("-1");
+  Outcome shm = ExpectAlike(kUnaryRetries, stop, 2, "pushback -1");
+  EXPECT_EQ(shm.message, "attempt 1 fails");
+  EchoRequest wait;
+  wait.set_retry_pushback_ms("100");
+  const absl::Time start = absl::Now();
+  shm = Call(ChannelWith(true, kUnaryRetries), wait, 2);
+  EXPECT_EQ(shm.code, grpc::StatusCode::OK) << shm.message;
+  EXPECT_EQ(shm.attempts_seen, 3);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(200)) << "pushback ignored";
+}
+
+TEST_F(RetryTest, CallbackAndCompletionQueueCallsRetryToo) {
+  auto channel = ChannelWith(true, kUnaryRetries);
+  auto stub = EchoService::NewStub(channel);
+  EchoRequest request;
+  FillRequest(&request, 1000, 1);
+  request.set_fail_attempts(2);
+
+  request.set_attempt_key("callback");
+  EchoResponse response;
+  {
+    grpc::ClientContext context;
+    CallDone done;
+    stub->async()->Unary(&context, &request, &response,
+                         [&done](grpc::Status status) { done.Set(status); });
+    ASSERT_TRUE(done.Await(absl::Seconds(10)));
+    EXPECT_TRUE(done.status().ok()) << done.status().error_message();
+    EXPECT_EQ(response.attempts_seen(), 3);
+    EXPECT_NE(response.peer_pid(), "");
+  }
+
+  request.set_attempt_key("cq");
+  {
+    grpc::CompletionQueue cq;
+    grpc::ClientContext context;
+    grpc::Status status;
+    auto reader = stub->AsyncUnary(&context, request, &cq);
+    reader->Finish(&response, &status, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    ASSERT_EQ(cq.AsyncNext(&tag, &ok, In(absl::Seconds(10))),
+              grpc::CompletionQueue::GOT_EVENT);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.attempts_seen(), 3);
+    EXPECT_NE(response.peer_pid(), "");
+  }
+  EXPECT_EQ(GetChannelStats(channel.get())->shm_retries, 4u);
+}
+
+TEST_F(RetryTest, DeadlineEndsTheCallDuringBackoff) {
+  constexpr char kSlowBackoff[] = R"({"methodConfig": [{
+    "name": [{"service": "shmgrpc.test.EchoService"}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "5s",
+                    "maxBackoff": "5s", "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+  for (bool shm : {false, true}) {
+    auto channel = ChannelWith(shm, kSlowBackoff);
+    const absl::Time start = absl::Now();
+    const Outcome outcome =
+        Call(channel, EchoRequest(), 5, absl::Milliseconds(300));
+    EXPECT_EQ(outcome.code, grpc::StatusCode::DEADLINE_EXCEEDED)
+        << "shm=" << shm << ": " << outcome.message;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "shm=" << shm;
+  }
+}
+
+TEST_F(RetryTest, ThrottledRetriesStopAlike) {
+  // Two tokens: the first failure leaves one, not more than half, so no
+  // call is retried.
+  constexpr char kThrottled[] = R"({"methodConfig": [{
+    "name": [{}],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}],
+    "retryThrottling": {"maxTokens": 2, "tokenRatio": 0.1}})";
+  for (int call = 0; call < 3; ++call) {
+    const Outcome shm =
+        ExpectAlike(kThrottled, EchoRequest(), 1, absl::StrCat("call ", call));
+    EXPECT_EQ(shm.code, grpc::StatusCode::UNAVAILABLE);
+  }
+}
+
+TEST_F(RetryTest, HedgedMethodsAndRetriedStreamsGoPlain) {
+  constexpr char kHedgedUnaryRetriedStreams[] = R"({"methodConfig": [
+    {"name": [{"service": "shmgrpc.test.EchoService", "method": "Unary"}],
+     "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "1s",
+                       "nonFatalStatusCodes": ["UNAVAILABLE"]}},
+    {"name": [{"service": "shmgrpc.test.EchoService"}],
+     "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s",
+                     "maxBackoff": "0.05s", "backoffMultiplier": 2,
+                     "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+  auto channel = ChannelWith(true, kHedgedUnaryRetriedStreams);
+  const Outcome unary = Call(channel, EchoRequest(), 0);
+  EXPECT_EQ(unary.code, grpc::StatusCode::OK) << unary.message;
+  EXPECT_FALSE(unary.over_shm);
+  auto stub = EchoService::NewStub(channel);
+  grpc::ClientContext context;
+  auto stream = stub->Bidi(&context);
+  EchoRequest request;
+  FillRequest(&request, 100, 1);
+  EchoResponse response;
+  ASSERT_TRUE(stream->Write(request));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.peer_pid(), "");
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_TRUE(stream->Finish().ok());
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_plain_retry_policy, 2u);
+  EXPECT_EQ(stats.calls_on_shm, 0u);
+}
+
+}  // namespace
+}  // namespace shmgrpc::test
