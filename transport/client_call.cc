@@ -273,6 +273,10 @@ void ClientCall::SendPass(Batch* m) {
     absl::Status sent = session_->SendFrame(codec::FrameType::kHalfClose,
                                             stream_id_, "", deadline_);
     if (!sent.ok()) Abort(ToGrpc(sent), /*tell_server=*/false);
+    if (retry_policy_ != nullptr) {
+      std::lock_guard<std::mutex> lock(mu_);
+      request_sent_ = true;  // with retry_headers_ and the request kept
+    }
   }
 }
 
@@ -316,7 +320,10 @@ void ClientCall::SendHeaders(Batch* m) {
     return;
   }
   headers.metadata.emplace_back("user-agent", core_->settings().user_agent);
-  if (retry_policy_ != nullptr) retry_headers_ = headers;
+  if (retry_policy_ != nullptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    retry_headers_ = headers;
+  }
   const uint16_t flags =
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY
           ? codec::kUnaryCallFlag
@@ -384,6 +391,7 @@ void ClientCall::SendMessage(Batch* m) {
   if (retry_policy_ != nullptr) {
     // Kept for further attempts: by then the message may be gone (a
     // callback call's request need only live until its send completes).
+    std::lock_guard<std::mutex> lock(mu_);
     if (message != nullptr) {
       retry_request_ = message->SerializeAsString();
     } else {
@@ -455,7 +463,9 @@ void ClientCall::StartNextAttempt() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;  // cancelled or past its deadline meanwhile
-    id = core_->Register(shared_from_this(), *session_);
+    // An attempt the server ended before the first one's request was even
+    // out (headers it refused) is final: its sends still use stream_id_.
+    id = request_sent_ ? core_->Register(shared_from_this(), *session_) : 0;
     if (id == 0) {
       // The session closed or is draining: the last attempt's end stands.
       finished_ = true;

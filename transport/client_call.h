@@ -157,11 +157,13 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // Unary calls with a retry policy (set by DecideHijack): what every
   // attempt sends, kept by the first.
   const RetryPolicy* retry_policy_ = nullptr;
+  // Written under mu_ by the first attempt, before request_sent_.
   codec::CallHeaders retry_headers_;
   std::optional<std::string> retry_request_;  // serialized; or:
   grpc::ByteBuffer retry_buffer_;             // as a CQ-async call gave it
-  int attempts_ = 1;                          // guarded by mu_
-  absl::Duration next_backoff_;               // guarded by mu_
+  bool request_sent_ = false;    // the first attempt's (guarded by mu_)
+  int attempts_ = 1;             // guarded by mu_
+  absl::Duration next_backoff_;  // guarded by mu_
   std::vector<std::unique_ptr<grpc::Alarm>> retry_alarms_;  // guarded by mu_
 };
 
