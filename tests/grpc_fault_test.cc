@@ -497,6 +497,49 @@ TEST(ShutdownTest, ChannelDroppedWithCallInFlightLeaksNothing) {
 
 // ---- the server restarts ---------------------------------------------------
 
+// Unary calls (2 KiB, 5 s deadline each) back to back on a thread of its
+// own until Stop(), counted by outcome. A failure other than UNAVAILABLE is
+// printed; after an UNAVAILABLE it pauses 5 ms (with no server, the plain
+// path fails at once).
+class BackToBackCaller {
+ public:
+  explicit BackToBackCaller(EchoService::Stub* stub)
+      : thread_([this, stub] {
+          for (int64_t i = 0; !stop_.load(); ++i) {
+            EchoRequest request;
+            FillRequest(&request, 2048, i);
+            EchoResponse response;
+            grpc::ClientContext context;
+            context.set_deadline(In(absl::Seconds(5)));
+            const grpc::Status status =
+                stub->Unary(&context, request, &response);
+            if (status.ok() && PayloadIntact(response) && response.seq() == i) {
+              ++ok_;
+            } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+              ++unavailable_;
+              absl::SleepFor(absl::Milliseconds(5));
+            } else {
+              ++other_;
+              std::fprintf(stderr, "call %ld: %d %s\n", static_cast<long>(i),
+                           status.error_code(), status.error_message().c_str());
+            }
+          }
+        }) {}
+  ~BackToBackCaller() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  int ok() const { return ok_.load(); }
+  int unavailable() const { return unavailable_.load(); }
+  int other() const { return other_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> ok_{0}, unavailable_{0}, other_{0};
+  std::thread thread_;  // last: starts after the fields it writes exist
+};
+
 TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   auto server = std::make_unique<ServerProcess>("sync");
   ASSERT_TRUE(server->status().ok()) << server->status();
@@ -506,29 +549,8 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   // Shares the first channel's session (and its reconnects).
   auto second_stub = EchoService::NewStub(CreateChannel(server->target()));
 
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, unavailable{0}, other{0};
-  std::thread caller([&] {
-    for (int64_t i = 0; !stop.load(); ++i) {
-      EchoRequest request;
-      FillRequest(&request, 2048, i);
-      EchoResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(In(absl::Seconds(5)));
-      const grpc::Status status = stub->Unary(&context, request, &response);
-      if (status.ok() && PayloadIntact(response) && response.seq() == i) {
-        ++ok;
-      } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
-        ++unavailable;
-        absl::SleepFor(absl::Milliseconds(5));  // the plain path fails fast
-      } else {
-        ++other;
-        std::fprintf(stderr, "call %ld: %d %s\n", static_cast<long>(i),
-                     status.error_code(), status.error_message().c_str());
-      }
-    }
-  });
-  ASSERT_TRUE(WaitFor([&] { return ok.load() >= 200; }, absl::Seconds(20)));
+  BackToBackCaller caller(stub.get());
+  ASSERT_TRUE(WaitFor([&] { return caller.ok() >= 200; }, absl::Seconds(20)));
   server->Kill();
   const uint64_t shm_before = GetChannelStats(channel.get())->calls_on_shm;
   absl::SleepFor(absl::Milliseconds(300));  // the client sees it gone
@@ -543,12 +565,11 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
         return stats.session_alive && stats.calls_on_shm >= shm_before + 100;
       },
       absl::Seconds(15));
-  stop = true;
-  caller.join();
+  caller.Stop();
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_TRUE(back_on_shm) << "calls_on_shm " << stats.calls_on_shm
                            << " before the restart " << shm_before;
-  EXPECT_EQ(other.load(), 0) << "only OK or UNAVAILABLE are acceptable";
+  EXPECT_EQ(caller.other(), 0) << "only OK or UNAVAILABLE are acceptable";
   EXPECT_GE(stats.sessions_opened, 2u);
   EXPECT_EQ(stats.sessions_closed, 1u);
   // The channel that shared the session is back on shm too, over the one
@@ -560,7 +581,7 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   std::printf(
       "restart: %d ok, %d unavailable, sessions opened %lu, plain calls "
       "without a session %lu, shm calls %lu\n",
-      ok.load(), unavailable.load(),
+      caller.ok(), caller.unavailable(),
       static_cast<unsigned long>(stats.sessions_opened),
       static_cast<unsigned long>(stats.calls_plain_no_session),
       static_cast<unsigned long>(stats.calls_on_shm));
@@ -581,30 +602,8 @@ TEST(RestartTest, GracefulRollingRestartFailsNoCall) {
   auto channel = CreateChannel("unix:" + socket_path);
   auto stub = EchoService::NewStub(channel);
 
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, failed{0};
-  std::thread caller([&] {
-    for (int64_t i = 0; !stop.load(); ++i) {
-      EchoRequest request;
-      FillRequest(&request, 2048, i);
-      EchoResponse response;
-      grpc::ClientContext context;
-      context.set_deadline(In(absl::Seconds(5)));
-      const grpc::Status status = stub->Unary(&context, request, &response);
-      if (status.ok() && PayloadIntact(response) && response.seq() == i) {
-        ++ok;
-      } else {
-        ++failed;
-        std::fprintf(stderr, "call %ld: %d %s\n", static_cast<long>(i),
-                     status.error_code(), status.error_message().c_str());
-      }
-    }
-  });
-  absl::Cleanup stop_caller = [&] {
-    stop = true;
-    caller.join();
-  };
-  ASSERT_TRUE(WaitFor([&] { return ok.load() >= 200; }, absl::Seconds(20)));
+  BackToBackCaller caller(stub.get());
+  ASSERT_TRUE(WaitFor([&] { return caller.ok() >= 200; }, absl::Seconds(20)));
   ServerProcess successor("sync", {}, socket_path);
   ASSERT_TRUE(successor.status().ok()) << successor.status();
   EXPECT_EQ(old_server.Stop(), 0) << "unclean server shutdown";
@@ -615,17 +614,18 @@ TEST(RestartTest, GracefulRollingRestartFailsNoCall) {
         return stats.session_alive && stats.calls_on_shm >= shm_after_old + 100;
       },
       absl::Seconds(10));
-  std::move(stop_caller).Invoke();
+  caller.Stop();
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_TRUE(back_on_shm) << "never back on shm";
-  EXPECT_EQ(failed.load(), 0) << "of " << ok.load() + failed.load();
+  EXPECT_EQ(caller.unavailable() + caller.other(), 0)
+      << "failed calls, of " << caller.ok() << " ok";
   EXPECT_EQ(stats.calls_aborted_by_close, 0u);
   EXPECT_EQ(stats.sessions_drained, 1u);
   EXPECT_EQ(FetchServerStats(successor.target()).sessions_accepted(), 1u);
   std::printf(
       "rolling restart: %d calls ok, %d failed; plain calls without a "
       "session %lu, shm calls %lu\n",
-      ok.load(), failed.load(),
+      caller.ok(), caller.unavailable() + caller.other(),
       static_cast<unsigned long>(stats.calls_plain_no_session),
       static_cast<unsigned long>(stats.calls_on_shm));
 }
