@@ -241,5 +241,59 @@ TEST_F(RetryTest, HedgedMethodsAndRetriedStreamsGoPlain) {
   EXPECT_EQ(stats.calls_on_shm, 0u);
 }
 
+// A server killed while it handles a call: the attempt fails UNAVAILABLE
+// (its session closed), and the policy retries it on the link's next
+// session, with the successor that took over the path; over plain gRPC the
+// same call is retried on a new connection. Both end OK.
+TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
+  constexpr char kRetryUnavailable[] = R"({"methodConfig": [{
+    "name": [{"service": "shmgrpc.test.EchoService"}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "1s",
+                    "maxBackoff": "2s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+  auto server = std::make_unique<testing::ServerProcess>("sync");
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  const std::string socket_path = server->socket_path();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kRetryUnavailable);
+  auto shm_channel = CreateChannel(server->target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server->target(), grpc::InsecureChannelCredentials(), args);
+  struct Result {
+    grpc::Status status;
+    EchoResponse response;
+  };
+  Result over_shm, over_plain;
+  auto call = [](const std::shared_ptr<grpc::Channel>& channel,
+                 Result* result) {
+    EchoRequest request;
+    FillRequest(&request, 4096, 5);
+    request.set_delay_ms(500);  // in its handler when the server dies
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(20)));
+    result->status = EchoService::NewStub(channel)->Unary(&context, request,
+                                                          &result->response);
+  };
+  std::thread shm_caller(call, shm_channel, &over_shm);
+  std::thread plain_caller(call, plain_channel, &over_plain);
+  absl::SleepFor(absl::Milliseconds(200));
+  server->Kill();
+  server.reset();  // removes its socket files before the successor binds
+  server = std::make_unique<testing::ServerProcess>(
+      "sync", std::vector<std::string>{}, socket_path);
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  shm_caller.join();
+  plain_caller.join();
+  EXPECT_TRUE(over_plain.status.ok()) << over_plain.status.error_message();
+  EXPECT_TRUE(over_shm.status.ok()) << over_shm.status.error_message();
+  EXPECT_TRUE(PayloadIntact(over_shm.response));
+  EXPECT_NE(over_shm.response.peer_pid(), "") << "the retry went plain";
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_GE(stats.shm_retries, 1u);
+  EXPECT_EQ(stats.calls_aborted_by_close, 0u);
+  shm_channel.reset();
+  plain_channel.reset();
+}
+
 }  // namespace
 }  // namespace shmgrpc::test

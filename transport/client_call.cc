@@ -457,21 +457,58 @@ bool ClientCall::ScheduleRetryLocked(const codec::CallStatus& status) {
   return true;
 }
 
+void ClientCall::OnSessionClosed(std::atomic<uint64_t>* aborted_count) {
+  codec::CallStatus closed;
+  closed.code = static_cast<int32_t>(grpc::StatusCode::UNAVAILABLE);
+  closed.message = "shm session to the server closed";
+  const uint64_t attempt_stream = stream_id_;
+  bool retrying = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // As gRPC retries an attempt whose connection broke.
+    if (!finished_ && retry_policy_ != nullptr) {
+      retrying = ScheduleRetryLocked(closed);
+    }
+  }
+  if (retrying) {
+    core_->Unregister(attempt_stream);
+    return;
+  }
+  Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, closed.message),
+        /*tell_server=*/false, aborted_count);
+}
+
 void ClientCall::StartNextAttempt() {
+  // The link's session now: after a restart, a new one.
+  const std::shared_ptr<Session> session = core_->session();
   std::vector<Completion> ready;
-  uint64_t id;
+  uint64_t id = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;  // cancelled or past its deadline meanwhile
     // An attempt the server ended before the first one's request was even
     // out (headers it refused) is final: its sends still use stream_id_.
-    id = request_sent_ ? core_->Register(shared_from_this(), *session_) : 0;
-    if (id == 0) {
-      // The session closed or is draining: the last attempt's end stands.
+    if (!request_sent_) {
       finished_ = true;
       TakeReadyLocked(&ready);
     } else {
-      stream_id_ = id;
+      if (session) id = core_->Register(shared_from_this(), *session);
+      if (id != 0) {
+        // Every reader of session_ and stream_id_ past the first attempt
+        // takes mu_ first (or has finished_ set, and then this is not
+        // reached).
+        session_ = session;
+        stream_id_ = id;
+      } else {
+        // No session to send it on: the attempt fails at once, as a plain
+        // attempt without a connection does, and counts.
+        codec::CallStatus none;
+        none.code = static_cast<int32_t>(grpc::StatusCode::UNAVAILABLE);
+        none.message = "no shm session to the server";
+        if (ScheduleRetryLocked(none)) return;
+        finished_ = true;  // the last attempt's end stands
+        TakeReadyLocked(&ready);
+      }
     }
   }
   if (id == 0) {
@@ -480,17 +517,17 @@ void ClientCall::StartNextAttempt() {
   }
   core_->CountRetry();
   absl::Status sent =
-      session_->SendFrame(codec::FrameType::kCallHeaders, id,
-                          codec::EncodeCallHeaders(retry_headers_), deadline_,
-                          codec::kUnaryCallFlag);
+      session->SendFrame(codec::FrameType::kCallHeaders, id,
+                         codec::EncodeCallHeaders(retry_headers_), deadline_,
+                         codec::kUnaryCallFlag);
   if (sent.ok()) {
     sent = retry_request_.has_value()
-               ? session_->SendFrame(codec::FrameType::kMessage, id,
-                                     *retry_request_, deadline_)
-               : session_->SendByteBuffer(id, retry_buffer_, deadline_);
+               ? session->SendFrame(codec::FrameType::kMessage, id,
+                                    *retry_request_, deadline_)
+               : session->SendByteBuffer(id, retry_buffer_, deadline_);
   }
   if (sent.ok()) {
-    sent = session_->SendFrame(codec::FrameType::kHalfClose, id, "", deadline_);
+    sent = session->SendFrame(codec::FrameType::kHalfClose, id, "", deadline_);
   }
   if (!sent.ok()) Abort(ToGrpc(sent), /*tell_server=*/true);
 }

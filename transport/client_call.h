@@ -31,8 +31,10 @@
 // again on a new stream of the same session after a jittered exponential
 // backoff (or the server's grpc-retry-pushback-ms), at most maxAttempts in
 // all, within the call's deadline, subject to the channel's retry throttle.
-// The request is kept (serialized) for that. An attempt that cannot start
-// (the session closed or is draining) leaves the last attempt's status.
+// The request is kept (serialized) for that. An attempt whose session
+// closes (server killed) fails UNAVAILABLE and is retried likewise, on the
+// link's next session; an attempt that finds no session fails at once and
+// counts, as a plain attempt without a connection does.
 // Streaming methods with a retry policy, and hedged methods, go plain.
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CALL_H_
 #define SHMGRPC_TRANSPORT_CLIENT_CALL_H_
@@ -72,6 +74,10 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // can see the status.
   void Abort(const grpc::Status& status, bool tell_server,
              std::atomic<uint64_t>* ended_count = nullptr);
+  // Its session closed: a retry if the call's policy allows one (on the
+  // link's next session), else Abort(UNAVAILABLE, counted in
+  // `aborted_count`).
+  void OnSessionClosed(std::atomic<uint64_t>* aborted_count);
   // gRPC destroyed the RPC: stop timers, unregister, return held blocks.
   void Finish();
 

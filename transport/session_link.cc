@@ -292,11 +292,7 @@ void SessionLink::OnClosed(const std::shared_ptr<Session>& session,
       }
     }
   }
-  for (auto& call : calls) {
-    call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                             "shm session to the server closed"),
-                /*tell_server=*/false, &calls_aborted_by_close_);
-  }
+  for (auto& call : calls) call->OnSessionClosed(&calls_aborted_by_close_);
   {
     std::lock_guard<std::mutex> lock(session_mu_);  // pairs with the wait
   }
