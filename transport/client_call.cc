@@ -72,7 +72,10 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 ClientCall::ClientCall(std::shared_ptr<ClientCore> core,
                        grpc::experimental::ClientRpcInfo* info)
-    : core_(std::move(core)), info_(info) {}
+    : core_(std::move(core)),
+      info_(info),
+      max_send_bytes_(core_->settings().max_send_message_bytes),
+      max_receive_bytes_(core_->settings().max_receive_message_bytes) {}
 
 void ClientCall::Intercept(Batch* m) {
   if (tls_recv_pass_of == this) {
@@ -199,14 +202,25 @@ bool ClientCall::DecideHijack(Batch* m) {
   }
   const bool unary =
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY;
-  if (const auto& policies = core_->settings().retry_policies) {
-    const MethodRetry retry = policies->For(info_->method());
-    if (retry.hedged || (retry.retry != nullptr && !unary)) {
+  if (const auto& config = core_->settings().service_config) {
+    const MethodConfig method = config->For(info_->method());
+    const RetryPolicy* retry =
+        core_->settings().retries_enabled ? method.retry : nullptr;
+    if ((method.hedged && core_->settings().retries_enabled) ||
+        (retry != nullptr && !unary)) {
       core_->CountPlain(ClientCore::PlainReason::kRetryPolicy);
       return false;
     }
-    retry_policy_ = retry.retry;
+    retry_policy_ = retry;
     if (retry_policy_) next_backoff_ = retry_policy_->initial_backoff;
+    // The lower of the channel's and the method's, as gRPC applies them.
+    if (method.max_request_bytes) {
+      max_send_bytes_ = std::min(max_send_bytes_, *method.max_request_bytes);
+    }
+    if (method.max_response_bytes) {
+      max_receive_bytes_ =
+          std::min(max_receive_bytes_, *method.max_response_bytes);
+    }
   }
   if (Has(m, Hook::PRE_SEND_INITIAL_METADATA) &&
       MetadataSize(*m->GetSendInitialMetadata()) >
@@ -227,8 +241,7 @@ bool ClientCall::DecideHijack(Batch* m) {
     // A request that cannot get shared memory now goes plain as a whole
     // (later messages of a hijacked call fall back inline instead); so does
     // one over the send limit, whose verdict is then gRPC's own.
-    if (size > session->capacity_bytes() ||
-        size > core_->settings().max_send_message_bytes) {
+    if (size > session->capacity_bytes() || size > max_send_bytes_) {
       core_->CountPlain(ClientCore::PlainReason::kTooLarge);
       return false;
     }
@@ -372,7 +385,7 @@ void ClientCall::SendMessage(Batch* m) {
                       : first_message_size_.has_value()
                           ? *std::exchange(first_message_size_, std::nullopt)
                           : codec::SerializedSize(*message);
-  const size_t max_bytes = core_->settings().max_send_message_bytes;
+  const size_t max_bytes = max_send_bytes_;
   if (size > max_bytes) {
     return FailSend(m, absl::ResourceExhaustedError(
                            absl::StrCat("Sent message larger than max (", size,
@@ -622,7 +635,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
   std::vector<Completion> ready;
   switch (type) {
     case codec::FrameType::kMessage: {
-      const size_t max_bytes = core_->settings().max_receive_message_bytes;
+      const size_t max_bytes = max_receive_bytes_;
       std::unique_lock<std::mutex> lock(mu_);
       if (finished_) {
         lock.unlock();

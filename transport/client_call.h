@@ -57,7 +57,7 @@
 #include "transport/client_core.h"
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
-#include "transport/retry_policy.h"
+#include "transport/service_config.h"
 
 namespace shmgrpc::transport {
 
@@ -128,6 +128,10 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
 
   const std::shared_ptr<ClientCore> core_;
   grpc::experimental::ClientRpcInfo* const info_;
+  // The channel's message limits, lowered by the method's service config
+  // (set before the call is hijacked).
+  size_t max_send_bytes_;
+  size_t max_receive_bytes_;
   std::shared_ptr<Session> session_;  // set when hijacked
   // This attempt's stream (a retry takes a new one).
   std::atomic<uint64_t> stream_id_{0};

@@ -16,7 +16,7 @@
 #include <unordered_map>
 
 #include "transport/options.h"
-#include "transport/retry_policy.h"
+#include "transport/service_config.h"
 #include "transport/session.h"
 #include "transport/session_link.h"
 
@@ -69,10 +69,12 @@ struct ChannelSettings {
   // Sent with every call as gRPC sends it (with "shmgrpc" as the transport),
   // including the channel's user-agent prefix and suffix arguments.
   std::string user_agent;
-  // The retry policies of the channel's service config (null when it has
-  // none, or GRPC_ARG_ENABLE_RETRIES is 0), and its retry throttle (null
-  // unless it sets retryThrottling).
-  std::shared_ptr<const RetryPolicies> retry_policies;
+  // The channel's service config (GRPC_ARG_SERVICE_CONFIG; null when it has
+  // no methodConfig) for per-method limits and retry policies, and its retry
+  // throttle (null unless it sets retryThrottling). With
+  // GRPC_ARG_ENABLE_RETRIES 0 its retry policies are dropped.
+  std::shared_ptr<const ServiceConfig> service_config;
+  bool retries_enabled = true;
   std::shared_ptr<RetryThrottle> retry_throttle;
 };
 

@@ -16,7 +16,7 @@
 #include "shm/endpoint.h"
 #include "transport/client_call.h"
 #include "transport/log.h"
-#include "transport/retry_policy.h"
+#include "transport/service_config.h"
 #include "transport/weak_registry.h"
 
 namespace shmgrpc {
@@ -122,23 +122,24 @@ transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
   settings.user_agent = UserAgentOf(args);
   // gRPC applies these in its core, which a hijacked call never reaches:
   // shm calls apply them themselves (client_call.h).
-  const std::string service_config = StringArg(args, GRPC_ARG_SERVICE_CONFIG);
-  if (!service_config.empty() &&
-      IntegerArg(args, GRPC_ARG_ENABLE_RETRIES).value_or(1) != 0) {
-    absl::StatusOr<transport::RetryPolicies> policies =
-        transport::RetryPolicies::Parse(service_config);
-    if (!policies.ok()) {
-      transport::ShmLog("shm calls are not retried: ",
-                        policies.status().message());
+  settings.retries_enabled =
+      IntegerArg(args, GRPC_ARG_ENABLE_RETRIES).value_or(1) != 0;
+  if (const std::string json = StringArg(args, GRPC_ARG_SERVICE_CONFIG);
+      !json.empty()) {
+    absl::StatusOr<transport::ServiceConfig> config =
+        transport::ServiceConfig::Parse(json);
+    if (!config.ok()) {
+      transport::ShmLog("shm calls do not apply the service config: ",
+                        config.status().message());
     } else {
-      if (policies->throttling().has_value()) {
+      if (config->throttling().has_value() && settings.retries_enabled) {
         settings.retry_throttle = std::make_shared<transport::RetryThrottle>(
-            policies->throttling()->first, policies->throttling()->second);
+            config->throttling()->first, config->throttling()->second);
       }
-      if (!policies->empty()) {
-        settings.retry_policies =
-            std::make_shared<const transport::RetryPolicies>(
-                *std::move(policies));
+      if (!config->empty()) {
+        settings.service_config =
+            std::make_shared<const transport::ServiceConfig>(
+                *std::move(config));
       }
     }
   }

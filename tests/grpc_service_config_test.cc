@@ -1,8 +1,8 @@
-// Retry policies from a channel's service config apply to unary calls over
-// shm as gRPC applies them on a plain channel. Each case runs on a plain
-// channel and on an shm channel made with the same arguments, against one
-// sync echo_server, and must end alike: status, message, and how many
-// attempts the server saw; the shm calls stay on shm.
+// A channel's service config (retry policies, per-method message limits)
+// applies to calls over shm as gRPC applies it on a plain channel. Each case
+// runs on a plain channel and on an shm channel made with the same
+// arguments, against one sync echo_server, and must end alike: status,
+// message, and how many attempts the server saw; the shm calls stay on shm.
 #include <chrono>
 #include <string>
 
@@ -113,6 +113,21 @@ TEST_F(RetryTest, RetryableFailuresAreRetriedUpToMaxAttempts) {
   EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
+TEST_F(RetryTest, RetriesDisabledByChannelArgumentAlike) {
+  for (bool shm : {false, true}) {
+    grpc::ChannelArguments args;
+    args.SetServiceConfigJSON(kUnaryRetries);
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    auto channel =
+        shm ? CreateChannel(server_->target(), Options(), args)
+            : grpc::CreateCustomChannel(
+                  server_->target(), grpc::InsecureChannelCredentials(), args);
+    const Outcome outcome = Call(channel, EchoRequest(), 1);
+    EXPECT_EQ(outcome.code, grpc::StatusCode::UNAVAILABLE) << "shm=" << shm;
+    EXPECT_EQ(outcome.message, "attempt 1 fails") << "shm=" << shm;
+  }
+}
+
 TEST_F(RetryTest, NonRetryableCodesAndCommittedAttemptsAreFinal) {
   EchoRequest internal;
   internal.set_error_code(grpc::StatusCode::INTERNAL);
@@ -209,6 +224,40 @@ TEST_F(RetryTest, ThrottledRetriesStopAlike) {
     const Outcome shm =
         ExpectAlike(kThrottled, EchoRequest(), 1, absl::StrCat("call ", call));
     EXPECT_EQ(shm.code, grpc::StatusCode::UNAVAILABLE);
+  }
+}
+
+TEST_F(RetryTest, PerMethodMessageLimitsApplyAlike) {
+  // Lower than the channel's (4 MiB) for Unary: the lower one holds.
+  constexpr char kLimits[] = R"({"methodConfig": [{
+    "name": [{"service": "shmgrpc.test.EchoService", "method": "Unary"}],
+    "maxRequestMessageBytes": 3000, "maxResponseMessageBytes": 2000}]})";
+  for (const auto& [request_bytes, reply_bytes] :
+       {std::pair{1000, 1000}, std::pair{1000, 2500}, std::pair{3500, 100}}) {
+    const std::string what =
+        absl::StrCat(request_bytes, " B request, ", reply_bytes, " B reply");
+    Outcome outcomes[2];
+    for (bool shm : {false, true}) {
+      auto stub = EchoService::NewStub(ChannelWith(shm, kLimits));
+      EchoRequest request;
+      FillRequest(&request, request_bytes, 1);
+      request.set_reply_bytes(reply_bytes);
+      EchoResponse response;
+      grpc::ClientContext context;
+      context.set_deadline(In(absl::Seconds(10)));
+      const grpc::Status status = stub->Unary(&context, request, &response);
+      outcomes[shm] = {status.error_code(), status.error_message(), 0,
+                       response.peer_pid() != ""};
+    }
+    EXPECT_EQ(outcomes[1].code, outcomes[0].code)
+        << what << ": " << outcomes[1].message;
+    if (request_bytes < 3000) {
+      // Over shm (the request fits): the reply limit is shm's to enforce.
+      EXPECT_EQ(outcomes[1].code, reply_bytes < 2000
+                                      ? grpc::StatusCode::OK
+                                      : grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << what;
+    }
   }
 }
 

@@ -1,6 +1,7 @@
-// RetryPolicies reads a service config's retry policies with gRPC's rules:
-// the most specific name wins, values are validated, maxAttempts is capped.
-#include "transport/retry_policy.h"
+// ServiceConfig reads a service config's retry policies and message limits
+// with gRPC's rules: the most specific name wins, values are validated,
+// maxAttempts is capped.
+#include "transport/service_config.h"
 
 #include <string>
 
@@ -18,8 +19,8 @@ constexpr char kPolicy[] =
     R"({"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1.5s",
         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 10]})";
 
-TEST(RetryPolicyTest, ReadsEveryField) {
-  absl::StatusOr<RetryPolicies> policies = RetryPolicies::Parse(
+TEST(ServiceConfigTest, ReadsEveryField) {
+  absl::StatusOr<ServiceConfig> policies = ServiceConfig::Parse(
       Config(R"({"service": "p.S", "method": "M"})", kPolicy));
   ASSERT_TRUE(policies.ok()) << policies.status();
   const RetryPolicy* policy = policies->For("/p.S/M").retry;
@@ -35,7 +36,7 @@ TEST(RetryPolicyTest, ReadsEveryField) {
   EXPECT_EQ(policies->For("/q.S/M").retry, nullptr);
 }
 
-TEST(RetryPolicyTest, TheMostSpecificNameWins) {
+TEST(ServiceConfigTest, TheMostSpecificNameWins) {
   const std::string config = R"({"methodConfig": [
     {"name": [{}], "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s",
       "maxBackoff": "1s", "backoffMultiplier": 1,
@@ -44,17 +45,17 @@ TEST(RetryPolicyTest, TheMostSpecificNameWins) {
       "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1,
       "retryableStatusCodes": ["UNAVAILABLE"]}},
     {"name": [{"service": "p.S", "method": "M"}], "hedgingPolicy": {}}]})";
-  absl::StatusOr<RetryPolicies> policies = RetryPolicies::Parse(config);
+  absl::StatusOr<ServiceConfig> policies = ServiceConfig::Parse(config);
   ASSERT_TRUE(policies.ok()) << policies.status();
   EXPECT_EQ(policies->For("/other.S/M").retry->max_attempts, 2);
   EXPECT_EQ(policies->For("/p.S/N").retry->max_attempts, 3);
-  const MethodRetry hedged = policies->For("/p.S/M");
+  const MethodConfig hedged = policies->For("/p.S/M");
   EXPECT_TRUE(hedged.hedged);
   EXPECT_EQ(hedged.retry, nullptr);
 }
 
-TEST(RetryPolicyTest, MaxAttemptsAboveFiveIsFive) {
-  absl::StatusOr<RetryPolicies> policies = RetryPolicies::Parse(
+TEST(ServiceConfigTest, MaxAttemptsAboveFiveIsFive) {
+  absl::StatusOr<ServiceConfig> policies = ServiceConfig::Parse(
       Config(R"({"service": "p.S"})",
              R"({"maxAttempts": 9, "initialBackoff": "1s", "maxBackoff": "1s",
           "backoffMultiplier": 1, "retryableStatusCodes": ["ABORTED"]})"));
@@ -62,8 +63,8 @@ TEST(RetryPolicyTest, MaxAttemptsAboveFiveIsFive) {
   EXPECT_EQ(policies->For("/p.S/M").retry->max_attempts, 5);
 }
 
-TEST(RetryPolicyTest, ThrottlingIsRead) {
-  absl::StatusOr<RetryPolicies> policies = RetryPolicies::Parse(
+TEST(ServiceConfigTest, ThrottlingIsRead) {
+  absl::StatusOr<ServiceConfig> policies = ServiceConfig::Parse(
       R"({"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.5}})");
   ASSERT_TRUE(policies.ok()) << policies.status();
   ASSERT_TRUE(policies->throttling().has_value());
@@ -77,7 +78,7 @@ TEST(RetryPolicyTest, ThrottlingIsRead) {
   EXPECT_FALSE(throttle.RecordFailure());  // 1.5
 }
 
-TEST(RetryPolicyTest, InvalidConfigsAreRefusedWithAReason) {
+TEST(ServiceConfigTest, InvalidConfigsAreRefusedWithAReason) {
   const std::string bad_policies[] = {
       // maxAttempts below 2
       R"({"maxAttempts": 1, "initialBackoff": "1s", "maxBackoff": "1s",
@@ -97,17 +98,33 @@ TEST(RetryPolicyTest, InvalidConfigsAreRefusedWithAReason) {
           "backoffMultiplier": 1, "retryableStatusCodes": ["NOPE"]})",
   };
   for (const std::string& policy : bad_policies) {
-    absl::StatusOr<RetryPolicies> policies =
-        RetryPolicies::Parse(Config(R"({"service": "p.S"})", policy));
+    absl::StatusOr<ServiceConfig> policies =
+        ServiceConfig::Parse(Config(R"({"service": "p.S"})", policy));
     EXPECT_TRUE(absl::IsInvalidArgument(policies.status())) << policy;
   }
-  EXPECT_FALSE(RetryPolicies::Parse("{not json").ok());
-  EXPECT_FALSE(RetryPolicies::Parse(Config(R"({"method": "M"})", kPolicy)).ok())
+  EXPECT_FALSE(ServiceConfig::Parse("{not json").ok());
+  EXPECT_FALSE(ServiceConfig::Parse(Config(R"({"method": "M"})", kPolicy)).ok())
       << "a method without its service";
-  EXPECT_FALSE(RetryPolicies::Parse(
+  EXPECT_FALSE(ServiceConfig::Parse(
                    Config(R"({"service": "p.S"}, {"service": "p.S"})", kPolicy))
                    .ok())
       << "one name twice";
+}
+
+TEST(ServiceConfigTest, MessageLimitsAreNumbersOrNumericStrings) {
+  absl::StatusOr<ServiceConfig> config = ServiceConfig::Parse(R"({
+    "methodConfig": [{"name": [{"service": "p.S"}],
+                      "maxRequestMessageBytes": 1000,
+                      "maxResponseMessageBytes": "2000"}]})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const MethodConfig method = config->For("/p.S/M");
+  EXPECT_EQ(method.max_request_bytes, 1000u);
+  EXPECT_EQ(method.max_response_bytes, 2000u);
+  EXPECT_EQ(method.retry, nullptr);
+  EXPECT_FALSE(config->For("/q.S/M").max_request_bytes.has_value());
+  EXPECT_FALSE(ServiceConfig::Parse(R"({"methodConfig": [{
+    "name": [{"service": "p.S"}], "maxRequestMessageBytes": -1}]})")
+                   .ok());
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "transport/retry_policy.h"
+#include "transport/service_config.h"
 
 #include <algorithm>
 #include <cmath>
@@ -93,6 +93,23 @@ absl::StatusOr<int> StatusCodeOf(const Value& value) {
   return Invalid("retryPolicy.retryableStatusCodes has an unknown code");
 }
 
+// A message limit: a number, or a numeric string, of at least 0.
+absl::StatusOr<std::optional<size_t>> MessageLimit(const Struct& config,
+                                                   const std::string& key) {
+  const Value* value = Field(config, key);
+  if (value == nullptr) return std::nullopt;
+  double bytes = -1;
+  if (value->kind_case() == Value::kNumberValue) {
+    bytes = value->number_value();
+  } else if (value->kind_case() == Value::kStringValue) {
+    if (!absl::SimpleAtod(value->string_value(), &bytes)) bytes = -1;
+  }
+  if (!(bytes >= 0) || bytes != std::floor(bytes)) {
+    return Invalid(absl::StrCat(key, " must be a number of bytes"));
+  }
+  return static_cast<size_t>(bytes);
+}
+
 absl::StatusOr<RetryPolicy> ParseRetryPolicy(const Struct& json) {
   RetryPolicy policy;
   const Value* attempts = Field(json, "maxAttempts");
@@ -141,12 +158,12 @@ void RetryThrottle::RecordSuccess() {
   tokens_ = std::min(max_tokens_, tokens_ + token_ratio_);
 }
 
-absl::StatusOr<RetryPolicies> RetryPolicies::Parse(absl::string_view json) {
+absl::StatusOr<ServiceConfig> ServiceConfig::Parse(absl::string_view json) {
   Struct root;
-  const auto parsed =
+  const auto json_status =
       google::protobuf::util::JsonStringToMessage(std::string(json), &root);
-  if (!parsed.ok()) return Invalid(parsed.ToString());
-  RetryPolicies policies;
+  if (!json_status.ok()) return Invalid(json_status.ToString());
+  ServiceConfig parsed_config;
   if (const Struct* throttling = ObjectField(root, "retryThrottling")) {
     const Value* tokens = Field(*throttling, "maxTokens");
     const Value* ratio = Field(*throttling, "tokenRatio");
@@ -156,10 +173,11 @@ absl::StatusOr<RetryPolicies> RetryPolicies::Parse(absl::string_view json) {
         !(ratio->number_value() > 0)) {
       return Invalid("retryThrottling needs maxTokens and tokenRatio above 0");
     }
-    policies.throttling_.emplace(tokens->number_value(), ratio->number_value());
+    parsed_config.throttling_.emplace(tokens->number_value(),
+                                      ratio->number_value());
   }
   const Value* configs = Field(root, "methodConfig");
-  if (configs == nullptr) return policies;
+  if (configs == nullptr) return parsed_config;
   if (configs->kind_case() != Value::kListValue) {
     return Invalid("methodConfig must be a list");
   }
@@ -175,6 +193,13 @@ absl::StatusOr<RetryPolicies> RetryPolicies::Parse(absl::string_view json) {
       entry.retry = *policy;
     }
     entry.hedged = ObjectField(config, "hedgingPolicy") != nullptr;
+    for (auto [key, limit] :
+         {std::pair{"maxRequestMessageBytes", &entry.max_request_bytes},
+          std::pair{"maxResponseMessageBytes", &entry.max_response_bytes}}) {
+      absl::StatusOr<std::optional<size_t>> bytes = MessageLimit(config, key);
+      if (!bytes.ok()) return bytes.status();
+      *limit = *bytes;
+    }
     const Value* names = Field(config, "name");
     if (names == nullptr || names->kind_case() != Value::kListValue) continue;
     for (const Value& name_value : names->list_value().values()) {
@@ -189,13 +214,13 @@ absl::StatusOr<RetryPolicies> RetryPolicies::Parse(absl::string_view json) {
         if (!method.empty()) {
           return Invalid("a methodConfig name with a method needs a service");
         }
-        if (policies.default_.has_value()) {
+        if (parsed_config.default_.has_value()) {
           return Invalid("two methodConfig entries for every method ({})");
         }
-        policies.default_ = entry;
+        parsed_config.default_ = entry;
       } else {
-        auto& table =
-            method.empty() ? policies.by_service_ : policies.by_method_;
+        auto& table = method.empty() ? parsed_config.by_service_
+                                     : parsed_config.by_method_;
         const std::string key =
             method.empty() ? service : absl::StrCat(service, "/", method);
         if (!table.emplace(key, entry).second) {
@@ -204,10 +229,10 @@ absl::StatusOr<RetryPolicies> RetryPolicies::Parse(absl::string_view json) {
       }
     }
   }
-  return policies;
+  return parsed_config;
 }
 
-MethodRetry RetryPolicies::For(absl::string_view method) const {
+MethodConfig ServiceConfig::For(absl::string_view method) const {
   if (absl::ConsumePrefix(&method, "/")) {
     if (auto it = by_method_.find(std::string(method));
         it != by_method_.end()) {
@@ -219,7 +244,7 @@ MethodRetry RetryPolicies::For(absl::string_view method) const {
       if (it != by_service_.end()) return Of(it->second);
     }
   }
-  return default_ ? Of(*default_) : MethodRetry{};
+  return default_ ? Of(*default_) : MethodConfig{};
 }
 
 }  // namespace shmgrpc::transport

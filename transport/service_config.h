@@ -1,18 +1,23 @@
-// RetryPolicies: the retry policies of a channel's service config, so that
-// unary calls over shm are retried as gRPC retries them on a plain channel.
+// ServiceConfig: what a channel's service config says that gRPC applies in
+// its core, below the interceptors, where a call hijacked by the shm
+// interceptor never goes: retry policies and per-method message limits.
+// The shm client applies them itself (client_call.h).
 //
-// gRPC applies a service config's "retryPolicy" in its core, which a call
-// hijacked by the shm interceptor never reaches. This reads the same JSON
-// (the GRPC_ARG_SERVICE_CONFIG channel argument) with gRPC's rules: a
+// It reads the GRPC_ARG_SERVICE_CONFIG JSON with gRPC's rules: a
 // methodConfig names methods as {"service", "method"}, a service alone, or
-// {} for every method, the most specific name winning; maxAttempts is at
-// least 2 and at most 5 (larger values are 5); both backoffs are durations
-// ("0.1s") above zero; backoffMultiplier is above zero; retryableStatusCodes
-// is a non-empty list of names ("UNAVAILABLE") or numbers. A method with a
-// "hedgingPolicy" is reported as such: the caller sends it plain. Also
-// "retryThrottling" {maxTokens, tokenRatio} (RetryThrottle).
-#ifndef SHMGRPC_TRANSPORT_RETRY_POLICY_H_
-#define SHMGRPC_TRANSPORT_RETRY_POLICY_H_
+// {} for every method, the most specific name winning. retryPolicy:
+// maxAttempts at least 2 and at most 5 (larger values are 5), both
+// backoffs durations ("0.1s") above zero, backoffMultiplier above zero,
+// retryableStatusCodes a non-empty list of names ("UNAVAILABLE") or numbers.
+// A method with a "hedgingPolicy" is reported as such (the caller sends it
+// plain). maxRequestMessageBytes / maxResponseMessageBytes: numbers (or
+// numeric strings). Also "retryThrottling" {maxTokens, tokenRatio}
+// (RetryThrottle). Other fields ("timeout", "waitForReady") are not read:
+// gRPC 1.51 measures a method's timeout from process start, not from the
+// call's (a 1 s timeout failed a call at once, 2 s let a 0.5 s call
+// through), which shm does not copy.
+#ifndef SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
+#define SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
 
 #include <cstdint>
 #include <map>
@@ -40,9 +45,11 @@ struct RetryPolicy {
 };
 
 // What a service config says about one method.
-struct MethodRetry {
-  const RetryPolicy* retry = nullptr;  // null: no retries
-  bool hedged = false;                 // a hedgingPolicy applies
+struct MethodConfig {
+  const RetryPolicy* retry = nullptr;        // null: no retries
+  bool hedged = false;                       // a hedgingPolicy applies
+  std::optional<size_t> max_request_bytes;   // unset: the channel's limit
+  std::optional<size_t> max_response_bytes;  // (the lower of both applies)
 };
 
 // gRPC's retry throttle: `max_tokens` tokens to start; a failed attempt
@@ -65,14 +72,14 @@ class RetryThrottle {
   double tokens_;  // guarded by mu_
 };
 
-class RetryPolicies {
+class ServiceConfig {
  public:
-  // Policies from a service config; InvalidArgument (saying what) for JSON
-  // or a policy gRPC would refuse.
-  static absl::StatusOr<RetryPolicies> Parse(absl::string_view json);
+  // InvalidArgument (saying what) for bad JSON or a value gRPC would refuse.
+  static absl::StatusOr<ServiceConfig> Parse(absl::string_view json);
 
   // `method` as "/package.Service/Method".
-  MethodRetry For(absl::string_view method) const;
+  MethodConfig For(absl::string_view method) const;
+  // No methodConfig entry.
   bool empty() const {
     return by_method_.empty() && by_service_.empty() && !default_.has_value();
   }
@@ -85,9 +92,11 @@ class RetryPolicies {
   struct Entry {
     std::optional<RetryPolicy> retry;
     bool hedged = false;
+    std::optional<size_t> max_request_bytes, max_response_bytes;
   };
-  static MethodRetry Of(const Entry& entry) {
-    return {entry.retry ? &*entry.retry : nullptr, entry.hedged};
+  static MethodConfig Of(const Entry& entry) {
+    return {entry.retry ? &*entry.retry : nullptr, entry.hedged,
+            entry.max_request_bytes, entry.max_response_bytes};
   }
 
   std::map<std::string, Entry> by_method_;   // "package.Service/Method"
@@ -98,4 +107,4 @@ class RetryPolicies {
 
 }  // namespace shmgrpc::transport
 
-#endif  // SHMGRPC_TRANSPORT_RETRY_POLICY_H_
+#endif  // SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
