@@ -588,9 +588,13 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
 }
 
 // A rolling restart: the successor binds the same path, then the old
-// server shuts down gracefully. A client calling all the while sees no
-// failed call: calls under way finish on the old server's shm, calls during
-// its drain go plain, and the client's next session is the successor's.
+// server shuts down gracefully while it still has a slow call to finish. A
+// client calling all the while sees no failed call: calls under way finish
+// on the old server's shm, calls made before the client's session with the
+// successor is up go plain to the old server, and then they are on shm
+// with the successor. (The slow call matters: gRPC removes a unix socket
+// file when its server shuts down, the successor's by then, so plain calls
+// after the old grpc::Server's shutdown would find no socket.)
 TEST(RestartTest, GracefulRollingRestartFailsNoCall) {
   const std::string socket_path = testing::FreshSocketPath();
   // Not a ServerProcess: its Stop() removes the socket file, which is the
@@ -606,7 +610,20 @@ TEST(RestartTest, GracefulRollingRestartFailsNoCall) {
   ASSERT_TRUE(WaitFor([&] { return caller.ok() >= 200; }, absl::Seconds(20)));
   ServerProcess successor("sync", {}, socket_path);
   ASSERT_TRUE(successor.status().ok()) << successor.status();
+  grpc::Status slow_status;
+  std::thread slow_call([&] {
+    EchoRequest request;
+    FillRequest(&request, 100, 0);
+    request.set_delay_ms(500);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    slow_status = stub->Unary(&context, request, &response);
+  });
+  absl::SleepFor(absl::Milliseconds(100));  // in the old server's handler
   EXPECT_EQ(old_server.Stop(), 0) << "unclean server shutdown";
+  slow_call.join();
+  EXPECT_TRUE(slow_status.ok()) << slow_status.error_message();
   const uint64_t shm_after_old = GetChannelStats(channel.get())->calls_on_shm;
   const bool back_on_shm = WaitFor(
       [&] {

@@ -108,9 +108,13 @@ void SessionLink::ReconnectLoop() {
       continue;
     }
     // Wait first: a server that just died is rarely back within 0 ms, and
-    // this keeps a crash loop from turning into a connect storm.
-    session_down_.wait_for(lock, absl::ToChronoNanoseconds(backoff),
-                           [&] { return stopping_; });
+    // this keeps a crash loop from turning into a connect storm. After a
+    // goaway, try at once: in a rolling restart the successor already
+    // listens, and every call until its session is up goes plain.
+    if (!std::exchange(reconnect_now_, false)) {
+      session_down_.wait_for(lock, absl::ToChronoNanoseconds(backoff),
+                             [&] { return stopping_; });
+    }
     if (stopping_) break;
     lock.unlock();
     const absl::Status connected = Connect();
@@ -221,7 +225,10 @@ bool SessionLink::HasCallsLocked(const Session* session) const {
 void SessionLink::OnGoAway(const std::shared_ptr<Session>& session) {
   {
     std::lock_guard<std::mutex> lock(session_mu_);
-    if (session_ == session) session_ = nullptr;  // no new calls on it
+    if (session_ == session) {
+      session_ = nullptr;  // no new calls on it
+      reconnect_now_ = true;
+    }
   }
   bool idle;
   {

@@ -104,7 +104,8 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;
-  bool stopping_ = false;                 // guarded by session_mu_
+  bool stopping_ = false;       // guarded by session_mu_
+  bool reconnect_now_ = false;  // after a goaway (guarded by session_mu_)
   std::condition_variable session_down_;  // a close, or stopping_
   std::thread reconnect_thread_;
   std::string last_logged_failure_;  // guarded by connect_mu_
