@@ -36,7 +36,7 @@ struct ClientStats {
   // on a streaming method: gRPC's own retries apply to it.
   uint64_t calls_plain_retry_policy = 0;
   // Attempts after the first of unary shm calls, as their method's retry
-  // policy asked (retry_policy.h).
+  // policy asked (service_config.h).
   uint64_t shm_retries = 0;
   // Messages inside shm calls that needed more than one block (all sessions
   // so far): chained over several blocks, or sent inline on the socket.
