@@ -344,5 +344,50 @@ TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
   plain_channel.reset();
 }
 
+// The same with no successor: every retry finds no session (shm) or no
+// server (plain), fails at once and counts, and the call ends UNAVAILABLE
+// after maxAttempts, promptly, both ways.
+TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
+  constexpr char kQuickRetries[] = R"({"methodConfig": [{
+    "name": [{"service": "shmgrpc.test.EchoService"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s",
+                    "maxBackoff": "0.1s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+  testing::ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kQuickRetries);
+  auto shm_channel = CreateChannel(server.target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server.target(), grpc::InsecureChannelCredentials(), args);
+  grpc::Status statuses[2];
+  auto call = [](const std::shared_ptr<grpc::Channel>& channel,
+                 grpc::Status* status) {
+    EchoRequest request;
+    FillRequest(&request, 100, 1);
+    request.set_delay_ms(500);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(20)));
+    *status =
+        EchoService::NewStub(channel)->Unary(&context, request, &response);
+  };
+  std::thread shm_caller(call, shm_channel, &statuses[1]);
+  std::thread plain_caller(call, plain_channel, &statuses[0]);
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time killed_at = absl::Now();
+  server.Kill();
+  shm_caller.join();
+  plain_caller.join();
+  EXPECT_LT(absl::Now() - killed_at, absl::Seconds(5));
+  for (int shm : {0, 1}) {
+    EXPECT_EQ(statuses[shm].error_code(), grpc::StatusCode::UNAVAILABLE)
+        << "shm=" << shm << ": " << statuses[shm].error_message();
+  }
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_EQ(stats.shm_retries, 0u) << "no attempt after the first was sent";
+  EXPECT_EQ(stats.calls_aborted_by_close, 0u) << "ended by the policy";
+}
+
 }  // namespace
 }  // namespace shmgrpc::test
