@@ -234,13 +234,12 @@ absl::StatusOr<ServiceConfig> ServiceConfig::Parse(absl::string_view json) {
 
 MethodConfig ServiceConfig::For(absl::string_view method) const {
   if (absl::ConsumePrefix(&method, "/")) {
-    if (auto it = by_method_.find(std::string(method));
-        it != by_method_.end()) {
+    if (auto it = by_method_.find(method); it != by_method_.end()) {
       return Of(it->second);
     }
     const size_t slash = method.find('/');
     if (slash != absl::string_view::npos) {
-      auto it = by_service_.find(std::string(method.substr(0, slash)));
+      auto it = by_service_.find(method.substr(0, slash));
       if (it != by_service_.end()) return Of(it->second);
     }
   }

@@ -99,9 +99,11 @@ class ServiceConfig {
             entry.max_request_bytes, entry.max_response_bytes};
   }
 
-  std::map<std::string, Entry> by_method_;   // "package.Service/Method"
-  std::map<std::string, Entry> by_service_;  // "package.Service"
-  std::optional<Entry> default_;             // name {}
+  // Looked up by string_view (std::less<>): For() runs once per call and
+  // allocates nothing.
+  std::map<std::string, Entry, std::less<>> by_method_;   // "pkg.Svc/Method"
+  std::map<std::string, Entry, std::less<>> by_service_;  // "pkg.Svc"
+  std::optional<Entry> default_;                          // name {}
   std::optional<std::pair<double, double>> throttling_;
 };
 

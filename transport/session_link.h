@@ -109,7 +109,8 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   std::condition_variable session_down_;  // a close, or stopping_
   std::thread reconnect_thread_;
   std::string last_logged_failure_;  // guarded by connect_mu_
-  // Send paths of sessions already replaced (guarded by session_mu_).
+  // Send paths of sessions no longer current: replaced, or drained after a
+  // goaway (guarded by session_mu_).
   SendPathStats replaced_sessions_;
 
   // A call and the session it was registered on: a session that closes
