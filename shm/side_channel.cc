@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "shm/thread_name.h"
 
 namespace shmgrpc::shm {
 namespace {
@@ -79,6 +80,7 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
 }
 
 void SideChannel::WriterLoop() {
+  NameThisThread("shm-writer");
   std::unique_lock<std::mutex> lock(write_mu_);
   for (;;) {
     outbox_ready_.wait(lock, [&] { return stopping_ || !outbox_.empty(); });

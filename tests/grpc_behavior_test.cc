@@ -8,7 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -71,6 +74,37 @@ TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
   EXPECT_EQ(trailing.find("x-echo-trailing-bin")->second,
             grpc::string_ref("\xff\0\xfe", 3));
   EXPECT_EQ(Stats().calls_on_shm, 1u);
+}
+
+// The names of a process's threads, from /proc.
+std::multiset<std::string> ThreadNames(pid_t pid) {
+  std::multiset<std::string> names;
+  const std::string tasks = absl::StrCat("/proc/", pid, "/task");
+  for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    names.insert(name);
+  }
+  return names;
+}
+
+// shmgrpc's threads say what they are in `top -H`, `ps -L` and `perf`, on
+// both sides.
+TEST_F(BehaviorTest, ShmThreadsAreNamed) {
+  EchoRequest request;
+  FillRequest(&request, 10, 1);
+  EchoResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub_->Unary(&context, request, &response).ok());
+  ASSERT_EQ(Stats().calls_on_shm, 1u);
+  const std::multiset<std::string> client = ThreadNames(getpid());
+  EXPECT_EQ(client.count("shm-session"), 1u);
+  EXPECT_EQ(client.count("shm-reconnect"), 1u);
+  const std::multiset<std::string> server = ThreadNames(server_->pid());
+  EXPECT_EQ(server.count("shm-accept"), 1u);
+  EXPECT_EQ(server.count("shm-session"), 1u);
+  EXPECT_EQ(server.count("shm-completion"), 1u);
 }
 
 // Handlers see a user-agent on shm calls as on plain ones (there was none),

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/message_codec.h"
+#include "shm/thread_name.h"
 #include "transport/log.h"
 
 namespace shmgrpc::transport {
@@ -56,6 +57,7 @@ void Session::Shutdown() {
 }
 
 void Session::Run() {
+  shm::NameThisThread("shm-session");
   absl::Status closed;
   for (;;) {
     absl::StatusOr<shm::ReceivedMessage> message =
@@ -224,6 +226,7 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
   if (poster_running_) return;  // it sends this too
   poster_running_ = true;
   std::thread([self = shared_from_this()] {
+    shm::NameThisThread("shm-poster");
     for (;;) {
       PostedControl next;
       {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "codec/frame_type.h"
+#include "shm/thread_name.h"
 #include "transport/client_call.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
@@ -98,6 +99,7 @@ void SessionLink::StartOnce() {
 }
 
 void SessionLink::ReconnectLoop() {
+  shm::NameThisThread("shm-reconnect");
   absl::Duration backoff = options_.reconnect_backoff_initial;
   std::unique_lock<std::mutex> lock(session_mu_);
   while (!stopping_) {

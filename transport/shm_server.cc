@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
+#include "shm/thread_name.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
@@ -86,6 +87,7 @@ void ShmServer::StartCompletionThreadLocked(
   auto worker = std::make_unique<ReapableThread>();
   ReapableThread* raw = worker.get();
   raw->thread = std::thread([s = std::move(session), raw]() mutable {
+    shm::NameThisThread("shm-completion");
     void* tag;
     bool ok;
     while (s->cq.Next(&tag, &ok)) {
@@ -112,6 +114,7 @@ void ShmServer::JoinFinishedThreadsLocked() {
 }
 
 void ShmServer::AcceptLoop() {
+  shm::NameThisThread("shm-accept");
   for (;;) {
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
@@ -140,6 +143,7 @@ void ShmServer::AcceptLoop() {
     auto handshake = std::make_unique<ReapableThread>();
     ReapableThread* raw = handshake.get();
     raw->thread = std::thread([this, sock, raw] {
+      shm::NameThisThread("shm-handshake");
       Handshake(sock);
       raw->done.store(true, std::memory_order_release);
     });

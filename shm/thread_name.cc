@@ -1,0 +1,16 @@
+#include "shm/thread_name.h"
+
+#include <pthread.h>
+
+#include <cstring>
+
+namespace shmgrpc::shm {
+
+void NameThisThread(const char* name) {
+  char truncated[16];
+  std::strncpy(truncated, name, sizeof(truncated) - 1);
+  truncated[sizeof(truncated) - 1] = '\0';
+  pthread_setname_np(pthread_self(), truncated);
+}
+
+}  // namespace shmgrpc::shm
