@@ -448,7 +448,7 @@ std::vector<Cell> MakePlan(const AbFlags& flags) {
 
 std::string Conditions(const AbFlags& flags) {
   return absl::StrCat(
-      sysconf(_SC_NPROCESSORS_ONLN), " CPUs; ", AllocatorConditions(),
+      CpuConditions(), "; ", AllocatorConditions(),
       " for all processes; shm session spin ",
       absl::FormatDuration(Options().wait.max_spin), " yielding after ",
       absl::FormatDuration(Options().wait.pause_spin), ", +",

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -87,9 +89,29 @@ double Percentile(std::vector<double> samples, double p) {
 }
 
 std::string SizeName(size_t size) {
-  if (size >= (1 << 20)) return absl::StrFormat("%dMiB", size >> 20);
-  if (size >= 1024) return absl::StrFormat("%dKiB", size >> 10);
+  if (size != 0 && size % (1 << 20) == 0) {
+    return absl::StrFormat("%dMiB", size >> 20);
+  }
+  if (size != 0 && size % 1024 == 0) {
+    return absl::StrFormat("%dKiB", size >> 10);
+  }
   return absl::StrFormat("%dB", size);
+}
+
+std::string CpuConditions() {
+  std::string result =
+      absl::StrFormat("%ld CPUs", sysconf(_SC_NPROCESSORS_ONLN));
+  std::string driver;
+  std::ifstream("/sys/devices/system/cpu/cpuidle/current_driver") >> driver;
+  if (driver.empty()) return result;
+  absl::StrAppend(&result, " (cpuidle ", driver);
+  std::string halt_poll_ns;
+  std::ifstream("/sys/module/haltpoll/parameters/guest_halt_poll_ns") >>
+      halt_poll_ns;
+  if (!halt_poll_ns.empty()) {
+    absl::StrAppend(&result, ", guest_halt_poll_ns ", halt_poll_ns);
+  }
+  return result + ")";
 }
 
 std::string AllocatorConditions() {

@@ -39,8 +39,16 @@ bool ParseBenchFlags(int argc, char** argv, size_t min_size, size_t max_size,
 // Nearest-rank percentile (p in [0, 1]) of `samples`; 0 when empty.
 double Percentile(std::vector<double> samples, double p);
 
-// "64B", "4KiB", "1MiB".
+// "64B", "4KiB", "1MiB"; a size that is not a whole number of KiB or MiB
+// in bytes ("3000B").
 std::string SizeName(size_t size);
+
+// "2 CPUs (cpuidle haltpoll, guest_halt_poll_ns 0)": the CPU count, and
+// what an idle CPU does when Linux says. Why it is in every report: on a VM
+// whose idle vCPUs halt, waking a thread on another CPU costs a VM exit,
+// and wake-ups are most of a small call's latency, so results from
+// machines with different idle settings do not compare.
+std::string CpuConditions();
 
 // The allocator settings this process runs with (its children inherit them):
 // "glibc malloc defaults", or "allocator env K=V,..." listing every MALLOC_*

@@ -122,14 +122,14 @@ int Main(int argc, char** argv) {
 
   std::printf(
       "grpc_echo_bench: unary echo (%s service), %d interleaved rounds%s\n"
-      "conditions: %ld CPUs; shm and uds: client and echo_server in two "
+      "conditions: %s; shm and uds: client and echo_server in two "
       "processes; inproc: same service in this process; %s "
       "for all; shm session wait %s (spin up to %s, +%s per MiB after a large "
       "message); server checksums and "
       "echoes the payload\n"
       "shm calls on shared memory: %lu, plain: %lu\n\n",
       style.c_str(), flags.rounds, flags.quick ? " (--quick)" : "",
-      sysconf(_SC_NPROCESSORS_ONLN), AllocatorConditions().c_str(),
+      CpuConditions().c_str(), AllocatorConditions().c_str(),
       std::string(shm::WaitStrategyName(Options().wait.strategy)).c_str(),
       absl::FormatDuration(Options().wait.max_spin).c_str(),
       absl::FormatDuration(Options().wait.spin_per_mib).c_str(),

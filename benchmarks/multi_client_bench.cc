@@ -337,12 +337,12 @@ int Main(int argc, char** argv) {
   std::printf(
       "multi_client_bench: sync unary echo, K client processes x %d "
       "sequential calls each, %d interleaved round(s)%s\n"
-      "conditions: %ld CPUs; one echo_server process (sync service); %s for "
+      "conditions: %s; one echo_server process (sync service); %s for "
       "all; shm session wait %s (spin up to %s, +%s per MiB after a large "
       "message); medians over rounds; server "
       "CPU read from /proc in 10 ms ticks\n\n",
       calls, flags.rounds, flags.quick ? " (--quick)" : "",
-      sysconf(_SC_NPROCESSORS_ONLN), AllocatorConditions().c_str(),
+      CpuConditions().c_str(), AllocatorConditions().c_str(),
       std::string(shm::WaitStrategyName(Options().wait.strategy)).c_str(),
       absl::FormatDuration(Options().wait.max_spin).c_str(),
       absl::FormatDuration(Options().wait.spin_per_mib).c_str());
