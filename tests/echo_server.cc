@@ -12,7 +12,8 @@
 // given Options (arena per session, wait strategy, largest block). Also
 // serves ServerStatsService (the shm counters). Prints "ready" on stdout when
 // both are up. Exits on SIGTERM/SIGINT after shutting down gracefully (calls
-// under way get 2 s to finish).
+// under way get 2 s to finish). SIGUSR1 shuts down only shm, as gracefully,
+// and goes on serving plain gRPC (a server whose shm went away).
 #include <grp.h>
 #include <signal.h>
 #include <unistd.h>
@@ -41,6 +42,10 @@ namespace {
 std::atomic<bool> stop_requested{false};
 
 void OnSignal(int) { stop_requested.store(true); }
+
+std::atomic<bool> stop_shm_requested{false};
+
+void OnStopShmSignal(int) { stop_shm_requested.store(true); }
 
 class StatsService final : public ServerStatsService::Service {
  public:
@@ -223,6 +228,7 @@ int Main(int argc, char** argv) {
   }
   signal(SIGTERM, OnSignal);
   signal(SIGINT, OnSignal);
+  signal(SIGUSR1, OnStopShmSignal);
   const std::string target =
       (abstract ? "unix-abstract:" : "unix:") + socket_path;
   if (!abstract) unlink(socket_path.c_str());
@@ -268,7 +274,14 @@ int Main(int argc, char** argv) {
   }
   std::printf("ready\n");
   std::fflush(stdout);
-  while (!stop_requested.load()) usleep(10000);
+  while (!stop_requested.load()) {
+    if (stop_shm_requested.exchange(false) && shm) {
+      stats_service.set_shm(nullptr);
+      shm->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      shm.reset();
+    }
+    usleep(10000);
+  }
   stats_service.set_shm(nullptr);
   const auto grpc_deadline =
       std::chrono::system_clock::now() + std::chrono::seconds(2);

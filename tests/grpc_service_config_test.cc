@@ -3,8 +3,11 @@
 // runs on a plain channel and on an shm channel made with the same
 // arguments, against one sync echo_server, and must end alike: status,
 // message, and how many attempts the server saw; the shm calls stay on shm.
+#include <signal.h>
+
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -344,9 +347,9 @@ TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
   plain_channel.reset();
 }
 
-// The same with no successor: every retry finds no session (shm) or no
-// server (plain), fails at once and counts, and the call ends UNAVAILABLE
-// after maxAttempts, promptly, both ways.
+// The same with no successor: every retry finds no session, so it is made
+// over plain gRPC, where (as on the plain channel) it finds no server; the
+// call ends UNAVAILABLE after maxAttempts, promptly, both ways.
 TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
   constexpr char kQuickRetries[] = R"({"methodConfig": [{
     "name": [{"service": "shmgrpc.test.EchoService"}],
@@ -385,8 +388,93 @@ TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
         << "shm=" << shm << ": " << statuses[shm].error_message();
   }
   const ClientStats stats = *GetChannelStats(shm_channel.get());
-  EXPECT_EQ(stats.shm_retries, 0u) << "no attempt after the first was sent";
+  EXPECT_EQ(stats.shm_retries, 2u);
+  EXPECT_EQ(stats.shm_retries_over_plain, 2u);
   EXPECT_EQ(stats.calls_aborted_by_close, 0u) << "ended by the policy";
+}
+
+// A server that stops serving shm but keeps its plain port (SIGUSR1 to
+// echo_server: ShmServer::Shutdown alone) while a call's first attempt is
+// in its handler: the attempt ends on shm (UNAVAILABLE from the handler),
+// and its retry, which finds no session, is made over plain gRPC and
+// answers, as the plain channel's retry does. It failed "no shm session"
+// before retries could go plain.
+TEST(RetryRestartTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
+  testing::ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kUnaryRetries);
+  auto call = [](const std::shared_ptr<grpc::Channel>& channel,
+                 const std::string& key, EchoResponse* response) {
+    EchoRequest request;
+    FillRequest(&request, 1000, 1);
+    request.set_delay_ms(400);
+    request.set_attempt_key(key);
+    request.set_fail_attempts(1);
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(20)));
+    return EchoService::NewStub(channel)->Unary(&context, request, response);
+  };
+  EchoResponse plain_response;
+  const grpc::Status plain =
+      call(grpc::CreateCustomChannel(server.target(),
+                                     grpc::InsecureChannelCredentials(), args),
+           "plain", &plain_response);
+  ASSERT_TRUE(plain.ok()) << plain.error_message();
+  EXPECT_EQ(plain_response.attempts_seen(), 2);
+
+  auto shm_channel = CreateChannel(server.target(), Options(), args);
+  EchoResponse shm_response;
+  grpc::Status shm;
+  std::thread caller([&] { shm = call(shm_channel, "shm", &shm_response); });
+  absl::SleepFor(absl::Milliseconds(150));  // the first attempt is handled
+  ASSERT_EQ(kill(server.pid(), SIGUSR1), 0);
+  caller.join();
+  ASSERT_TRUE(shm.ok()) << shm.error_message();
+  EXPECT_EQ(shm_response.attempts_seen(), 2);
+  EXPECT_EQ(shm_response.peer_pid(), "") << "the answering attempt was plain";
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 1u);
+  EXPECT_EQ(stats.shm_retries, 1u);
+  EXPECT_EQ(stats.shm_retries_over_plain, 1u);
+  EXPECT_EQ(stats.sessions_drained, 1u);
+}
+
+// The app's TryCancel ends a call whose retry is under way over plain gRPC
+// at once, not when that attempt answers.
+TEST(RetryRestartTest, CancelEndsARetryUnderWayOverPlain) {
+  testing::ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kUnaryRetries);
+  auto shm_channel = CreateChannel(server.target(), Options(), args);
+  EchoRequest request;
+  FillRequest(&request, 1000, 1);
+  request.set_delay_ms(1000);  // every attempt
+  request.set_attempt_key("cancelled");
+  request.set_fail_attempts(1);
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(20)));
+  EchoResponse response;
+  grpc::Status status;
+  const absl::Time start = absl::Now();
+  std::thread caller([&] {
+    status =
+        EchoService::NewStub(shm_channel)->Unary(&context, request, &response);
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_EQ(kill(server.pid(), SIGUSR1), 0);
+  // The first attempt fails at ~1 s; the plain one would answer at ~2 s.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return GetChannelStats(shm_channel.get())->shm_retries_over_plain == 1;
+      },
+      absl::Seconds(5)));
+  context.TryCancel();
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED)
+      << status.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1800));
 }
 
 }  // namespace

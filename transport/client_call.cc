@@ -14,6 +14,7 @@
 #include "codec/message_codec.h"
 #include "codec/metadata_rules.h"
 #include "google/protobuf/message_lite.h"
+#include "grpcpp/generic/generic_stub.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -512,20 +513,15 @@ void ClientCall::StartNextAttempt() {
         // reached).
         session_ = session;
         stream_id_ = id;
-      } else {
-        // No session to send it on: the attempt fails at once, as a plain
-        // attempt without a connection does, and counts.
-        codec::CallStatus none;
-        none.code = static_cast<int32_t>(grpc::StatusCode::UNAVAILABLE);
-        none.message = "no shm session to the server";
-        if (ScheduleRetryLocked(none)) return;
-        finished_ = true;  // the last attempt's end stands
-        TakeReadyLocked(&ready);
       }
     }
   }
   if (id == 0) {
-    Complete(ready);
+    if (ready.empty()) {
+      StartPlainAttempt();
+    } else {
+      Complete(ready);
+    }
     return;
   }
   core_->CountRetry();
@@ -543,6 +539,106 @@ void ClientCall::StartNextAttempt() {
     sent = session->SendFrame(codec::FrameType::kHalfClose, id, "", deadline_);
   }
   if (!sent.ok()) Abort(ToGrpc(sent), /*tell_server=*/true);
+}
+
+struct ClientCall::PlainAttempt {
+  grpc::ClientContext context;
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+};
+
+void ClientCall::StartPlainAttempt() {
+  std::shared_ptr<grpc::Channel> channel = core_->PlainAttemptChannel();
+  auto attempt = std::make_shared<PlainAttempt>();
+  std::string method;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    if (deadline_ != absl::InfiniteFuture()) {
+      attempt->context.set_deadline(absl::ToChronoTime(deadline_));
+    }
+    for (const auto& [key, value] : retry_headers_.metadata) {
+      // gRPC's transport sends its own user-agent; the rest are the app's,
+      // already checked against gRPC's rules by the first attempt.
+      if (key != "user-agent") attempt->context.AddMetadata(key, value);
+    }
+    if (retry_request_.has_value()) {
+      grpc::Slice request(*retry_request_);
+      attempt->request = grpc::ByteBuffer(&request, 1);
+    } else {
+      attempt->request = retry_buffer_;  // shares the slices
+    }
+    method = retry_headers_.method;
+    plain_attempt_ = attempt;
+  }
+  core_->CountRetry();
+  core_->CountRetryOverPlain();
+  std::weak_ptr<ClientCall> weak = weak_from_this();
+  grpc::GenericStub stub(channel);
+  stub.UnaryCall(&attempt->context, method, grpc::StubOptions(),
+                 &attempt->request, &attempt->response,
+                 [weak, attempt](grpc::Status status) {
+                   if (auto call = weak.lock()) {
+                     call->OnPlainAttemptDone(*attempt, status);
+                   }
+                 });
+}
+
+void ClientCall::OnPlainAttemptDone(PlainAttempt& attempt,
+                                    const grpc::Status& status) {
+  codec::Metadata initial;
+  for (const auto& [key, value] : attempt.context.GetServerInitialMetadata()) {
+    initial.emplace_back(std::string(key.data(), key.size()),
+                         std::string(value.data(), value.size()));
+  }
+  codec::CallStatus ended;
+  ended.code = static_cast<int32_t>(status.error_code());
+  ended.message = status.error_message();
+  ended.details = status.error_details();
+  for (const auto& [key, value] : attempt.context.GetServerTrailingMetadata()) {
+    ended.trailing_metadata.emplace_back(
+        std::string(key.data(), key.size()),
+        std::string(value.data(), value.size()));
+  }
+  std::vector<Completion> ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    plain_attempt_ = nullptr;
+    if (finished_) return;  // cancelled, or past its deadline, meanwhile
+    // Committed, as gRPC judges it: the server sent initial metadata.
+    if (!status.ok() && initial.empty() && ScheduleRetryLocked(ended)) return;
+    finished_ = true;
+    if (!got_initial_metadata_) {
+      initial_metadata_ = std::move(initial);
+      got_initial_metadata_ = true;
+    }
+    if (status.ok()) {
+      // The reply as an inline message (owned bytes, nothing to release).
+      auto bytes = std::make_shared<std::string>();
+      std::vector<grpc::Slice> slices;
+      attempt.response.Dump(&slices).IgnoreError();
+      for (const grpc::Slice& slice : slices) {
+        bytes->append(reinterpret_cast<const char*>(slice.begin()),
+                      slice.size());
+      }
+      shm::ReceivedMessage frame;
+      frame.descriptor.offset = shm::kNoPayload;
+      frame.descriptor.length = static_cast<uint32_t>(bytes->size());
+      frame.data = reinterpret_cast<const uint8_t*>(bytes->data());
+      frame.inline_payload = std::move(bytes);
+      InboundMessage reply;
+      reply.bytes = frame.descriptor.length;
+      reply.frames.push_back(std::move(frame));
+      messages_.push_back(std::move(reply));
+      if (core_->settings().retry_throttle) {
+        core_->settings().retry_throttle->RecordSuccess();
+      }
+    }
+    status_ = status;
+    trailing_metadata_ = std::move(ended.trailing_metadata);
+    TakeReadyLocked(&ready);
+  }
+  Complete(ready);
 }
 
 void ClientCall::RecvPass(Batch* m) {
@@ -757,6 +853,7 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
                        std::atomic<uint64_t>* ended_count) {
   std::vector<Completion> ready;
   std::deque<InboundMessage> unread;
+  std::shared_ptr<PlainAttempt> plain;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
@@ -767,7 +864,9 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
     status_ = status;
     unread = TakeUnreadLocked();
     TakeReadyLocked(&ready);
+    plain = std::move(plain_attempt_);
   }
+  if (plain) plain->context.TryCancel();
   if (send_window_) send_window_->Close();
   ReleaseAll(unread);
   if (tell_server) TellServerCancelled();

@@ -113,6 +113,12 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // kept as the call's, should no further attempt start).
   bool ScheduleRetryLocked(const codec::CallStatus& status);
   void StartNextAttempt();
+  // A retry attempt that finds no session (the server's shm went away, its
+  // plain port may still serve) goes over plain gRPC, as a plain channel's
+  // next attempt would, and its outcome is the attempt's.
+  struct PlainAttempt;
+  void StartPlainAttempt();
+  void OnPlainAttemptDone(PlainAttempt& attempt, const grpc::Status& status);
   void RecvPass(Batch* methods);
   // Moves every pending recv that can complete now into `ready` (mu_ held).
   void TakeReadyLocked(std::vector<Completion>* ready);
@@ -175,6 +181,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   int attempts_ = 1;             // guarded by mu_
   absl::Duration next_backoff_;  // guarded by mu_
   std::vector<std::unique_ptr<grpc::Alarm>> retry_alarms_;  // guarded by mu_
+  std::shared_ptr<PlainAttempt> plain_attempt_;  // under way; guarded by mu_
 };
 
 // The interceptor gRPC owns; forwards to the shared ClientCall.

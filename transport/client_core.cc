@@ -9,12 +9,20 @@
 namespace shmgrpc::transport {
 
 ClientCore::ClientCore(const std::string& shm_path, Options options,
-                       ChannelSettings settings, bool share_session)
+                       ChannelSettings settings, bool share_session,
+                       PlainChannelFactory make_plain_channel)
     : options_(std::move(options)),
       settings_(std::move(settings)),
       link_(shm_path.empty()
                 ? nullptr
-                : SessionLink::Get(shm_path, options_, share_session)) {}
+                : SessionLink::Get(shm_path, options_, share_session)),
+      make_plain_channel_(std::move(make_plain_channel)) {}
+
+std::shared_ptr<grpc::Channel> ClientCore::PlainAttemptChannel() {
+  std::lock_guard<std::mutex> lock(plain_channel_mu_);
+  if (plain_channel_ == nullptr) plain_channel_ = make_plain_channel_();
+  return plain_channel_;
+}
 
 namespace {
 
@@ -95,6 +103,8 @@ ClientStats ClientCore::Stats() {
   stats.calls_plain_retry_policy =
       plain_retry_policy_.load(std::memory_order_relaxed);
   stats.shm_retries = retries_.load(std::memory_order_relaxed);
+  stats.shm_retries_over_plain =
+      retries_over_plain_.load(std::memory_order_relaxed);
   if (link_ == nullptr) return stats;
   const LinkStats link = link_->Stats();
   stats.sessions_opened = link.sessions_opened;

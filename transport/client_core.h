@@ -10,11 +10,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
+#include "grpcpp/channel.h"
 #include "transport/options.h"
 #include "transport/service_config.h"
 #include "transport/session.h"
@@ -38,6 +40,9 @@ struct ClientStats {
   // Attempts after the first of unary shm calls, as their method's retry
   // policy asked (service_config.h).
   uint64_t shm_retries = 0;
+  // Of those: attempts made over plain gRPC because the link had no session
+  // then (the server's shm went away, its plain port still served).
+  uint64_t shm_retries_over_plain = 0;
   // Messages inside shm calls that needed more than one block (all sessions
   // so far): chained over several blocks, or sent inline on the socket.
   uint64_t messages_chained = 0;
@@ -84,8 +89,13 @@ class ClientCore {
   // join another channel's link to the same server when the session options
   // match (false: GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, a session of its own).
   // Returns once the first handshake attempt is over (see SessionLink::Get).
+  // `make_plain_channel` makes a channel to the same target with the same
+  // credentials and arguments, no interceptors and gRPC's retries off: for
+  // retry attempts of shm calls that find no session (PlainAttemptChannel).
+  using PlainChannelFactory = std::function<std::shared_ptr<grpc::Channel>()>;
   ClientCore(const std::string& shm_path, Options options,
-             ChannelSettings settings, bool share_session);
+             ChannelSettings settings, bool share_session,
+             PlainChannelFactory make_plain_channel);
 
   // The live session, or nullptr.
   std::shared_ptr<Session> session() {
@@ -114,6 +124,12 @@ class ClientCore {
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
   void CountRetry() { retries_.fetch_add(1, std::memory_order_relaxed); }
+  void CountRetryOverPlain() {
+    retries_over_plain_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Made on first use and kept (its connection too) for the channel's life.
+  std::shared_ptr<grpc::Channel> PlainAttemptChannel();
 
   const Options& options() const { return options_; }
   const ChannelSettings& settings() const { return settings_; }
@@ -131,7 +147,13 @@ class ClientCore {
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
-      plain_large_metadata_{0}, plain_retry_policy_{0}, retries_{0};
+      plain_large_metadata_{0}, plain_retry_policy_{0}, retries_{0},
+      retries_over_plain_{0};
+
+  const PlainChannelFactory make_plain_channel_;
+  std::mutex plain_channel_mu_;
+  std::shared_ptr<grpc::Channel>
+      plain_channel_;  // guarded by plain_channel_mu_
 };
 
 }  // namespace shmgrpc::transport

@@ -198,7 +198,14 @@ std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
       IntegerArg(args, GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL);
   auto core = std::make_shared<transport::ClientCore>(
       path.empty() ? "" : path + ".shm", options, SettingsOf(args, options),
-      /*share_session=*/!local_pool.has_value() || *local_pool == 0);
+      /*share_session=*/!local_pool.has_value() || *local_pool == 0,
+      [target, credentials, args] {
+        // The attempt is one of the shm call's, counted by its retry
+        // policy: gRPC must not retry it again.
+        grpc::ChannelArguments attempt_args = args;
+        attempt_args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+        return grpc::CreateCustomChannel(target, credentials, attempt_args);
+      });
   // Last: it carries hijacked calls, and gRPC runs no interceptor after the
   // one that hijacks.
   interceptor_creators.push_back(std::make_unique<InterceptorFactory>(core));
