@@ -107,6 +107,36 @@ TEST_F(BehaviorTest, ShmThreadsAreNamed) {
   EXPECT_EQ(server.count("shm-completion"), 1u);
 }
 
+// A server's threads for a session end with it: once a client process has
+// gone, so have its session's threads (none hangs on a closed session).
+TEST(ServerThreadsTest, EndWithTheirSession) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  for (int i = 0; i < 3; ++i) {
+    // A separate executable (fork after gRPC started is unsupported).
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const std::string binary = testing::RunfilePath("tests/echo_client");
+      const std::string target = "--target=" + server.target();
+      execl(binary.c_str(), binary.c_str(), target.c_str(), "--calls=1",
+            "--expect=shm", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    EXPECT_EQ(testing::WaitPeer(pid), 0);
+  }
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::multiset<std::string> names = ThreadNames(server.pid());
+        return names.count("shm-completion") == 0 &&
+               names.count("shm-session") == 0 &&
+               names.count("shm-handshake") == 0;
+      },
+      absl::Seconds(5)))
+      << "session threads outlived their sessions";
+  EXPECT_EQ(FetchServerStats(server.target()).sessions_closed(), 3u);
+}
+
 // Handlers see a user-agent on shm calls as on plain ones (there was none),
 // with the channel's prefix and suffix, and "shmgrpc" where a plain call
 // names its transport; one the app puts in its metadata is replaced, as
