@@ -393,6 +393,12 @@ TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
   EXPECT_EQ(stats.calls_aborted_by_close, 0u) << "ended by the policy";
 }
 
+// True once the server has one call under way over shm.
+bool FirstAttemptInItsHandler(const std::string& target) {
+  return WaitFor([&] { return FetchServerStats(target).calls_active() == 1; },
+                 absl::Seconds(5));
+}
+
 // A server that stops serving shm but keeps its plain port (SIGUSR1 to
 // echo_server: ShmServer::Shutdown alone) while a call's first attempt is
 // in its handler: the attempt ends on shm (UNAVAILABLE from the handler),
@@ -427,8 +433,8 @@ TEST(RetryRestartTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
   EchoResponse shm_response;
   grpc::Status shm;
   std::thread caller([&] { shm = call(shm_channel, "shm", &shm_response); });
-  absl::SleepFor(absl::Milliseconds(150));  // the first attempt is handled
-  ASSERT_EQ(kill(server.pid(), SIGUSR1), 0);
+  EXPECT_TRUE(FirstAttemptInItsHandler(server.target()));
+  EXPECT_EQ(kill(server.pid(), SIGUSR1), 0);
   caller.join();
   ASSERT_TRUE(shm.ok()) << shm.error_message();
   EXPECT_EQ(shm_response.attempts_seen(), 2);
@@ -462,10 +468,10 @@ TEST(RetryRestartTest, CancelEndsARetryUnderWayOverPlain) {
     status =
         EchoService::NewStub(shm_channel)->Unary(&context, request, &response);
   });
-  absl::SleepFor(absl::Milliseconds(200));
-  ASSERT_EQ(kill(server.pid(), SIGUSR1), 0);
+  EXPECT_TRUE(FirstAttemptInItsHandler(server.target()));
+  EXPECT_EQ(kill(server.pid(), SIGUSR1), 0);
   // The first attempt fails at ~1 s; the plain one would answer at ~2 s.
-  ASSERT_TRUE(WaitFor(
+  EXPECT_TRUE(WaitFor(
       [&] {
         return GetChannelStats(shm_channel.get())->shm_retries_over_plain == 1;
       },

@@ -497,6 +497,7 @@ void ClientCall::StartNextAttempt() {
   const std::shared_ptr<Session> session = core_->session();
   std::vector<Completion> ready;
   uint64_t id = 0;
+  bool final = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;  // cancelled or past its deadline meanwhile
@@ -504,6 +505,7 @@ void ClientCall::StartNextAttempt() {
     // out (headers it refused) is final: its sends still use stream_id_.
     if (!request_sent_) {
       finished_ = true;
+      final = true;
       TakeReadyLocked(&ready);
     } else {
       if (session) id = core_->Register(shared_from_this(), *session);
@@ -516,12 +518,12 @@ void ClientCall::StartNextAttempt() {
       }
     }
   }
-  if (id == 0) {
-    if (ready.empty()) {
-      StartPlainAttempt();
-    } else {
-      Complete(ready);
-    }
+  if (final) {
+    Complete(ready);
+    return;
+  }
+  if (id == 0) {  // no session to send it on
+    StartPlainAttempt();
     return;
   }
   core_->CountRetry();
@@ -577,7 +579,8 @@ void ClientCall::StartPlainAttempt() {
   grpc::GenericStub stub(channel);
   stub.UnaryCall(&attempt->context, method, grpc::StubOptions(),
                  &attempt->request, &attempt->response,
-                 [weak, attempt](grpc::Status status) {
+                 // The channel too: it must outlive its calls.
+                 [weak, attempt, channel](grpc::Status status) {
                    if (auto call = weak.lock()) {
                      call->OnPlainAttemptDone(*attempt, status);
                    }
