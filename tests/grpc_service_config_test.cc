@@ -295,8 +295,9 @@ TEST_F(RetryTest, HedgedMethodsAndRetriedStreamsGoPlain) {
 
 // A server killed while it handles a call: the attempt fails UNAVAILABLE
 // (its session closed), and the policy retries it on the link's next
-// session, with the successor that took over the path; over plain gRPC the
-// same call is retried on a new connection. Both end OK.
+// session, with the successor that took over the path (or over plain gRPC,
+// if that session is not up yet); over plain gRPC the same call is retried
+// on a new connection. Both end OK.
 TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
   constexpr char kRetryUnavailable[] = R"({"methodConfig": [{
     "name": [{"service": "shmgrpc.test.EchoService"}],
@@ -339,9 +340,14 @@ TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
   EXPECT_TRUE(over_plain.status.ok()) << over_plain.status.error_message();
   EXPECT_TRUE(over_shm.status.ok()) << over_shm.status.error_message();
   EXPECT_TRUE(PayloadIntact(over_shm.response));
-  EXPECT_NE(over_shm.response.peer_pid(), "") << "the retry went plain";
   const ClientStats stats = *GetChannelStats(shm_channel.get());
   EXPECT_GE(stats.shm_retries, 1u);
+  // Answered on the successor's session, or over plain gRPC if a retry
+  // came before the client had reconnected (jittered backoff; slow under
+  // sanitizers).
+  if (over_shm.response.peer_pid().empty()) {
+    EXPECT_GE(stats.shm_retries_over_plain, 1u);
+  }
   EXPECT_EQ(stats.calls_aborted_by_close, 0u);
   shm_channel.reset();
   plain_channel.reset();

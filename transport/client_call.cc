@@ -575,16 +575,33 @@ void ClientCall::StartPlainAttempt() {
   }
   core_->CountRetry();
   core_->CountRetryOverPlain();
-  std::weak_ptr<ClientCall> weak = weak_from_this();
+  // Waited for on this thread (one of ours: retries start on a thread of
+  // their own), with a completion queue of its own. Not with gRPC's
+  // callback API: in gRPC 1.51 a channel whose last reference drops on one
+  // of the callback API's threads joins that thread from itself, and the
+  // process crashes later (grpc/grpc#32584, #37858): ASan caught it here
+  // when a callback kept the last reference to this channel.
+  grpc::CompletionQueue cq;
   grpc::GenericStub stub(channel);
-  stub.UnaryCall(&attempt->context, method, grpc::StubOptions(),
-                 &attempt->request, &attempt->response,
-                 // The channel too: it must outlive its calls.
-                 [weak, attempt, channel](grpc::Status status) {
-                   if (auto call = weak.lock()) {
-                     call->OnPlainAttemptDone(*attempt, status);
-                   }
-                 });
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader =
+      stub.PrepareUnaryCall(&attempt->context, method, attempt->request, &cq);
+  grpc::Status status;
+  if (reader == nullptr) {
+    status = grpc::Status(grpc::StatusCode::INTERNAL,
+                          "could not start a plain attempt");
+  } else {
+    reader->StartCall();
+    reader->Finish(&attempt->response, &status, attempt.get());
+    void* tag;
+    bool ok;
+    cq.Next(&tag, &ok);  // the one event: Finish (TryCancel ends it too)
+  }
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  OnPlainAttemptDone(*attempt, status);
 }
 
 void ClientCall::OnPlainAttemptDone(PlainAttempt& attempt,

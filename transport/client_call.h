@@ -115,7 +115,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void StartNextAttempt();
   // A retry attempt that finds no session (the server's shm went away, its
   // plain port may still serve) goes over plain gRPC, as a plain channel's
-  // next attempt would, and its outcome is the attempt's.
+  // next attempt would, and its outcome is the attempt's. Waits for that
+  // attempt on the calling thread (the retry's own).
   struct PlainAttempt;
   void StartPlainAttempt();
   void OnPlainAttemptDone(PlainAttempt& attempt, const grpc::Status& status);
