@@ -405,13 +405,43 @@ bool FirstAttemptInItsHandler(const std::string& target) {
                  absl::Seconds(5));
 }
 
+// A unary call by each client API: "sync", "callback" or "cq" (a CQ-async
+// call, whose request the interceptor gets as a ByteBuffer).
+grpc::Status UnaryBy(const std::string& api, EchoService::Stub* stub,
+                     grpc::ClientContext* context, const EchoRequest& request,
+                     EchoResponse* response) {
+  if (api == "sync") return stub->Unary(context, request, response);
+  if (api == "callback") {
+    CallDone done;
+    stub->async()->Unary(context, &request, response,
+                         [&done](grpc::Status status) { done.Set(status); });
+    if (!done.Await(absl::Seconds(30))) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "no callback");
+    }
+    return done.status();
+  }
+  grpc::CompletionQueue cq;
+  grpc::Status status;
+  auto reader = stub->AsyncUnary(context, request, &cq);
+  reader->Finish(response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  if (cq.AsyncNext(&tag, &ok, In(absl::Seconds(30))) !=
+      grpc::CompletionQueue::GOT_EVENT) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "no completion");
+  }
+  return status;
+}
+
+class RetryOverPlainTest : public ::testing::TestWithParam<std::string> {};
+
 // A server that stops serving shm but keeps its plain port (SIGUSR1 to
 // echo_server: ShmServer::Shutdown alone) while a call's first attempt is
 // in its handler: the attempt ends on shm (UNAVAILABLE from the handler),
 // and its retry, which finds no session, is made over plain gRPC and
 // answers, as the plain channel's retry does. It failed "no shm session"
-// before retries could go plain.
-TEST(RetryRestartTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
+// before retries could go plain. With each client API.
+TEST_P(RetryOverPlainTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
   testing::ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
   grpc::ChannelArguments args;
@@ -425,7 +455,8 @@ TEST(RetryRestartTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
     request.set_fail_attempts(1);
     grpc::ClientContext context;
     context.set_deadline(In(absl::Seconds(20)));
-    return EchoService::NewStub(channel)->Unary(&context, request, response);
+    auto stub = EchoService::NewStub(channel);
+    return UnaryBy(GetParam(), stub.get(), &context, request, response);
   };
   EchoResponse plain_response;
   const grpc::Status plain =
@@ -444,6 +475,7 @@ TEST(RetryRestartTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
   caller.join();
   ASSERT_TRUE(shm.ok()) << shm.error_message();
   EXPECT_EQ(shm_response.attempts_seen(), 2);
+  EXPECT_TRUE(PayloadIntact(shm_response));
   EXPECT_EQ(shm_response.peer_pid(), "") << "the answering attempt was plain";
   const ClientStats stats = *GetChannelStats(shm_channel.get());
   EXPECT_EQ(stats.calls_on_shm, 1u);
@@ -451,6 +483,9 @@ TEST(RetryRestartTest, RetryAfterTheServersShmWentAwayIsMadeOverPlain) {
   EXPECT_EQ(stats.shm_retries_over_plain, 1u);
   EXPECT_EQ(stats.sessions_drained, 1u);
 }
+
+INSTANTIATE_TEST_SUITE_P(ClientApis, RetryOverPlainTest,
+                         ::testing::Values("sync", "callback", "cq"));
 
 // The app's TryCancel ends a call whose retry is under way over plain gRPC
 // at once, not when that attempt answers.
