@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
+#include "codec/grpc_metadata.h"
 #include "codec/message_codec.h"
 #include "codec/metadata_rules.h"
 #include "google/protobuf/message_lite.h"
@@ -606,20 +607,14 @@ void ClientCall::StartPlainAttempt() {
 
 void ClientCall::OnPlainAttemptDone(PlainAttempt& attempt,
                                     const grpc::Status& status) {
-  codec::Metadata initial;
-  for (const auto& [key, value] : attempt.context.GetServerInitialMetadata()) {
-    initial.emplace_back(std::string(key.data(), key.size()),
-                         std::string(value.data(), value.size()));
-  }
+  codec::Metadata initial =
+      codec::CopyMetadata(attempt.context.GetServerInitialMetadata());
   codec::CallStatus ended;
   ended.code = static_cast<int32_t>(status.error_code());
   ended.message = status.error_message();
   ended.details = status.error_details();
-  for (const auto& [key, value] : attempt.context.GetServerTrailingMetadata()) {
-    ended.trailing_metadata.emplace_back(
-        std::string(key.data(), key.size()),
-        std::string(value.data(), value.size()));
-  }
+  ended.trailing_metadata =
+      codec::CopyMetadata(attempt.context.GetServerTrailingMetadata());
   std::vector<Completion> ready;
   {
     std::lock_guard<std::mutex> lock(mu_);

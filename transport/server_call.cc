@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/call_frames.h"
 #include "codec/frame_type.h"
+#include "codec/grpc_metadata.h"
 #include "codec/metadata_rules.h"
 #include "transport/log.h"
 
@@ -298,14 +299,10 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         break;
       case Op::kInitialMetadata: {
         if (ok) {
-          codec::Metadata metadata;
-          for (const auto& [key, value] : context_.GetServerInitialMetadata()) {
-            metadata.emplace_back(std::string(key.data(), key.size()),
-                                  std::string(value.data(), value.size()));
-          }
           session_
               ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
-                          codec::EncodeMetadata(metadata),
+                          codec::EncodeMetadata(codec::CopyMetadata(
+                              context_.GetServerInitialMetadata())),
                           SendDeadline())
               .IgnoreError();  // a gone session cancels the call anyway
         }
@@ -383,11 +380,8 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
 }
 
 void InjectedCall::SendUnaryReplyLocked() {
-  codec::Metadata metadata;
-  for (const auto& [key, value] : context_.GetServerInitialMetadata()) {
-    metadata.emplace_back(std::string(key.data(), key.size()),
-                          std::string(value.data(), value.size()));
-  }
+  const codec::Metadata metadata =
+      codec::CopyMetadata(context_.GetServerInitialMetadata());
   // None when empty: the client completes the call's initial metadata with
   // its status then, and a failure without initial metadata or reply is,
   // as gRPC's trailers-only response is, one its client may retry. (A
@@ -415,11 +409,8 @@ void InjectedCall::SendStatusAndFinish() {
   status.message = status_.error_message();
   status.details = status_.error_details();
   if (call_ != nullptr || unary_call_ != nullptr) {
-    for (const auto& [key, value] : context_.GetServerTrailingMetadata()) {
-      status.trailing_metadata.emplace_back(
-          std::string(key.data(), key.size()),
-          std::string(value.data(), value.size()));
-    }
+    status.trailing_metadata =
+        codec::CopyMetadata(context_.GetServerTrailingMetadata());
   }
   session_
       ->SendFrame(codec::FrameType::kStatus, stream_id_,
