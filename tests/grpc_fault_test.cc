@@ -497,6 +497,19 @@ TEST(ShutdownTest, ChannelDroppedWithCallInFlightLeaksNothing) {
 
 // ---- the server restarts ---------------------------------------------------
 
+// True once `channel` has a session again and has made 100 calls over shm
+// since it had made `shm_calls_before`.
+bool BackOnShm(grpc::Channel* channel, uint64_t shm_calls_before,
+               absl::Duration timeout) {
+  return WaitFor(
+      [&] {
+        const ClientStats stats = *GetChannelStats(channel);
+        return stats.session_alive &&
+               stats.calls_on_shm >= shm_calls_before + 100;
+      },
+      timeout);
+}
+
 // Unary calls (2 KiB, 5 s deadline each) back to back on a thread of its
 // own until Stop(), counted by outcome. A failure other than UNAVAILABLE is
 // printed; after an UNAVAILABLE it pauses 5 ms (with no server, the plain
@@ -559,12 +572,8 @@ TEST(RestartTest, ClientKeepsCallingAndReturnsToShmAfterRestart) {
   server = std::make_unique<ServerProcess>("sync", std::vector<std::string>{},
                                            socket_path);
   ASSERT_TRUE(server->status().ok()) << server->status();
-  const bool back_on_shm = WaitFor(
-      [&] {
-        const ClientStats stats = *GetChannelStats(channel.get());
-        return stats.session_alive && stats.calls_on_shm >= shm_before + 100;
-      },
-      absl::Seconds(15));
+  const bool back_on_shm =
+      BackOnShm(channel.get(), shm_before, absl::Seconds(15));
   caller.Stop();
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_TRUE(back_on_shm) << "calls_on_shm " << stats.calls_on_shm
@@ -625,12 +634,8 @@ TEST(RestartTest, GracefulRollingRestartFailsNoCall) {
   slow_call.join();
   EXPECT_TRUE(slow_status.ok()) << slow_status.error_message();
   const uint64_t shm_after_old = GetChannelStats(channel.get())->calls_on_shm;
-  const bool back_on_shm = WaitFor(
-      [&] {
-        const ClientStats stats = *GetChannelStats(channel.get());
-        return stats.session_alive && stats.calls_on_shm >= shm_after_old + 100;
-      },
-      absl::Seconds(10));
+  const bool back_on_shm =
+      BackOnShm(channel.get(), shm_after_old, absl::Seconds(10));
   caller.Stop();
   const ClientStats stats = *GetChannelStats(channel.get());
   EXPECT_TRUE(back_on_shm) << "never back on shm";

@@ -30,6 +30,34 @@ constexpr char kUnaryRetries[] = R"({"methodConfig": [{
                   "maxBackoff": "0.05s", "backoffMultiplier": 2,
                   "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"]}}]})";
 
+// A unary call by each client API: "sync", "callback" or "cq" (a CQ-async
+// call, whose request the interceptor gets as a ByteBuffer).
+grpc::Status UnaryBy(const std::string& api, EchoService::Stub* stub,
+                     grpc::ClientContext* context, const EchoRequest& request,
+                     EchoResponse* response) {
+  if (api == "sync") return stub->Unary(context, request, response);
+  if (api == "callback") {
+    CallDone done;
+    stub->async()->Unary(context, &request, response,
+                         [&done](grpc::Status status) { done.Set(status); });
+    if (!done.Await(absl::Seconds(30))) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "no callback");
+    }
+    return done.status();
+  }
+  grpc::CompletionQueue cq;
+  grpc::Status status;
+  auto reader = stub->AsyncUnary(context, request, &cq);
+  reader->Finish(response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  if (cq.AsyncNext(&tag, &ok, In(absl::Seconds(30))) !=
+      grpc::CompletionQueue::GOT_EVENT) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "no completion");
+  }
+  return status;
+}
+
 struct Outcome {
   grpc::StatusCode code;
   std::string message;
@@ -165,34 +193,15 @@ TEST_F(RetryTest, CallbackAndCompletionQueueCallsRetryToo) {
   EchoRequest request;
   FillRequest(&request, 1000, 1);
   request.set_fail_attempts(2);
-
-  request.set_attempt_key("callback");
-  EchoResponse response;
-  {
+  for (const std::string api : {"callback", "cq"}) {
+    request.set_attempt_key(api);
+    EchoResponse response;
     grpc::ClientContext context;
-    CallDone done;
-    stub->async()->Unary(&context, &request, &response,
-                         [&done](grpc::Status status) { done.Set(status); });
-    ASSERT_TRUE(done.Await(absl::Seconds(10)));
-    EXPECT_TRUE(done.status().ok()) << done.status().error_message();
-    EXPECT_EQ(response.attempts_seen(), 3);
-    EXPECT_NE(response.peer_pid(), "");
-  }
-
-  request.set_attempt_key("cq");
-  {
-    grpc::CompletionQueue cq;
-    grpc::ClientContext context;
-    grpc::Status status;
-    auto reader = stub->AsyncUnary(&context, request, &cq);
-    reader->Finish(&response, &status, reinterpret_cast<void*>(1));
-    void* tag;
-    bool ok;
-    ASSERT_EQ(cq.AsyncNext(&tag, &ok, In(absl::Seconds(10))),
-              grpc::CompletionQueue::GOT_EVENT);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(response.attempts_seen(), 3);
-    EXPECT_NE(response.peer_pid(), "");
+    const grpc::Status status =
+        UnaryBy(api, stub.get(), &context, request, &response);
+    EXPECT_TRUE(status.ok()) << api << ": " << status.error_message();
+    EXPECT_EQ(response.attempts_seen(), 3) << api;
+    EXPECT_NE(response.peer_pid(), "") << api;
   }
   EXPECT_EQ(GetChannelStats(channel.get())->shm_retries, 4u);
 }
@@ -403,34 +412,6 @@ TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
 bool FirstAttemptInItsHandler(const std::string& target) {
   return WaitFor([&] { return FetchServerStats(target).calls_active() == 1; },
                  absl::Seconds(5));
-}
-
-// A unary call by each client API: "sync", "callback" or "cq" (a CQ-async
-// call, whose request the interceptor gets as a ByteBuffer).
-grpc::Status UnaryBy(const std::string& api, EchoService::Stub* stub,
-                     grpc::ClientContext* context, const EchoRequest& request,
-                     EchoResponse* response) {
-  if (api == "sync") return stub->Unary(context, request, response);
-  if (api == "callback") {
-    CallDone done;
-    stub->async()->Unary(context, &request, response,
-                         [&done](grpc::Status status) { done.Set(status); });
-    if (!done.Await(absl::Seconds(30))) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, "no callback");
-    }
-    return done.status();
-  }
-  grpc::CompletionQueue cq;
-  grpc::Status status;
-  auto reader = stub->AsyncUnary(context, request, &cq);
-  reader->Finish(response, &status, reinterpret_cast<void*>(1));
-  void* tag;
-  bool ok;
-  if (cq.AsyncNext(&tag, &ok, In(absl::Seconds(30))) !=
-      grpc::CompletionQueue::GOT_EVENT) {
-    return grpc::Status(grpc::StatusCode::INTERNAL, "no completion");
-  }
-  return status;
 }
 
 class RetryOverPlainTest : public ::testing::TestWithParam<std::string> {};
