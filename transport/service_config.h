@@ -14,8 +14,9 @@
 // numeric strings). Also "retryThrottling" {maxTokens, tokenRatio}
 // (RetryThrottle). Other fields ("timeout", "waitForReady") are not read:
 // gRPC 1.51 itself expired a method's timeout early here (a 1 s timeout
-// failed a plain call after 1 ms, 2 s let a 0.5 s call through), so there
-// is no behavior to match.
+// failed a plain call after 1 ms, 2 s let a 0.5 s call through; upstream
+// grpc/grpc#34547: such timeouts fire about a second early), so there is no
+// behavior to match.
 #ifndef SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
 #define SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
 
