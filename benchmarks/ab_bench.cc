@@ -119,8 +119,9 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       "  --transports=...    of shm-notify,shm-poll,shm-periodic,uds,tcp,"
       "inproc (default all)\n"
       "  --shapes=...        of unary,pingpong,oneway (default all)\n"
-      "  --concurrency=...   caller threads; levels above 1 run unary 4 KiB "
-      "(default 1,8,64)\n"
+      "  --concurrency=...   caller threads (default 1,8,64); levels above\n"
+      "                      1 run unary 4 KiB and, each caller on its own\n"
+      "                      stream, ping-pong 4 KiB\n"
       "  --csv=FILE, --svg=FILE  also write the rows as CSV / a chart\n"
       "  --target=unix:/p    use a running server (shm-notify and uds only,\n"
       "                      tcp with --tcp_target) instead of starting one\n"
@@ -438,9 +439,12 @@ std::vector<Cell> MakePlan(const AbFlags& flags) {
       plan.push_back({shape, size, 1});
     }
   }
-  if (Contains(flags.shapes, "unary")) {
+  // Parallel callers: unary calls, and ping-pong on one stream per caller
+  // (Shmipc's BenchmarkParallelPingPong).
+  for (const char* shape : {"unary", "pingpong"}) {
+    if (!Contains(flags.shapes, shape)) continue;
     for (int c : flags.concurrency) {
-      if (c > 1) plan.push_back({"unary", 4096, c});
+      if (c > 1) plan.push_back({shape, 4096, c});
     }
   }
   return plan;
@@ -487,13 +491,15 @@ void PrintSummary(const std::vector<AbRow>& rows) {
     std::printf("  cpu/call shm/uds %.2f\n",
                 shm->cpu_us_per_call / uds->cpu_us_per_call);
   }
-  for (int conc : {8, 64}) {
-    const AbRow* shm = find("shm-notify", "unary", 4096, conc);
-    const AbRow* uds = find("uds", "unary", 4096, conc);
-    if (shm == nullptr || uds == nullptr) continue;
-    std::printf("  4KiB x%d: QPS shm/uds %.2f, cpu/call shm/uds %.2f\n", conc,
-                shm->qps / uds->qps,
-                shm->cpu_us_per_call / uds->cpu_us_per_call);
+  for (const char* shape : {"unary", "pingpong"}) {
+    for (int conc : {8, 64}) {
+      const AbRow* shm = find("shm-notify", shape, 4096, conc);
+      const AbRow* uds = find("uds", shape, 4096, conc);
+      if (shm == nullptr || uds == nullptr) continue;
+      std::printf("  %s 4KiB x%d: QPS shm/uds %.2f, cpu/call shm/uds %.2f\n",
+                  shape, conc, shm->qps / uds->qps,
+                  shm->cpu_us_per_call / uds->cpu_us_per_call);
+    }
   }
 }
 
