@@ -25,9 +25,14 @@ done
 for field in size concurrency p50_us p99_us qps cpu_us_per_call; do
   grep -q "\"$field\": " "$out/r.json" || { echo "no $field"; exit 1; }
 done
-# 3 shapes x 2 sizes + unary x4 = 7 cells x 6 transports, plus the header.
+# 3 shapes x 2 sizes + unary x4 + ping-pong x4 = 8 cells x 6 transports,
+# plus the header.
 rows=$(wc -l < "$out/r.csv")
-[ "$rows" -eq 43 ] || { echo "csv has $rows lines, want 43"; exit 1; }
+[ "$rows" -eq 49 ] || { echo "csv has $rows lines, want 49"; exit 1; }
+for shape in unary pingpong; do
+  grep -q "\"transport\": \"uds\", \"shape\": \"$shape\", \"size\": 4096, \"concurrency\": 4" \
+    "$out/r.json" || { echo "no $shape x4 row"; exit 1; }
+done
 grep -q "<svg" "$out/r.svg" && grep -q "polyline" "$out/r.svg" \
   || { echo "no chart"; exit 1; }
 grep -q "done in" "$out/progress.txt" || { echo "no progress"; exit 1; }
