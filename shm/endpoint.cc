@@ -13,6 +13,14 @@
 namespace shmgrpc::shm {
 namespace {
 
+// CPUs this process may run on (its affinity mask), at least 1.
+int UsableCpus() {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0) return 1;
+  return std::max(1, CPU_COUNT(&cpus));
+}
+
 int64_t MonotonicNanos() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -71,6 +79,9 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
           At<RingConsumerState>(*local_, local_layout.release_consumer_offset),
           peer_layout.ring_slots),
       spin_budget_ns_(absl::ToInt64Nanoseconds(wait.max_spin)),
+      max_busy_streams_for_spin_(wait.max_busy_streams_for_spin > 0
+                                     ? wait.max_busy_streams_for_spin
+                                     : UsableCpus()),
       spin_per_mib_ns_(absl::ToInt64Nanoseconds(wait.spin_per_mib)) {}
 
 Endpoint::~Endpoint() {
@@ -304,7 +315,8 @@ void Endpoint::AdaptSpin(int64_t waited_ns) {
                         : std::max(min_ns, spin_budget_ns_ / 2);
 }
 
-absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
+absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline,
+                                                  int busy_streams) {
   RetryPendingReleases();
   ReceivedMessage message;
   absl::Status error;
@@ -319,11 +331,15 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
   const int64_t start_ns = MonotonicNanos();
   const int64_t deadline_ns = DeadlineNanos(deadline);
   const int64_t liveness_ns = absl::ToInt64Nanoseconds(wait_.liveness_check);
-  const int64_t spin_ns = wait_.strategy == WaitStrategy::kNotify
-                              ? std::max(spin_budget_ns_, size_spin_ns_)
-                          : wait_.strategy == WaitStrategy::kPoll
-                              ? std::numeric_limits<int64_t>::max()
-                              : 0;
+  // Busy: the message will come, but the cores belong to the threads that
+  // produce it; no spin, and the budgets are left as they were.
+  const bool busy = busy_streams > max_busy_streams_for_spin_;
+  const int64_t spin_ns =
+      wait_.strategy == WaitStrategy::kNotify
+          ? (busy ? 0 : std::max(spin_budget_ns_, size_spin_ns_))
+      : wait_.strategy == WaitStrategy::kPoll
+          ? std::numeric_limits<int64_t>::max()
+          : 0;
   // Spin phase (notify: adaptive budget; poll: until the deadline). The
   // first pause_spin only pauses; after that every check yields the core,
   // so a spinning consumer never keeps the thread that will produce the
@@ -405,7 +421,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline) {
       }
     }
     if (PopResult r = TryPop(&message, &error); r != PopResult::kEmpty) {
-      if (notify) {
+      if (notify && !busy) {
         const int64_t waited_ns = MonotonicNanos() - start_ns;
         AdaptSpin(waited_ns);
         NoteSizeSpinMiss(missed_extension_ns, missed_extension_bytes,

@@ -103,7 +103,11 @@ class Endpoint {
                           absl::Time deadline);
 
   // Waits per the wait strategy for the next message until `deadline`.
-  absl::StatusOr<ReceivedMessage> Receive(absl::Time deadline);
+  // `busy_streams`: how many streams the caller knows to be under way (see
+  // WaitOptions::max_busy_streams_for_spin); above that limit a notify
+  // endpoint sleeps on the doorbell at once instead of spinning.
+  absl::StatusOr<ReceivedMessage> Receive(absl::Time deadline,
+                                          int busy_streams = 0);
   // Gives a received payload back to its owner. Never blocks: when the
   // release ring is full the release is queued and retried.
   void Release(const ReceivedMessage& message);
@@ -163,8 +167,9 @@ class Endpoint {
   std::atomic<bool> has_pending_releases_{false};  // !pending_releases_.empty()
   RingReader release_in_;                          // whoever holds draining_
   std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
-  int64_t spin_budget_ns_;         // receiver thread
-  const int64_t spin_per_mib_ns_;  // wait_.spin_per_mib, converted once
+  int64_t spin_budget_ns_;               // receiver thread
+  const int max_busy_streams_for_spin_;  // resolved (never 0)
+  const int64_t spin_per_mib_ns_;        // wait_.spin_per_mib, converted once
   // Spin owed to the large messages received since the last sleep
   // (receiver thread; see WaitOptions::spin_per_mib): the extension, the
   // message size that set it, extensions missed in a row, and the size and

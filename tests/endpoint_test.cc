@@ -383,6 +383,59 @@ TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
 
 INSTANTIATE_TEST_SUITE_P(OnAndOff, SizeSpinTest, ::testing::Bool());
 
+// While the caller reports more busy streams than WaitOptions::
+// max_busy_streams_for_spin, a notify receiver sleeps on the doorbell at
+// once instead of spinning (under load a spinner only takes turns from the
+// threads that produce the frames). Frames ~300 us apart with a 2 ms spin:
+// at or below the limit they are caught spinning, above it each one needs
+// the doorbell. Counted over 20 gaps, as above.
+class BusyStreamsTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(BusyStreamsTest, ReceiverSpinsOnlyUpToTheLimit) {
+  constexpr int kGaps = 20;
+  constexpr int kLimit = 2;
+  const int busy_streams = GetParam();
+  EndpointConfig config;
+  config.wait.max_spin = absl::Milliseconds(2);
+  config.wait.max_busy_streams_for_spin = kLimit;
+  auto peer = ForkPeer([&](int sock) {
+    auto endpoint = ConnectEndpoint(sock, config, "sender");
+    if (!endpoint.ok()) return 1;
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    for (int i = 0; i <= kGaps; ++i) {
+      usleep(300);
+      Descriptor frame{kNoPayload, 0, kSummaryType, 0, static_cast<uint64_t>(i),
+                       0};
+      if (!(*endpoint)->Send(frame, deadline).ok()) return 2;
+    }
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  auto endpoint = ConnectEndpoint(peer->sock, config, "receiver");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  // The first frame ends the handshake's idle time; the gaps come after.
+  ASSERT_TRUE((*endpoint)->Receive(absl::Now() + absl::Seconds(60)).ok());
+  const uint64_t wakeups_before = (*endpoint)->Stats().wakeups;
+  for (int i = 1; i <= kGaps; ++i) {
+    auto frame =
+        (*endpoint)->Receive(absl::Now() + absl::Seconds(60), busy_streams);
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    ASSERT_EQ(frame->descriptor.tag, static_cast<uint64_t>(i));
+  }
+  const uint64_t slept = (*endpoint)->Stats().wakeups - wakeups_before;
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
+  std::printf("%d busy streams (limit %d): slept before %lu of %d frames\n",
+              busy_streams, kLimit, static_cast<unsigned long>(slept), kGaps);
+  if (busy_streams <= kLimit) {
+    EXPECT_LE(slept, kGaps / 4);
+  } else {
+    EXPECT_GE(slept, kGaps / 2);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AtAndOverTheLimit, BusyStreamsTest,
+                         ::testing::Values(0, 2, 3, 64));
+
 TEST(EndpointTest, PeerKilledMidTrafficIsSeenAndEveryBlockReclaimed) {
   EndpointConfig config;
   config.data_bytes = 4ull << 20;

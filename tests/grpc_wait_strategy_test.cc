@@ -1,6 +1,7 @@
 // Every pair of wait strategies (client side × server side: notify, poll,
 // periodic) carries unary calls and a bidi stream over shm, also after the
-// link went idle, and ends with nothing held.
+// link went idle, and ends with nothing held. Unary calls in flight, which
+// decide whether the session threads spin, are counted right on both sides.
 //
 // Each side picks its own strategy, so a producer must ring the doorbell
 // exactly when its consumer sleeps on it, whatever the producer itself does
@@ -8,8 +9,11 @@
 // them slow by a sleep; only mixed pairs show it, and neither the shm-level
 // tests (one strategy per pair of endpoints) nor ab_bench (the same strategy
 // on both sides) mix them.
+#include <atomic>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -103,6 +107,105 @@ INSTANTIATE_TEST_SUITE_P(
       return absl::StrCat("client_", std::get<0>(info.param), "_server_",
                           std::get<1>(info.param));
     });
+
+// Unary calls under way are counted on both sides while they run and not
+// after, however they end (answered, failed, past their deadline,
+// cancelled, retried); open streams are not counted. The counts decide
+// whether the session threads spin (WaitOptions::max_busy_streams_for_spin),
+// so a leaked count would leave a session sleeping on its doorbell for good.
+TEST(UnaryCallsInFlightTest, CountedOnBothSidesWhileUnderWayAndNeverLeaked) {
+  testing::ServerProcess server("sync", {});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(R"({"methodConfig": [{
+    "name": [{"service": "shmgrpc.test.EchoService", "method": "Unary"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
+  auto channel = CreateChannel(server.target(), Options(), args);
+  auto stub = EchoService::NewStub(channel);
+  auto client_count = [&] {
+    return GetChannelStats(channel.get())->unary_calls_in_flight;
+  };
+
+  // A stream open throughout, carried over shm, is never counted.
+  grpc::ClientContext stream_context;
+  auto stream = stub->Bidi(&stream_context);
+  EchoRequest ping;
+  FillRequest(&ping, 64, 1);
+  EchoResponse pong;
+  ASSERT_TRUE(stream->Write(ping) && stream->Read(&pong));
+
+  constexpr int kHeld = 3;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> callers;
+  std::atomic<int> cancelled{0};
+  for (int i = 0; i < kHeld; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(In(absl::Seconds(30)));
+    callers.emplace_back([&, context = contexts.back().get()] {
+      EchoRequest request;
+      request.set_hang(true);
+      EchoResponse response;
+      if (stub->Unary(context, request, &response).error_code() ==
+          grpc::StatusCode::CANCELLED) {
+        ++cancelled;
+      }
+    });
+  }
+  {
+    HangingCall expiring(stub.get(), absl::Milliseconds(500));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return FetchServerStats(server.target()).handlers_hanging() ==
+                 kHeld + 1;
+        },
+        absl::Seconds(5)));
+    EXPECT_EQ(client_count(), kHeld + 1u);
+    EXPECT_EQ(FetchServerStats(server.target()).unary_calls_in_flight(),
+              kHeld + 1u);
+    expiring.Join();
+    EXPECT_EQ(expiring.status().error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  for (auto& context : contexts) context->TryCancel();
+  for (std::thread& caller : callers) caller.join();
+  EXPECT_EQ(cancelled.load(), kHeld);
+
+  // Answered, failed, and failed once then retried.
+  EchoResponse response;
+  EXPECT_TRUE(UnaryEcho(stub.get(), 4096, 2, &response).ok());
+  {
+    EchoRequest request;
+    request.set_error_code(grpc::StatusCode::NOT_FOUND);
+    grpc::ClientContext context;
+    EXPECT_EQ(stub->Unary(&context, request, &response).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    EchoRequest request;
+    request.set_attempt_key("in-flight-count");
+    request.set_fail_attempts(1);
+    grpc::ClientContext context;
+    EXPECT_TRUE(stub->Unary(&context, request, &response).ok());
+    EXPECT_EQ(response.attempts_seen(), 2);
+  }
+  EXPECT_EQ(client_count(), 0u);
+  ServerStatsReply stats;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        stats = FetchServerStats(server.target());
+        return stats.calls_active() == 1;  // the stream
+      },
+      absl::Seconds(5)));
+  EXPECT_EQ(stats.unary_calls_in_flight(), 0u);
+
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_TRUE(stream->Finish().ok());
+  const ClientStats client = *GetChannelStats(channel.get());
+  EXPECT_EQ(client.calls_on_shm, kHeld + 5u);  // + expiring, 3 answered, stream
+  EXPECT_EQ(client.shm_retries, 1u);
+}
 
 }  // namespace
 }  // namespace shmgrpc::test

@@ -266,8 +266,16 @@ bool ClientCall::DecideHijack(Batch* m) {
         options.stream_window_bytes, options.stream_window_messages);
   }
   session_ = session;
+  if (unary) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CountBusyLocked(session);  // before a reply can end it
+  }
   stream_id_ = core_->Register(shared_from_this(), *session);
   if (stream_id_ == 0) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      EndBusyLocked();
+    }
     session_ = nullptr;
     send_window_ = nullptr;
     receive_window_ = nullptr;
@@ -484,6 +492,7 @@ void ClientCall::OnSessionClosed(std::atomic<uint64_t>* aborted_count) {
     if (!finished_ && retry_policy_ != nullptr) {
       retrying = ScheduleRetryLocked(closed);
     }
+    if (retrying) EndBusyLocked();
   }
   if (retrying) {
     core_->Unregister(attempt_stream);
@@ -516,6 +525,7 @@ void ClientCall::StartNextAttempt() {
         // reached).
         session_ = session;
         stream_id_ = id;
+        CountBusyLocked(session);
       }
     }
   }
@@ -821,6 +831,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
             status->code != 0) {
           retrying = ScheduleRetryLocked(*status);
         }
+        EndBusyLocked();  // this attempt is over
         if (!finished_ && !retrying) {
           finished_ = true;
           if (over_limit) {
@@ -876,6 +887,7 @@ void ClientCall::Abort(const grpc::Status& status, bool tell_server,
       ended_count->fetch_add(1, std::memory_order_relaxed);
     }
     finished_ = true;
+    EndBusyLocked();
     status_ = status;
     unread = TakeUnreadLocked();
     TakeReadyLocked(&ready);
@@ -901,6 +913,20 @@ void ClientCall::TellServerCancelled() {
   // call there). Best effort: a gone session cancels the server side anyway.
   session_->PostControl(codec::FrameType::kCancel, stream_id_, 0,
                         absl::Now() + absl::Seconds(1));
+}
+
+void ClientCall::CountBusyLocked(const std::shared_ptr<Session>& session) {
+  EndBusyLocked();
+  session->AddBusyStream();
+  busy_on_ = session;
+}
+
+void ClientCall::EndBusyLocked() {
+  if (busy_on_ == nullptr) return;
+  busy_on_->RemoveBusyStream();
+  // session_ (or the link) still holds the session: this is not the last
+  // reference, so no session is destroyed under mu_.
+  busy_on_ = nullptr;
 }
 
 std::deque<InboundMessage> ClientCall::TakeUnreadLocked() {
@@ -932,6 +958,7 @@ void ClientCall::Finish() {
     unread = TakeUnreadLocked();
     tell_server = !finished_;  // the app dropped a live call
     finished_ = true;
+    EndBusyLocked();
   }
   if (send_window_) send_window_->Close();
   ReleaseAll(unread);

@@ -123,6 +123,11 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void RecvPass(Batch* methods);
   // Moves every pending recv that can complete now into `ready` (mu_ held).
   void TakeReadyLocked(std::vector<Completion>* ready);
+  // A unary attempt counts as a busy stream of its session
+  // (Session::AddBusyStream) from its registration until it ends. Both mu_
+  // held; ending is idempotent.
+  void CountBusyLocked(const std::shared_ptr<Session>& session);
+  void EndBusyLocked();
   void Complete(std::vector<Completion>& ready);
   // Takes the unread messages and a partly assembled one (mu_ held).
   std::deque<InboundMessage> TakeUnreadLocked();
@@ -183,6 +188,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   absl::Duration next_backoff_;  // guarded by mu_
   std::vector<std::unique_ptr<grpc::Alarm>> retry_alarms_;  // guarded by mu_
   std::shared_ptr<PlainAttempt> plain_attempt_;  // under way; guarded by mu_
+  std::shared_ptr<Session> busy_on_;  // see CountBusyLocked; guarded by mu_
 };
 
 // The interceptor gRPC owns; forwards to the shared ClientCall.

@@ -60,8 +60,8 @@ void Session::Run() {
   shm::NameThisThread("shm-session");
   absl::Status closed;
   for (;;) {
-    absl::StatusOr<shm::ReceivedMessage> message =
-        endpoint_->Receive(absl::InfiniteFuture());
+    absl::StatusOr<shm::ReceivedMessage> message = endpoint_->Receive(
+        absl::InfiniteFuture(), busy_streams_.load(std::memory_order_relaxed));
     if (!message.ok()) {
       if (message.status().code() == absl::StatusCode::kInvalidArgument) {
         uint64_t not_logged;

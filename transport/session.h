@@ -106,6 +106,21 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
+  // Streams under way whose frames the peer is working on (the owners count
+  // their unary calls in flight; an open stream may idle for hours, so
+  // streams are not counted). The session thread tells its endpoint, which
+  // stops spinning for frames while there are more than
+  // WaitOptions::max_busy_streams_for_spin. Each Add needs one Remove.
+  void AddBusyStream() {
+    busy_streams_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void RemoveBusyStream() {
+    busy_streams_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  int busy_streams() const {
+    return busy_streams_.load(std::memory_order_relaxed);
+  }
+
   bool alive() const { return alive_.load(std::memory_order_acquire); }
   const PeerCredentials& peer() const { return peer_; }
   shm::EndpointStats Stats() const { return endpoint_->Stats(); }
@@ -150,6 +165,7 @@ class Session : public std::enable_shared_from_this<Session> {
   FrameHandler on_frame_;
   ClosedHandler on_closed_;
   std::atomic<bool> alive_{true};
+  std::atomic<int> busy_streams_{0};
   std::atomic<bool> shutdown_{false};
   // Sends a chain of blocks as one message's frames; false when the chain
   // could not be allocated (nothing was sent then).

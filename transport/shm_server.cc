@@ -13,8 +13,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
-#include "shm/thread_name.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "shm/thread_name.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
 #include "transport/shm_channel.h"
@@ -249,10 +249,15 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
                    static_cast<uint16_t>(codec::FrameType::kCallHeaders) &&
                !s->closed) {
       std::weak_ptr<ServerSession> weak = s;
+      // A unary call is busy from its headers to its end (see
+      // Session::AddBusyStream); a stream may idle.
+      const bool unary =
+          (message.descriptor.flags & codec::kUnaryCallFlag) != 0;
+      if (unary) s->session->AddBusyStream();
       call = std::make_shared<InjectedCall>(
           s->session, stream_id, stub_.get(), &s->cq,
           options_.stream_window_bytes, options_.stream_window_messages,
-          [weak](uint64_t id) {
+          [weak, unary](uint64_t id) {
             if (auto session = weak.lock()) {
               std::shared_ptr<InjectedCall> done;
               std::lock_guard<std::mutex> lock(session->mu);
@@ -260,6 +265,7 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
               if (it != session->calls.end()) {
                 done = std::move(it->second);
                 session->calls.erase(it);
+                if (unary) session->session->RemoveBusyStream();
               }
               session->ShutDownQueueIfIdleLocked();
             }
@@ -415,6 +421,7 @@ ServerStats ShmServer::Stats() {
   for (const auto& s : sessions_) {
     ++stats.sessions_open;
     paths += s->session->send_path_stats();
+    stats.unary_calls_in_flight += s->session->busy_streams();
     stats.blocks_in_use += s->session->Stats().arena.blocks_in_use;
     std::lock_guard<std::mutex> session_lock(s->mu);
     stats.calls_active += s->calls.size();
