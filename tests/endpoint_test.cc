@@ -31,6 +31,11 @@ using ::shmgrpc::testing::WaitPeer;
 constexpr uint16_t kDataType = 1;
 constexpr uint16_t kSummaryType = 2;
 
+// A frame without payload.
+Descriptor EmptyFrame(uint16_t type, uint64_t tag, uint64_t aux = 0) {
+  return Descriptor{kNoPayload, 0, type, 0, tag, aux};
+}
+
 // Mixed sizes: mostly small, some medium, a few up to 1 MiB, some empty.
 size_t MixedSize(uint64_t seq) {
   const uint64_t h = (seq * 0x9e3779b97f4a7c15ull) >> 32;
@@ -111,7 +116,7 @@ TEST_P(EndpointTrafficTest, MillionMixedMessagesArriveInOrderIntact) {
     (*endpoint)->Release(*message);
   }
   EXPECT_EQ(bad, 0u);
-  Descriptor summary{kNoPayload, 0, kSummaryType, 0, kMessages, bad};
+  const Descriptor summary = EmptyFrame(kSummaryType, kMessages, bad);
   ASSERT_TRUE((*endpoint)->Send(summary, absl::Now() + absl::Seconds(10)).ok());
   EXPECT_EQ(WaitPeer(peer->pid), 0);
 
@@ -220,7 +225,7 @@ TEST(EndpointTest, SpinnersOnOneCoreYieldToTheirPeer) {
   round_trips.reserve(kRoundTrips);
   for (uint64_t i = 0; i < kRoundTrips; ++i) {
     const absl::Time start = absl::Now();
-    Descriptor d{kNoPayload, 0, kDataType, 0, i, 0};
+    const Descriptor d = EmptyFrame(kDataType, i);
     ASSERT_TRUE((*endpoint)->Send(d, deadline).ok());
     auto reply = (*endpoint)->Receive(deadline);
     ASSERT_TRUE(reply.ok()) << reply.status();
@@ -350,9 +355,9 @@ TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
                        0};
       if (!(*endpoint)->Send(large, deadline).ok()) return 2;
       usleep(500);
-      Descriptor small{kNoPayload, 0, kSummaryType, 0, static_cast<uint64_t>(i),
-                       0};
-      if (!(*endpoint)->Send(small, deadline).ok()) return 3;
+      if (!(*endpoint)->Send(EmptyFrame(kSummaryType, i), deadline).ok()) {
+        return 3;
+      }
     }
     return 0;
   });
@@ -404,9 +409,9 @@ TEST_P(BusyStreamsTest, ReceiverSpinsOnlyUpToTheLimit) {
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
     for (int i = 0; i <= kGaps; ++i) {
       usleep(300);
-      Descriptor frame{kNoPayload, 0, kSummaryType, 0, static_cast<uint64_t>(i),
-                       0};
-      if (!(*endpoint)->Send(frame, deadline).ok()) return 2;
+      if (!(*endpoint)->Send(EmptyFrame(kSummaryType, i), deadline).ok()) {
+        return 2;
+      }
     }
     return 0;
   });
@@ -481,7 +486,7 @@ TEST(EndpointTest, PeerKilledMidTrafficIsSeenAndEveryBlockReclaimed) {
   ASSERT_FALSE(message.ok());
   EXPECT_EQ(message.status().code(), absl::StatusCode::kUnavailable)
       << message.status();
-  Descriptor more{kNoPayload, 0, kDataType, 0, 0, 0};
+  const Descriptor more = EmptyFrame(kDataType, 0);
   absl::Status status;
   for (int i = 0; i < 1000 && status.ok(); ++i) {
     status = (*endpoint)->Send(more, absl::Now() + absl::Seconds(10));
