@@ -11,9 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+# Each stage builds first: tests that start servers and time them should not
+# share the two cores with sanitizer-instrumented compiles.
 echo "== AddressSanitizer, LeakSanitizer, UBSan: every test"
+bazel build --config=asan //... "$@"
 bazel test --config=asan --nocache_test_results //... "$@"
 echo "== ThreadSanitizer: tests that do not link gRPC"
 mapfile -t tsan_tests < <(bazel query \
   'tests(//...) except rdeps(//..., //bazel:grpc)' 2>/dev/null)
+bazel build --config=tsan "${tsan_tests[@]}" "$@"
 bazel test --config=tsan --nocache_test_results "${tsan_tests[@]}" "$@"
