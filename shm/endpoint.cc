@@ -331,12 +331,22 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline,
   const int64_t start_ns = MonotonicNanos();
   const int64_t deadline_ns = DeadlineNanos(deadline);
   const int64_t liveness_ns = absl::ToInt64Nanoseconds(wait_.liveness_check);
-  // Busy: the message will come, but the cores belong to the threads that
-  // produce it; no spin, and the budgets are left as they were.
+  // Busy: more streams under way than the limit. Their threads usually
+  // keep the cores busy, and then a spin only takes turns from them: it
+  // stops once its yields show that other threads ran for more than half
+  // of it (yields that take longer than a bare syscall), and busy waits
+  // skip the spin for the next kContendedForNs, so that under load the
+  // probe is rare. Streams that wait rather than work (long polls) leave
+  // the cores idle, and the spin goes on. Budgets are not adapted from
+  // busy waits.
   const bool busy = busy_streams > max_busy_streams_for_spin_;
+  constexpr int64_t kYieldRanOthersNs = 5000;
+  constexpr int64_t kContendedForNs = 1000000;
+  int64_t given_away_ns = 0;
+  const bool skip_spin = busy && start_ns < contended_until_ns_;
   const int64_t spin_ns =
       wait_.strategy == WaitStrategy::kNotify
-          ? (busy ? 0 : std::max(spin_budget_ns_, size_spin_ns_))
+          ? (skip_spin ? 0 : std::max(spin_budget_ns_, size_spin_ns_))
       : wait_.strategy == WaitStrategy::kPoll
           ? std::numeric_limits<int64_t>::max()
           : 0;
@@ -354,13 +364,24 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline,
       if (now_ns - start_ns > spin_budget_ns_) size_spin_misses_ = 0;
       return done(r);
     }
+    const bool yielded = yielding;
     if (yielding) {
       sched_yield();
     } else {
       CpuRelax();
       if ((i & 63) != 0) continue;
     }
+    const int64_t before_ns = now_ns;
     now_ns = MonotonicNanos();
+    if (busy && yielded && wait_.strategy == WaitStrategy::kNotify) {
+      if (now_ns - before_ns > kYieldRanOthersNs) {
+        given_away_ns += now_ns - before_ns;
+      }
+      if (2 * given_away_ns > now_ns - start_ns) {  // the cores are taken
+        contended_until_ns_ = now_ns + kContendedForNs;
+        break;
+      }
+    }
     yielding = now_ns - start_ns >= pause_ns;
     if (now_ns >= deadline_ns) {
       return absl::DeadlineExceededError("no message before the deadline");

@@ -105,7 +105,8 @@ class Endpoint {
   // Waits per the wait strategy for the next message until `deadline`.
   // `busy_streams`: how many streams the caller knows to be under way (see
   // WaitOptions::max_busy_streams_for_spin); above that limit a notify
-  // endpoint sleeps on the doorbell at once instead of spinning.
+  // endpoint stops spinning, and sleeps on the doorbell, as soon as its
+  // yields show other threads taking the cores.
   absl::StatusOr<ReceivedMessage> Receive(absl::Time deadline,
                                           int busy_streams = 0);
   // Gives a received payload back to its owner. Never blocks: when the
@@ -169,7 +170,9 @@ class Endpoint {
   std::atomic_flag draining_ = ATOMIC_FLAG_INIT;
   int64_t spin_budget_ns_;               // receiver thread
   const int max_busy_streams_for_spin_;  // resolved (never 0)
-  const int64_t spin_per_mib_ns_;        // wait_.spin_per_mib, converted once
+  // Until then busy waits do not spin (receiver thread; see Receive).
+  int64_t contended_until_ns_ = 0;
+  const int64_t spin_per_mib_ns_;  // wait_.spin_per_mib, converted once
   // Spin owed to the large messages received since the last sleep
   // (receiver thread; see WaitOptions::spin_per_mib): the extension, the
   // message size that set it, extensions missed in a row, and the size and

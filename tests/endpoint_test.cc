@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -389,26 +391,56 @@ TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
 INSTANTIATE_TEST_SUITE_P(OnAndOff, SizeSpinTest, ::testing::Bool());
 
 // While the caller reports more busy streams than WaitOptions::
-// max_busy_streams_for_spin, a notify receiver sleeps on the doorbell at
-// once instead of spinning (under load a spinner only takes turns from the
-// threads that produce the frames). Frames ~300 us apart with a 2 ms spin:
-// at or below the limit they are caught spinning, above it each one needs
-// the doorbell. Counted over 20 gaps, as above.
-class BusyStreamsTest : public ::testing::TestWithParam<int> {};
+// max_busy_streams_for_spin, a notify receiver stops spinning once other
+// threads take its core (they are the ones working on those streams), and
+// spins on while the core stays idle (streams that only wait: long polls).
+// Frames 20 ms apart with a 50 ms spin (longer than the busy loop's time
+// slices, which a yield hands it): caught spinning unless over the limit
+// with a busy loop on the receiver's CPU, where each one needs the
+// doorbell. The receiver and the busy loop share one CPU, the sender has
+// another. Counted over 20 gaps, as above.
+struct BusyCase {
+  int busy_streams;
+  bool core_taken;  // a busy loop shares the receiver's CPU
+  bool spins;       // expected
+};
 
-TEST_P(BusyStreamsTest, ReceiverSpinsOnlyUpToTheLimit) {
+class BusyStreamsTest : public ::testing::TestWithParam<BusyCase> {};
+
+// Pins the calling thread (and threads it starts later) to `cpu`.
+bool PinThisThread(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  return sched_setaffinity(0, sizeof(one), &one) == 0;
+}
+
+TEST_P(BusyStreamsTest, ReceiverStopsSpinningOnlyWhenOverTheLimitAndCoreTaken) {
   constexpr int kGaps = 20;
   constexpr int kLimit = 2;
-  const int busy_streams = GetParam();
+  const BusyCase c = GetParam();
+  cpu_set_t allowed;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+  std::vector<int> cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE && cpus.size() < 2; ++cpu) {
+    if (CPU_ISSET(cpu, &allowed)) cpus.push_back(cpu);
+  }
+  if (cpus.size() < 2) GTEST_SKIP() << "needs two CPUs";
+  struct RestoreAffinity {
+    cpu_set_t* allowed;
+    ~RestoreAffinity() { sched_setaffinity(0, sizeof(*allowed), allowed); }
+  } restore{&allowed};
+
   EndpointConfig config;
-  config.wait.max_spin = absl::Milliseconds(2);
+  config.wait.max_spin = absl::Milliseconds(50);
   config.wait.max_busy_streams_for_spin = kLimit;
   auto peer = ForkPeer([&](int sock) {
+    if (!PinThisThread(cpus[1])) return 4;
     auto endpoint = ConnectEndpoint(sock, config, "sender");
     if (!endpoint.ok()) return 1;
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
     for (int i = 0; i <= kGaps; ++i) {
-      usleep(300);
+      usleep(20000);
       if (!(*endpoint)->Send(EmptyFrame(kSummaryType, i), deadline).ok()) {
         return 2;
       }
@@ -416,30 +448,46 @@ TEST_P(BusyStreamsTest, ReceiverSpinsOnlyUpToTheLimit) {
     return 0;
   });
   ASSERT_TRUE(peer.ok()) << peer.status();
+  ASSERT_TRUE(PinThisThread(cpus[0]));
   auto endpoint = ConnectEndpoint(peer->sock, config, "receiver");
   ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  std::atomic<bool> stop{false};
+  std::thread busy_loop;
+  if (c.core_taken) {
+    busy_loop = std::thread([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  }
   // The first frame ends the handshake's idle time; the gaps come after.
   ASSERT_TRUE((*endpoint)->Receive(absl::Now() + absl::Seconds(60)).ok());
   const uint64_t wakeups_before = (*endpoint)->Stats().wakeups;
   for (int i = 1; i <= kGaps; ++i) {
     auto frame =
-        (*endpoint)->Receive(absl::Now() + absl::Seconds(60), busy_streams);
+        (*endpoint)->Receive(absl::Now() + absl::Seconds(60), c.busy_streams);
     ASSERT_TRUE(frame.ok()) << frame.status();
     ASSERT_EQ(frame->descriptor.tag, static_cast<uint64_t>(i));
   }
   const uint64_t slept = (*endpoint)->Stats().wakeups - wakeups_before;
+  stop = true;
+  if (busy_loop.joinable()) busy_loop.join();
   EXPECT_EQ(WaitPeer(peer->pid), 0);
-  std::printf("%d busy streams (limit %d): slept before %lu of %d frames\n",
-              busy_streams, kLimit, static_cast<unsigned long>(slept), kGaps);
-  if (busy_streams <= kLimit) {
+  std::printf("%d busy streams (limit %d), core %s: slept before %lu of %d\n",
+              c.busy_streams, kLimit, c.core_taken ? "taken" : "idle",
+              static_cast<unsigned long>(slept), kGaps);
+  if (c.spins) {
     EXPECT_LE(slept, kGaps / 4);
   } else {
     EXPECT_GE(slept, kGaps / 2);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AtAndOverTheLimit, BusyStreamsTest,
-                         ::testing::Values(0, 2, 3, 64));
+INSTANTIATE_TEST_SUITE_P(
+    LimitAndCore, BusyStreamsTest,
+    ::testing::Values(BusyCase{0, false, true}, BusyCase{2, false, true},
+                      BusyCase{3, false, true}, BusyCase{64, false, true},
+                      BusyCase{0, true, true}, BusyCase{3, true, false},
+                      BusyCase{64, true, false}));
 
 TEST(EndpointTest, PeerKilledMidTrafficIsSeenAndEveryBlockReclaimed) {
   EndpointConfig config;
