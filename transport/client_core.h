@@ -59,7 +59,7 @@ struct ClientStats {
   bool session_alive = false;
   // Unary shm calls under way on the session (from every channel on it):
   // past WaitOptions::max_busy_streams_for_spin of them, its thread stops
-  // spinning for frames.
+  // spinning for frames when other threads take its core.
   uint64_t unary_calls_in_flight = 0;
   shm::EndpointStats session;  // zero when there is no session
 };

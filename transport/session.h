@@ -108,9 +108,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Streams under way whose frames the peer is working on (the owners count
   // their unary calls in flight; an open stream may idle for hours, so
-  // streams are not counted). The session thread tells its endpoint, which
-  // stops spinning for frames while there are more than
-  // WaitOptions::max_busy_streams_for_spin. Each Add needs one Remove.
+  // streams are not counted). The session thread tells its endpoint: while
+  // there are more than WaitOptions::max_busy_streams_for_spin, it stops
+  // spinning for frames once other threads take its core. Each Add needs
+  // one Remove.
   void AddBusyStream() {
     busy_streams_.fetch_add(1, std::memory_order_relaxed);
   }

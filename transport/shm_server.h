@@ -61,7 +61,8 @@ struct ServerStats {
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
   // Of those, unary ones (per session, past WaitOptions::
-  // max_busy_streams_for_spin of them its thread stops spinning for frames).
+  // max_busy_streams_for_spin of them its thread stops spinning for frames
+  // when other threads take its core).
   uint64_t unary_calls_in_flight = 0;
   uint64_t calls_cancelled_by_close = 0;  // live when their client went
   // Responses that needed more than one block: chained over several
