@@ -331,15 +331,16 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline,
   const int64_t start_ns = MonotonicNanos();
   const int64_t deadline_ns = DeadlineNanos(deadline);
   const int64_t liveness_ns = absl::ToInt64Nanoseconds(wait_.liveness_check);
-  // Busy: more streams under way than the limit. Their threads usually
-  // keep the cores busy, and then a spin only takes turns from them: it
+  // Busy (notify only): more streams under way than the limit. Their threads
+  // usually keep the cores busy, and then a spin only takes turns from them: it
   // stops once its yields show that other threads ran for more than half
   // of it (yields that take longer than a bare syscall), and busy waits
   // skip the spin for the next kContendedForNs, so that under load the
   // probe is rare. Streams that wait rather than work (long polls) leave
   // the cores idle, and the spin goes on. Budgets are not adapted from
   // busy waits.
-  const bool busy = busy_streams > max_busy_streams_for_spin_;
+  const bool busy = wait_.strategy == WaitStrategy::kNotify &&
+                    busy_streams > max_busy_streams_for_spin_;
   constexpr int64_t kYieldRanOthersNs = 5000;
   constexpr int64_t kContendedForNs = 1000000;
   int64_t given_away_ns = 0;
@@ -373,7 +374,7 @@ absl::StatusOr<ReceivedMessage> Endpoint::Receive(absl::Time deadline,
     }
     const int64_t before_ns = now_ns;
     now_ns = MonotonicNanos();
-    if (busy && yielded && wait_.strategy == WaitStrategy::kNotify) {
+    if (busy && yielded) {
       if (now_ns - before_ns > kYieldRanOthersNs) {
         given_away_ns += now_ns - before_ns;
       }

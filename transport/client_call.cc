@@ -639,13 +639,12 @@ void ClientCall::OnPlainAttemptDone(PlainAttempt& attempt,
     }
     if (status.ok()) {
       // The reply as an inline message (owned bytes, nothing to release).
-      auto bytes = std::make_shared<std::string>();
-      std::vector<grpc::Slice> slices;
-      attempt.response.Dump(&slices).IgnoreError();
-      for (const grpc::Slice& slice : slices) {
-        bytes->append(reinterpret_cast<const char*>(slice.begin()),
-                      slice.size());
-      }
+      auto bytes =
+          std::make_shared<std::string>(attempt.response.Length(), '\0');
+      const codec::OutChunk whole{reinterpret_cast<uint8_t*>(bytes->data()),
+                                  bytes->size()};
+      // Fails only for a buffer gRPC never filled: then empty, as Length().
+      codec::CopyByteBuffer(attempt.response, {&whole, 1}).IgnoreError();
       shm::ReceivedMessage frame;
       frame.descriptor.offset = shm::kNoPayload;
       frame.descriptor.length = static_cast<uint32_t>(bytes->size());
