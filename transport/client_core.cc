@@ -1,11 +1,5 @@
 #include "transport/client_core.h"
 
-#include <dlfcn.h>
-
-#include <algorithm>
-
-#include "google/protobuf/descriptor.h"
-
 namespace shmgrpc::transport {
 
 ClientCore::ClientCore(const std::string& shm_path, Options options,
@@ -13,6 +7,7 @@ ClientCore::ClientCore(const std::string& shm_path, Options options,
                        PlainChannelFactory make_plain_channel)
     : options_(std::move(options)),
       settings_(std::move(settings)),
+      protobuf_methods_(options_.protobuf_methods),
       link_(shm_path.empty()
                 ? nullptr
                 : SessionLink::Get(shm_path, options_, share_session)),
@@ -22,46 +17,6 @@ std::shared_ptr<grpc::Channel> ClientCore::PlainAttemptChannel() {
   std::lock_guard<std::mutex> lock(plain_channel_mu_);
   if (plain_channel_ == nullptr) plain_channel_ = make_plain_channel_();
   return plain_channel_;
-}
-
-namespace {
-
-// Generated stubs name their methods with string literals from the generated
-// code (static storage inside a loaded image); a GenericStub passes
-// std::string::c_str() (heap or stack). The descriptor pool alone cannot
-// tell them apart when the process links the .proto, and hijacking a
-// GenericStub call would hand gRPC's ByteBuffer to protobuf.
-bool NamedByGeneratedStub(const char* method) {
-  Dl_info info;
-  return dladdr(method, &info) != 0 && info.dli_fname != nullptr;
-}
-
-}  // namespace
-
-bool ClientCore::IsProtobufMethod(const char* method) {
-  {
-    std::lock_guard<std::mutex> lock(methods_mu_);
-    auto it = generated_methods_.find(method);
-    if (it != generated_methods_.end()) return it->second;
-  }
-  // Not cached: heap/stack names are never cached (their address may be
-  // reused by another name), so only GenericStub calls pay for dladdr.
-  if (!NamedByGeneratedStub(method)) return false;
-  // "/package.Service/Method" -> "package.Service.Method"
-  std::string name = method[0] == '/' ? method + 1 : method;
-  const size_t slash = name.rfind('/');
-  bool known = std::find(options_.protobuf_methods.begin(),
-                         options_.protobuf_methods.end(),
-                         method) != options_.protobuf_methods.end();
-  if (!known && slash != std::string::npos) {
-    name[slash] = '.';
-    known =
-        google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(
-            name) != nullptr;
-  }
-  std::lock_guard<std::mutex> lock(methods_mu_);
-  generated_methods_.emplace(method, known);
-  return known;
 }
 
 void ClientCore::CountPlain(PlainReason reason) {

@@ -14,10 +14,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "grpcpp/channel.h"
 #include "transport/options.h"
+#include "transport/protobuf_methods.h"
 #include "transport/service_config.h"
 #include "transport/session.h"
 #include "transport/session_link.h"
@@ -107,7 +107,9 @@ class ClientCore {
   }
 
   // `method` as ClientRpcInfo::method() gives it (the pointer matters).
-  bool IsProtobufMethod(const char* method);
+  bool IsProtobufMethod(const char* method) {
+    return protobuf_methods_.Contains(method);
+  }
 
   // Calls register once hijacked and unregister when they end. Returns the
   // stream id, or 0 when `session` has closed meanwhile (go plain).
@@ -142,12 +144,9 @@ class ClientCore {
  private:
   const Options options_;
   const ChannelSettings settings_;
+  ProtobufMethods protobuf_methods_;
   const std::shared_ptr<SessionLink> link_;  // null: no unix target
 
-  std::mutex methods_mu_;
-  // Keyed by the address of a generated stub's static method name, which is
-  // stable for the life of the process: one hash lookup per call.
-  std::unordered_map<const char*, bool> generated_methods_;
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
