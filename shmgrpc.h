@@ -9,8 +9,9 @@
 #ifndef SHMGRPC_SHMGRPC_H_
 #define SHMGRPC_SHMGRPC_H_
 
-#include "transport/options.h"     // IWYU pragma: export
-#include "transport/shm_channel.h"  // IWYU pragma: export
-#include "transport/shm_server.h"   // IWYU pragma: export
+#include "transport/arena_replies.h"  // IWYU pragma: export
+#include "transport/options.h"        // IWYU pragma: export
+#include "transport/shm_channel.h"    // IWYU pragma: export
+#include "transport/shm_server.h"     // IWYU pragma: export
 
 #endif  // SHMGRPC_SHMGRPC_H_

@@ -230,8 +230,6 @@ class CallbackEchoService final : public EchoService::CallbackService {
   }
 };
 
-// Async style: Unary served through the completion-queue API on one thread;
-// the streaming methods stay synchronous (gRPC allows mixing per method).
 // CQ-async style: Unary and Bidi through the completion-queue API (one
 // thread drives the queue); the other two methods stay sync.
 class AsyncEchoServer {

@@ -73,6 +73,7 @@ class StatsService final : public ServerStatsService::Service {
     reply->set_blocks_in_use(stats.blocks_in_use);
     reply->set_blocks_reclaimed(stats.blocks_reclaimed);
     reply->set_messages_chained(stats.messages_chained);
+    reply->set_arena_replies(stats.arena_replies);
     return grpc::Status::OK;
   }
 
@@ -123,7 +124,8 @@ constexpr char kUsage[] =
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
     "[--max_sessions=N] "
-    "[--local_credentials] [--server_interceptor] [--abstract] "
+    "[--local_credentials] [--server_interceptor] [--no_arena_replies] "
+    "[--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n"
     "  --abstract: serve on unix-abstract:PATH (the socket path as an "
@@ -135,6 +137,7 @@ int Main(int argc, char** argv) {
   bool with_shm = true;
   bool local_credentials = false;   // the unix port: LocalServerCredentials
   bool server_interceptor = false;  // TaggingServerInterceptor
+  bool arena_replies = true;        // ArenaReplyInterceptorFactory
   bool abstract = false;            // unix-abstract: target
   int run_as_uid = -1;
   bool grpc_shutdown_first = false;  // grpc::Server before ShmServer at exit
@@ -192,6 +195,8 @@ int Main(int argc, char** argv) {
       local_credentials = true;
     } else if (arg == "--server_interceptor") {
       server_interceptor = true;
+    } else if (arg == "--no_arena_replies") {
+      arena_replies = false;
     } else if (arg == "--abstract") {
       abstract = true;
     } else if (absl::StartsWith(arg, "--uid=")) {
@@ -248,11 +253,17 @@ int Main(int argc, char** argv) {
                              grpc::InsecureServerCredentials());
   }
   builder.SetMaxReceiveMessageSize(max_receive_bytes);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
   if (server_interceptor) {
-    std::vector<
-        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors;
     interceptors.push_back(std::make_unique<TaggingServerInterceptorFactory>());
+  }
+  if (arena_replies) {  // last, as its contract asks
+    interceptors.push_back(ArenaReplyInterceptorFactory(
+        {"/shmgrpc.test.lite.LiteEchoService/Echo"}));
+  }
+  if (!interceptors.empty()) {
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
   EchoServiceOfStyle echo_service(style, &builder);

@@ -147,7 +147,6 @@ class ClientCore {
   ProtobufMethods protobuf_methods_;
   const std::shared_ptr<SessionLink> link_;  // null: no unix target
 
-
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
       plain_large_metadata_{0}, plain_retry_policy_{0}, retries_{0},

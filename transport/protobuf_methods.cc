@@ -23,8 +23,8 @@ bool ProtobufMethods::Contains(const char* method) {
     if (it != known_.end()) return it->second;
   }
   if (!InLoadedImage(method)) return false;
-  bool known = std::find(listed_.begin(), listed_.end(), method) !=
-               listed_.end();
+  bool known =
+      std::find(listed_.begin(), listed_.end(), method) != listed_.end();
   // "/package.Service/Method" -> "package.Service.Method"
   std::string name = method[0] == '/' ? method + 1 : method;
   const size_t slash = name.rfind('/');

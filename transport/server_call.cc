@@ -9,11 +9,14 @@
 #include "codec/frame_type.h"
 #include "codec/grpc_metadata.h"
 #include "codec/metadata_rules.h"
+#include "transport/arena_replies.h"
 #include "transport/log.h"
 
 namespace shmgrpc::transport {
 namespace {
 
+// Keys the injector sets; whatever a client sends under them is dropped.
+constexpr absl::string_view kReservedMetadataPrefix = "x-shmgrpc-";
 constexpr absl::string_view kPeerMetadataPrefix = "x-shmgrpc-peer-";
 
 // What a request slice needs to give its block back when gRPC drops it.
@@ -214,8 +217,11 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
   }
   if (!headers->authority.empty()) context_.set_authority(headers->authority);
   for (const auto& [key, value] : headers->metadata) {
-    if (absl::StartsWith(key, kPeerMetadataPrefix)) continue;  // unforgeable
+    if (absl::StartsWith(key, kReservedMetadataPrefix)) continue;
     context_.AddMetadata(key, value);
+  }
+  if (session_->token() != 0) {
+    context_.AddMetadata(kReplyToKey, ReplyToValue(*session_, stream_id_));
   }
   const PeerCredentials& peer = session_->peer();
   context_.AddMetadata(absl::StrCat(kPeerMetadataPrefix, "pid"),

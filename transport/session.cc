@@ -1,18 +1,42 @@
 #include "transport/session.h"
 
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "codec/message_codec.h"
+#include "grpc/slice.h"
 #include "shm/thread_name.h"
 #include "transport/log.h"
 
 namespace shmgrpc::transport {
+namespace {
+
+// 0 when the kernel gives no randomness: such a session makes no arena
+// replies (arena_replies.h never matches token 0).
+uint64_t RandomToken() {
+  uint64_t token = 0;
+  ssize_t got;
+  do {
+    got = getrandom(&token, sizeof(token), 0);
+  } while (got < 0 && errno == EINTR);
+  return got == static_cast<ssize_t>(sizeof(token)) ? token : 0;
+}
+
+// What an arena slice's gRPC refcount carries: its session (kept alive, so
+// the payload stays mapped as long as gRPC may read it) and its payload.
+struct ArenaSliceOwner {
+  std::shared_ptr<Session> session;
+  const uint8_t* data;
+};
+
+}  // namespace
 
 std::shared_ptr<Session> Session::Create(Handshaken handshaken,
                                          FrameHandler on_frame,
@@ -35,6 +59,7 @@ Session::Session(Handshaken handshaken, FrameHandler on_frame,
       peer_(handshaken.peer),
       on_frame_(std::move(on_frame)),
       on_closed_(std::move(on_closed)),
+      token_(RandomToken()),
       max_block_bytes_(max_block_bytes),
       capacity_bytes_(endpoint_->max_payload_bytes()) {}
 
@@ -93,7 +118,13 @@ void Session::Run() {
   // Let the peer see the end too (a protocol error ends only this side's
   // loop otherwise), then take back every block the peer still held.
   ::shutdown(endpoint_->socket(), SHUT_RDWR);
-  blocks_reclaimed_.store(endpoint_->ReclaimAll(), std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(arena_slices_mu_);
+    arena_reclaimed_ = true;
+    unsent_arena_slices_.clear();
+    unsent_arena_slice_count_.store(0, std::memory_order_relaxed);
+    blocks_reclaimed_.store(endpoint_->ReclaimAll(), std::memory_order_release);
+  }
   on_closed_(closed);
 }
 
@@ -248,6 +279,7 @@ SendPathStats Session::send_path_stats() const {
   stats.chained = chained_.load(std::memory_order_relaxed);
   stats.inline_arena_full = inline_arena_full_.load(std::memory_order_relaxed);
   stats.inline_too_large = inline_too_large_.load(std::memory_order_relaxed);
+  stats.arena_slices = arena_slices_sent_.load(std::memory_order_relaxed);
   return stats;
 }
 
@@ -271,10 +303,92 @@ absl::Status Session::SendMessage(uint64_t stream,
 absl::Status Session::SendByteBuffer(uint64_t stream,
                                      const grpc::ByteBuffer& buffer,
                                      absl::Time deadline) {
+  if (std::optional<shm::Block> block = TakeArenaSlice(buffer)) {
+    const shm::Descriptor descriptor{
+        block->offset,
+        static_cast<uint32_t>(buffer.Length()),
+        static_cast<uint16_t>(codec::FrameType::kMessage),
+        0,
+        stream,
+        0};
+    absl::Status sent = endpoint_->Send(descriptor, deadline);
+    if (sent.ok()) {
+      arena_slices_sent_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      std::lock_guard<std::mutex> lock(arena_slices_mu_);
+      if (!arena_reclaimed_) endpoint_->FreeUnsent(*block).IgnoreError();
+    }
+    return sent;
+  }
   return SendFilled(codec::FrameType::kMessage, stream, buffer.Length(),
                     deadline, 0, [&](absl::Span<const codec::OutChunk> chunks) {
                       return codec::CopyByteBuffer(buffer, chunks);
                     });
+}
+
+absl::StatusOr<grpc::Slice> Session::WriteArenaSlice(
+    uint64_t stream, size_t size, absl::FunctionRef<void(uint8_t*)> fill) {
+  if (size == 0 || (max_block_bytes_ != 0 && size > max_block_bytes_)) {
+    return absl::ResourceExhaustedError("not for one block");
+  }
+  auto* owner = new ArenaSliceOwner{shared_from_this(), nullptr};
+  shm::Block block;
+  {
+    std::lock_guard<std::mutex> lock(arena_slices_mu_);
+    absl::StatusOr<shm::Block> allocated =
+        arena_reclaimed_ || !alive()
+            ? absl::ResourceExhaustedError("shm session is closed")
+            : endpoint_->Allocate(size, stream);
+    if (!allocated.ok()) {
+      delete owner;
+      return allocated.status();
+    }
+    block = *allocated;
+    owner->data = block.data;
+    unsent_arena_slices_.emplace(block.data, UnsentArenaSlice{block, owner});
+    unsent_arena_slice_count_.fetch_add(1, std::memory_order_relaxed);
+  }
+  fill(block.data);
+  return grpc::Slice(grpc_slice_new_with_user_data(block.data, size,
+                                                   &DestroyArenaSlice, owner),
+                     grpc::Slice::STEAL_REF);
+}
+
+std::optional<shm::Block> Session::TakeArenaSlice(
+    const grpc::ByteBuffer& buffer) {
+  if (unsent_arena_slice_count_.load(std::memory_order_relaxed) == 0) {
+    return std::nullopt;
+  }
+  grpc::Slice slice;
+  if (!buffer.TrySingleSlice(&slice).ok()) return std::nullopt;
+  std::lock_guard<std::mutex> lock(arena_slices_mu_);
+  auto it = unsent_arena_slices_.find(slice.begin());
+  // The whole block's payload, not a part of it gRPC might have cut.
+  if (it == unsent_arena_slices_.end() ||
+      slice.size() > it->second.block.capacity) {
+    return std::nullopt;
+  }
+  const shm::Block block = it->second.block;
+  unsent_arena_slices_.erase(it);
+  unsent_arena_slice_count_.fetch_sub(1, std::memory_order_relaxed);
+  return block;
+}
+
+void Session::DropArenaSlice(const uint8_t* data, const void* owner) {
+  std::lock_guard<std::mutex> lock(arena_slices_mu_);
+  auto it = unsent_arena_slices_.find(data);
+  if (it == unsent_arena_slices_.end() || it->second.owner != owner) {
+    return;  // sent, or reclaimed
+  }
+  endpoint_->FreeUnsent(it->second.block).IgnoreError();
+  unsent_arena_slices_.erase(it);
+  unsent_arena_slice_count_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Session::DestroyArenaSlice(void* owner) {
+  auto* arena_slice = static_cast<ArenaSliceOwner*>(owner);
+  arena_slice->session->DropArenaSlice(arena_slice->data, arena_slice);
+  delete arena_slice;  // may free the session: after its lock is released
 }
 
 absl::Status Session::SendFrame(codec::FrameType type, uint64_t stream,

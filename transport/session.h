@@ -25,15 +25,20 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <unordered_map>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "codec/frame_type.h"
 #include "codec/message_codec.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/slice.h"
 #include "shm/endpoint.h"
 #include "transport/handshake.h"
 #include "transport/inbound_message.h"
@@ -46,10 +51,14 @@ struct SendPathStats {
   uint64_t chained = 0;            // messages split over several blocks
   uint64_t inline_arena_full = 0;  // inline: not enough free shared memory
   uint64_t inline_too_large = 0;   // inline: larger than the whole arena
+  // Sent as arena slices, written there before gRPC carried them (never
+  // copied; see Session::WriteArenaSlice).
+  uint64_t arena_slices = 0;
   SendPathStats& operator+=(const SendPathStats& other) {
     chained += other.chained;
     inline_arena_full += other.inline_arena_full;
     inline_too_large += other.inline_too_large;
+    arena_slices += other.arena_slices;
     return *this;
   }
 };
@@ -81,8 +90,22 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::Status SendMessage(uint64_t stream,
                            const google::protobuf::MessageLite& message,
                            size_t size, absl::Time deadline);
+  // A buffer that is exactly one arena slice of this session (below) sends
+  // that block as it is; any other buffer is copied into the arena.
   absl::Status SendByteBuffer(uint64_t stream, const grpc::ByteBuffer& buffer,
                               absl::Time deadline);
+  // A reply written into shared memory before gRPC carries it (server side,
+  // see arena_replies.h): a fresh block of this side's arena of `size`
+  // bytes on `stream`, filled by `fill`, as a slice gRPC can carry. The
+  // slice keeps this session (and so the mapping) alive. Handed back to
+  // SendByteBuffer it is sent as it is; dropped by gRPC unsent, its block
+  // is freed. ResourceExhausted when no single block can hold it now, or
+  // the session has closed: the caller leaves the message to gRPC.
+  absl::StatusOr<grpc::Slice> WriteArenaSlice(
+      uint64_t stream, size_t size, absl::FunctionRef<void(uint8_t*)> fill);
+  // Random, fixed for the session's life: names it to whoever was told it
+  // (arena_replies.h), which a guessing client cannot.
+  uint64_t token() const { return token_; }
   // A frame whose payload is `bytes` (copied into a block), or none if empty.
   absl::Status SendFrame(codec::FrameType type, uint64_t stream,
                          absl::string_view bytes, absl::Time deadline,
@@ -154,6 +177,16 @@ class Session : public std::enable_shared_from_this<Session> {
   // Allocates one block (or, for kMessage, a chain), lets `fill` write the
   // `size` bytes into it, and sends; inline when there is no shared memory.
   // `fill` takes an absl::Span<const codec::OutChunk>.
+  // Takes the unsent arena slice whose payload starts at `data`, if
+  // `buffer` is exactly one such slice.
+  std::optional<shm::Block> TakeArenaSlice(const grpc::ByteBuffer& buffer);
+  // gRPC dropped the arena slice of `owner` at `data`: frees its block
+  // unless it was sent or the arena was reclaimed since. (gRPC may drop a
+  // sent slice late, when its block may already carry a newer slice: only
+  // the entry `owner` made is freed.)
+  void DropArenaSlice(const uint8_t* data, const void* owner);
+  static void DestroyArenaSlice(void* owner);
+
   template <typename Fill>
   absl::Status SendFilled(codec::FrameType type, uint64_t stream, size_t size,
                           absl::Time deadline, uint16_t flags, Fill fill);
@@ -174,8 +207,21 @@ class Session : public std::enable_shared_from_this<Session> {
   bool TrySendChained(shm::Descriptor descriptor, size_t size,
                       absl::Time deadline, Fill& fill, absl::Status* status);
 
+  const uint64_t token_;
   const size_t max_block_bytes_;
   const size_t capacity_bytes_;
+  // Arena slices gRPC holds, not yet sent, by payload address. The lock
+  // also orders them against the reclaim at close: after it no slice is
+  // made and no dropped slice frees its (already reclaimed) block.
+  std::mutex arena_slices_mu_;
+  struct UnsentArenaSlice {
+    shm::Block block;
+    const void* owner;  // the slice's refcount user data
+  };
+  std::unordered_map<const uint8_t*, UnsentArenaSlice> unsent_arena_slices_;
+  bool arena_reclaimed_ = false;  // guarded by arena_slices_mu_
+  std::atomic<size_t> unsent_arena_slice_count_{0};
+  std::atomic<uint64_t> arena_slices_sent_{0};
   std::atomic<uint64_t> chained_{0}, inline_arena_full_{0},
       inline_too_large_{0}, blocks_reclaimed_{0};
   std::thread thread_;

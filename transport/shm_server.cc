@@ -15,6 +15,7 @@
 #include "codec/frame_type.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "shm/thread_name.h"
+#include "transport/arena_replies.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
 #include "transport/shm_channel.h"
@@ -214,6 +215,7 @@ void ShmServer::Handshake(int sock) {
         if (auto s = weak.lock()) OnClosed(s);
       },
       options_.max_block_bytes);
+  transport::RegisterForArenaReplies(server_session->session);
   sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
   --sessions_starting_;
@@ -429,6 +431,7 @@ ServerStats ShmServer::Stats() {
   stats.messages_chained = paths.chained;
   stats.inline_arena_full = paths.inline_arena_full;
   stats.inline_too_large = paths.inline_too_large;
+  stats.arena_replies = paths.arena_slices;
   return stats;
 }
 

@@ -70,6 +70,9 @@ struct ServerStats {
   uint64_t messages_chained = 0;
   uint64_t inline_arena_full = 0;
   uint64_t inline_too_large = 0;
+  // Replies serialized straight into the arena (ArenaReplyInterceptorFactory)
+  // and sent without a copy.
+  uint64_t arena_replies = 0;
   // Blocks of the server's arenas: held by open sessions' clients now, and
   // taken back from clients that went away.
   uint64_t blocks_in_use = 0;

@@ -1,0 +1,122 @@
+#include "transport/arena_replies.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "codec/message_codec.h"
+#include "google/protobuf/message_lite.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "transport/protobuf_methods.h"
+#include "transport/weak_registry.h"
+
+namespace shmgrpc {
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+using transport::Session;
+
+transport::WeakRegistry<uint64_t, Session>& SessionsByToken() {
+  static auto* sessions = new transport::WeakRegistry<uint64_t, Session>();
+  return *sessions;
+}
+
+class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit ArenaReplyInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : info_(info) {}
+
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+      WriteReplyIntoArena(methods);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  void WriteReplyIntoArena(
+      grpc::experimental::InterceptorBatchMethods* methods) {
+    // The reply not yet serialized; nullptr when the API did it already.
+    const void* reply = methods->GetSendMessage();
+    if (reply == nullptr) return;
+    if (!looked_up_) {
+      looked_up_ = true;
+      LookUpSession();
+    }
+    if (session_ == nullptr) return;
+    // The factory made this interceptor only for protobuf methods.
+    const auto& message =
+        *static_cast<const google::protobuf::MessageLite*>(reply);
+    const size_t size = codec::SerializedSize(message);
+    if (size < kMinArenaReplyBytes) return;
+    absl::StatusOr<grpc::Slice> slice =
+        session_->WriteArenaSlice(stream_, size, [&](uint8_t* data) {
+          const codec::OutChunk chunk{data, size};
+          codec::SerializeInto(message, absl::MakeConstSpan(&chunk, 1));
+        });
+    if (!slice.ok()) return;  // gRPC serializes it, the injector copies
+    grpc::ByteBuffer serialized(&*slice, 1);
+    // No message left to serialize: gRPC sends the buffer given here.
+    methods->ModifySendMessage(nullptr);
+    methods->GetSerializedSendMessage()->Swap(&serialized);
+  }
+
+  void LookUpSession() {
+    const auto& metadata = info_->server_context()->client_metadata();
+    auto it = metadata.find(transport::kReplyToKey);
+    if (it == metadata.end()) return;  // a plain call
+    const absl::string_view value(it->second.data(), it->second.size());
+    const size_t colon = value.find(':');
+    uint64_t token = 0;
+    if (colon == absl::string_view::npos ||
+        !absl::SimpleHexAtoi(value.substr(0, colon), &token) || token == 0 ||
+        !absl::SimpleAtoi(value.substr(colon + 1), &stream_)) {
+      return;
+    }
+    session_ = SessionsByToken().Find(token);
+  }
+
+  grpc::experimental::ServerRpcInfo* const info_;
+  bool looked_up_ = false;
+  std::shared_ptr<Session> session_;
+  uint64_t stream_ = 0;
+};
+
+class ArenaReplyInterceptorFactoryImpl
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit ArenaReplyInterceptorFactoryImpl(std::vector<std::string> listed)
+      : protobuf_methods_(std::move(listed)) {}
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (!protobuf_methods_.Contains(info->method())) return nullptr;
+    return new ArenaReplyInterceptor(info);
+  }
+
+ private:
+  transport::ProtobufMethods protobuf_methods_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+ArenaReplyInterceptorFactory(std::vector<std::string> protobuf_methods) {
+  return std::make_unique<ArenaReplyInterceptorFactoryImpl>(
+      std::move(protobuf_methods));
+}
+
+namespace transport {
+
+std::string ReplyToValue(const Session& session, uint64_t stream) {
+  return absl::StrCat(absl::Hex(session.token()), ":", stream);
+}
+
+void RegisterForArenaReplies(const std::shared_ptr<Session>& session) {
+  if (session->token() != 0) SessionsByToken().Add(session->token(), session);
+}
+
+}  // namespace transport
+}  // namespace shmgrpc
