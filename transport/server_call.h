@@ -10,10 +10,12 @@
 // Requests enter zero-copy: each message is a grpc::Slice over the client's
 // arena (one slice per block of a chained message), released back to the
 // client when gRPC drops the slice (right after the handler parsed it).
-// Responses are copied once from gRPC's buffer into this side's arena. The
-// client's metadata and deadline are forwarded; the verified peer identity is
-// added as x-shmgrpc-peer-{pid,uid,gid} (any such keys the client sent are
-// dropped, so handlers can trust them). A kCancel frame or a dead session
+// Responses are copied once from gRPC's buffer into this side's arena, unless
+// the arena-reply interceptor wrote them there already (arena_replies.h).
+// The client's metadata and deadline are forwarded; the verified peer
+// identity is added as x-shmgrpc-peer-{pid,uid,gid} and the reply's address
+// as x-shmgrpc-reply-to (any x-shmgrpc- keys the client sent are dropped, so
+// handlers can trust them). A kCancel frame or a dead session
 // cancels the call (the handler sees IsCancelled). Streams are flow controlled
 // both ways (flow_window.h): requests are credited as the handler takes them; a
 // response read while the client's window is full is held, with no further
