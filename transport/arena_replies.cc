@@ -108,6 +108,16 @@ ArenaReplyInterceptorFactory(std::vector<std::string> protobuf_methods) {
       std::move(protobuf_methods));
 }
 
+std::vector<
+    std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+ArenaReplyCreators(std::vector<std::string> protobuf_methods) {
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      creators;
+  creators.push_back(ArenaReplyInterceptorFactory(std::move(protobuf_methods)));
+  return creators;
+}
+
 namespace transport {
 
 std::string ReplyToValue(const Session& session, uint64_t stream) {

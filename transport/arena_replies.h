@@ -47,6 +47,13 @@ inline constexpr size_t kMinArenaReplyBytes = 16 << 10;
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 ArenaReplyInterceptorFactory(std::vector<std::string> protobuf_methods = {});
 
+// The same as the only creator, for a server without interceptors of its own:
+//   builder.experimental().SetInterceptorCreators(
+//       shmgrpc::ArenaReplyCreators());
+std::vector<
+    std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+ArenaReplyCreators(std::vector<std::string> protobuf_methods = {});
+
 namespace transport {
 
 // Metadata the injector adds to each call: which session and stream the
