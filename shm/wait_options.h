@@ -45,8 +45,8 @@ struct WaitOptions {
   // (exchanges too slow to catch; an idle link does not count). 0: off.
   absl::Duration spin_per_mib = absl::Milliseconds(1);
   // notify: while the receiver's caller reports more than this many busy
-  // streams (Endpoint::Receive; gRPC: unary calls in flight on the
-  // session), a spin ends as soon as other threads took more than half of
+  // streams (Endpoint::Receive; gRPC: calls on the session awaiting an
+  // answer, ClientStats::busy_calls), a spin ends as soon as other threads took more than half of
   // it, and the waits of the next 1 ms do not spin: the threads working on
   // those streams keep the cores busy, and a spinner, yielding or not, only
   // takes turns from them (ab_bench 4 KiB, spin vs none, calls/s at 16

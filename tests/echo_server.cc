@@ -66,7 +66,7 @@ class StatsService final : public ServerStatsService::Service {
     reply->set_sessions_closed(stats.sessions_closed);
     reply->set_calls_injected(stats.calls_injected);
     reply->set_calls_active(stats.calls_active);
-    reply->set_unary_calls_in_flight(stats.unary_calls_in_flight);
+    reply->set_busy_calls(stats.busy_calls);
     reply->set_calls_cancelled_by_close(stats.calls_cancelled_by_close);
     reply->set_inline_arena_full(stats.inline_arena_full);
     reply->set_inline_too_large(stats.inline_too_large);

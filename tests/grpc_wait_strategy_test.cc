@@ -108,12 +108,14 @@ INSTANTIATE_TEST_SUITE_P(
                           std::get<1>(info.param));
     });
 
-// Unary calls under way are counted on both sides while they run and not
-// after, however they end (answered, failed, past their deadline,
-// cancelled, retried); open streams are not counted. The counts decide
-// whether the session threads spin (WaitOptions::max_busy_streams_for_spin),
-// so a leaked count would leave a session sleeping on its doorbell for good.
-TEST(UnaryCallsInFlightTest, CountedOnBothSidesWhileUnderWayAndNeverLeaked) {
+// Calls awaiting an answer are counted on both sides, and nothing after:
+// unary calls while they run, however they end (answered, failed, past
+// their deadline, cancelled, retried); streams while a message sent waits
+// for one back, so an open stream that idles is not counted. The counts
+// decide whether the session threads spin
+// (WaitOptions::max_busy_streams_for_spin), so a leaked count would leave a
+// session sleeping on its doorbell for good.
+TEST(BusyCallsTest, CountedOnBothSidesWhileAnAnswerIsAwaitedAndNeverLeaked) {
   testing::ServerProcess server("sync", {});
   ASSERT_TRUE(server.status().ok()) << server.status();
   grpc::ChannelArguments args;
@@ -125,16 +127,27 @@ TEST(UnaryCallsInFlightTest, CountedOnBothSidesWhileUnderWayAndNeverLeaked) {
   auto channel = CreateChannel(server.target(), Options(), args);
   auto stub = EchoService::NewStub(channel);
   auto client_count = [&] {
-    return GetChannelStats(channel.get())->unary_calls_in_flight;
+    return GetChannelStats(channel.get())->busy_calls;
   };
 
-  // A stream open throughout, carried over shm, is never counted.
+  // A stream open throughout, carried over shm: counted while its ping
+  // waits for the pong (the handler takes 500 ms), not once it came.
   grpc::ClientContext stream_context;
   auto stream = stub->Bidi(&stream_context);
   EchoRequest ping;
   FillRequest(&ping, 64, 1);
+  ping.set_delay_ms(500);
+  ASSERT_TRUE(stream->Write(ping));
+  EXPECT_EQ(client_count(), 1u);
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).busy_calls() == 1; },
+      absl::Seconds(5)));
   EchoResponse pong;
-  ASSERT_TRUE(stream->Write(ping) && stream->Read(&pong));
+  ASSERT_TRUE(stream->Read(&pong));
+  EXPECT_EQ(client_count(), 0u);
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).busy_calls() == 0; },
+      absl::Seconds(5)));
 
   constexpr int kHeld = 3;
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
@@ -162,8 +175,7 @@ TEST(UnaryCallsInFlightTest, CountedOnBothSidesWhileUnderWayAndNeverLeaked) {
         },
         absl::Seconds(5)));
     EXPECT_EQ(client_count(), kHeld + 1u);
-    EXPECT_EQ(FetchServerStats(server.target()).unary_calls_in_flight(),
-              kHeld + 1u);
+    EXPECT_EQ(FetchServerStats(server.target()).busy_calls(), kHeld + 1u);
     expiring.Join();
     EXPECT_EQ(expiring.status().error_code(),
               grpc::StatusCode::DEADLINE_EXCEEDED);
@@ -198,7 +210,7 @@ TEST(UnaryCallsInFlightTest, CountedOnBothSidesWhileUnderWayAndNeverLeaked) {
         return stats.calls_active() == 1;  // the stream
       },
       absl::Seconds(5)));
-  EXPECT_EQ(stats.unary_calls_in_flight(), 0u);
+  EXPECT_EQ(stats.busy_calls(), 0u);
 
   ASSERT_TRUE(stream->WritesDone());
   EXPECT_TRUE(stream->Finish().ok());

@@ -384,6 +384,9 @@ void ClientCall::SendMessage(Batch* m) {
       m->FailHijackedSendMessage();
       return;
     }
+    // A stream is busy from a message sent until one comes back (or the
+    // end): a ping-pong stream counts like a unary call, an idle one not.
+    if (send_window_ && busy_on_ == nullptr) CountBusyLocked(session_);
   }
   // Sync and callback calls offer the message itself (serialized in place
   // below); CQ-async calls only its serialized bytes.
@@ -777,6 +780,7 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
       }
       if (std::optional<InboundMessage> complete = assembler_.Add(message)) {
         messages_.push_back(*std::move(complete));
+        if (send_window_) EndBusyLocked();  // a stream's answer came
         TakeReadyLocked(&ready);
       }
       break;

@@ -71,7 +71,7 @@ ClientStats ClientCore::Stats() {
   stats.inline_arena_full = link.send_paths.inline_arena_full;
   stats.inline_too_large = link.send_paths.inline_too_large;
   stats.session_alive = link.session_alive;
-  stats.unary_calls_in_flight = link.unary_calls_in_flight;
+  stats.busy_calls = link.busy_calls;
   stats.session = link.session;
   return stats;
 }

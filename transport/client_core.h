@@ -57,10 +57,11 @@ struct ClientStats {
   uint64_t calls_aborted_by_close = 0;  // ended UNAVAILABLE by a close
   uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   bool session_alive = false;
-  // Unary shm calls under way on the session (from every channel on it):
-  // past WaitOptions::max_busy_streams_for_spin of them, its thread stops
-  // spinning for frames when other threads take its core.
-  uint64_t unary_calls_in_flight = 0;
+  // shm calls on the session (from every channel on it) awaiting an
+  // answer: unary calls in flight, streams whose message sent awaits one
+  // back. Past WaitOptions::max_busy_streams_for_spin of them, its thread
+  // stops spinning for frames when other threads take its core.
+  uint64_t busy_calls = 0;
   shm::EndpointStats session;  // zero when there is no session
 };
 

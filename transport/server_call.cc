@@ -104,6 +104,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         have_unary_request_ = true;
       } else {
         requests_.push_back(*std::move(complete));
+        SetBusyLocked(true);  // until the handler answers (or the end)
         MaybeWriteLocked();
       }
       break;
@@ -274,6 +275,7 @@ void InjectedCall::ReadNextResponseLocked() {
 }
 
 void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
+  SetBusyLocked(false);
   // Counted before it leaves (its credit could come back first).
   send_window_.OnSent(response->Length());
   absl::Status sent =
@@ -431,8 +433,19 @@ void InjectedCall::SendStatusAndFinish() {
   if (done) on_done_(stream_id_);
 }
 
+void InjectedCall::SetBusyLocked(bool busy) {
+  if (busy == busy_) return;
+  busy_ = busy;
+  if (busy) {
+    session_->AddBusyStream();
+  } else {
+    session_->RemoveBusyStream();
+  }
+}
+
 std::shared_ptr<InjectedCall> InjectedCall::TakeIfDoneLocked() {
   if (done_ || !status_sent_ || outstanding_ops_ != 0) return nullptr;
+  SetBusyLocked(false);
   done_ = true;
   return std::move(self_);
 }

@@ -103,6 +103,11 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // owner's lock) after unlocking, so this call's lock and its owner's are
   // never held together, and then drops the reference.
   std::shared_ptr<InjectedCall> TakeIfDoneLocked();
+  // Streams: busy (Session::AddBusyStream) from a request the client sent
+  // until the handler's next response goes out, or the call is done; so a
+  // ping-pong stream counts like a unary call, and an idle stream does not.
+  // (Unary calls are counted by their owner, ShmServer.)
+  void SetBusyLocked(bool busy);
   void SendStatusAndFinish();
   // Unary: initial metadata and (if OK) the response, before the status.
   void SendUnaryReplyLocked();
@@ -154,6 +159,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::unique_ptr<grpc::Alarm> resume_alarm_;
   std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
   bool cancelled_ = false;
+  bool busy_ = false;          // see SetBusyLocked
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;
   std::string trace_;

@@ -130,8 +130,9 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // Streams under way whose frames the peer is working on (the owners count
-  // their unary calls in flight; an open stream may idle for hours, so
-  // streams are not counted). The session thread tells its endpoint: while
+  // unary calls in flight, and streams while a message sent awaits one
+  // back; an open stream may idle for hours, and then it does not count).
+  // The session thread tells its endpoint: while
   // there are more than WaitOptions::max_busy_streams_for_spin, it stops
   // spinning for frames once other threads take its core. Each Add needs
   // one Remove.

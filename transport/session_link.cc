@@ -326,7 +326,7 @@ LinkStats SessionLink::Stats() {
   if (current) {
     stats.send_paths += current->send_path_stats();
     stats.session_alive = current->alive();
-    stats.unary_calls_in_flight = current->busy_streams();
+    stats.busy_calls = current->busy_streams();
     stats.session = current->Stats();
   }
   return stats;

@@ -423,7 +423,7 @@ ServerStats ShmServer::Stats() {
   for (const auto& s : sessions_) {
     ++stats.sessions_open;
     paths += s->session->send_path_stats();
-    stats.unary_calls_in_flight += s->session->busy_streams();
+    stats.busy_calls += s->session->busy_streams();
     stats.blocks_in_use += s->session->Stats().arena.blocks_in_use;
     std::lock_guard<std::mutex> session_lock(s->mu);
     stats.calls_active += s->calls.size();

@@ -60,10 +60,11 @@ struct ServerStats {
   uint64_t sessions_closed = 0;     // client gone or connection broken
   uint64_t calls_injected = 0;
   uint64_t calls_active = 0;
-  // Of those, unary ones (per session, past WaitOptions::
-  // max_busy_streams_for_spin of them its thread stops spinning for frames
-  // when other threads take its core).
-  uint64_t unary_calls_in_flight = 0;
+  // Of those, the ones whose client awaits an answer: unary calls, streams
+  // with a request the handler has not answered yet (per session, past
+  // WaitOptions::max_busy_streams_for_spin of them its thread stops spinning
+  // for frames when other threads take its core).
+  uint64_t busy_calls = 0;
   uint64_t calls_cancelled_by_close = 0;  // live when their client went
   // Responses that needed more than one block: chained over several
   // blocks, or sent inline on the socket (by reason).
