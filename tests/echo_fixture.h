@@ -109,6 +109,18 @@ inline grpc::Status UnaryEcho(EchoService::Stub* stub, size_t size, int64_t seq,
   return stub->Unary(&context, request, response);
 }
 
+// The same, with the request gzipped and the reply gzipped by the server.
+inline grpc::Status CompressedUnaryEcho(EchoService::Stub* stub, size_t size,
+                                        int64_t seq, EchoResponse* response) {
+  EchoRequest request;
+  FillRequest(&request, size, seq);
+  request.set_compress_reply(true);
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  return stub->Unary(&context, request, response);
+}
+
 // A channel with a session of its own (a new handshake), not joining the
 // session of another channel of this process to the same server.
 inline std::shared_ptr<grpc::Channel> CreateChannelWithOwnSession(

@@ -109,14 +109,9 @@ TEST_P(ArenaReplyTest, CancelledStreamLeavesNoArenaBlockBehind) {
 // compress, so the arena slice reaches the injector as it is and is sent
 // without a copy; the client gets the plain message, intact.
 TEST_P(ArenaReplyTest, CompressedLargeReplyArrivesIntactAndFreesItsBlock) {
-  EchoRequest request;
-  FillRequest(&request, 1 << 20, 4);
-  request.set_compress_reply(true);
   EchoResponse response;
-  grpc::ClientContext context;
-  context.set_deadline(In(absl::Seconds(10)));
-  context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
-  const grpc::Status status = stub_->Unary(&context, request, &response);
+  const grpc::Status status =
+      CompressedUnaryEcho(stub_.get(), 1 << 20, 4, &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_TRUE(PayloadIntact(response));
   EXPECT_EQ(CallsOnShm(), 1u);

@@ -465,14 +465,9 @@ TEST_F(BehaviorTest, ChannelArgumentMessageLimitsApplyOverShm) {
 // decompressed, so what goes into the arena is the plain message.
 TEST_F(BehaviorTest, CompressedRepliesArriveIntact) {
   for (size_t size : {100, 100000}) {
-    EchoRequest request;
-    FillRequest(&request, size, 1);
-    request.set_compress_reply(true);
     EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(In(absl::Seconds(5)));
-    context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
-    const grpc::Status status = stub_->Unary(&context, request, &response);
+    const grpc::Status status =
+        CompressedUnaryEcho(stub_.get(), size, 1, &response);
     ASSERT_TRUE(status.ok()) << size << ": " << status.error_message();
     EXPECT_EQ(response.payload().size(), size);
     EXPECT_TRUE(PayloadIntact(response)) << size;
