@@ -1,12 +1,14 @@
 #include "transport/arena_replies.h"
 
+#include <map>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "codec/message_codec.h"
 #include "google/protobuf/message_lite.h"
-#include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/string_ref.h"
 #include "transport/protobuf_methods.h"
 #include "transport/weak_registry.h"
 
@@ -23,11 +25,15 @@ transport::WeakRegistry<uint64_t, Session>& SessionsByToken() {
 
 class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
  public:
-  explicit ArenaReplyInterceptor(grpc::experimental::ServerRpcInfo* info)
-      : info_(info) {}
-
   void Intercept(
       grpc::experimental::InterceptorBatchMethods* methods) override {
+    // The client's metadata is read here, where gRPC hands it over before
+    // the handler runs: the ServerContext's copy is filled lazily by its
+    // first reader, which could race with a handler's own first read.
+    if (methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      LookUpSession(*methods->GetRecvInitialMetadata());
+    }
     if (methods->QueryInterceptionHookPoint(
             InterceptionHookPoints::PRE_SEND_MESSAGE)) {
       WriteReplyIntoArena(methods);
@@ -36,16 +42,26 @@ class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
   }
 
  private:
+  void LookUpSession(
+      const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
+    auto it = metadata.find(transport::kReplyToKey);
+    if (it == metadata.end()) return;  // a plain call
+    const absl::string_view value(it->second.data(), it->second.size());
+    const size_t colon = value.find(':');
+    uint64_t token = 0;
+    if (colon == absl::string_view::npos ||
+        !absl::SimpleHexAtoi(value.substr(0, colon), &token) || token == 0 ||
+        !absl::SimpleAtoi(value.substr(colon + 1), &stream_)) {
+      return;
+    }
+    session_ = SessionsByToken().Find(token);
+  }
+
   void WriteReplyIntoArena(
       grpc::experimental::InterceptorBatchMethods* methods) {
     // The reply not yet serialized; nullptr when the API did it already.
     const void* reply = methods->GetSendMessage();
-    if (reply == nullptr) return;
-    if (!looked_up_) {
-      looked_up_ = true;
-      LookUpSession();
-    }
-    if (session_ == nullptr) return;
+    if (reply == nullptr || session_ == nullptr) return;
     // The factory made this interceptor only for protobuf methods.
     const auto& message =
         *static_cast<const google::protobuf::MessageLite*>(reply);
@@ -63,24 +79,7 @@ class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
     methods->GetSerializedSendMessage()->Swap(&serialized);
   }
 
-  void LookUpSession() {
-    const auto& metadata = info_->server_context()->client_metadata();
-    auto it = metadata.find(transport::kReplyToKey);
-    if (it == metadata.end()) return;  // a plain call
-    const absl::string_view value(it->second.data(), it->second.size());
-    const size_t colon = value.find(':');
-    uint64_t token = 0;
-    if (colon == absl::string_view::npos ||
-        !absl::SimpleHexAtoi(value.substr(0, colon), &token) || token == 0 ||
-        !absl::SimpleAtoi(value.substr(colon + 1), &stream_)) {
-      return;
-    }
-    session_ = SessionsByToken().Find(token);
-  }
-
-  grpc::experimental::ServerRpcInfo* const info_;
-  bool looked_up_ = false;
-  std::shared_ptr<Session> session_;
+  std::shared_ptr<Session> session_;  // of an shm call, else null
   uint64_t stream_ = 0;
 };
 
@@ -93,7 +92,7 @@ class ArenaReplyInterceptorFactoryImpl
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     if (!protobuf_methods_.Contains(info->method())) return nullptr;
-    return new ArenaReplyInterceptor(info);
+    return new ArenaReplyInterceptor();
   }
 
  private:

@@ -175,11 +175,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(Handshaken handshaken, FrameHandler on_frame, ClosedHandler on_closed,
           size_t max_block_bytes);
   void Run();
-  // Allocates one block (or, for kMessage, a chain), lets `fill` write the
-  // `size` bytes into it, and sends; inline when there is no shared memory.
-  // `fill` takes an absl::Span<const codec::OutChunk>.
-  // Takes the unsent arena slice whose payload starts at `data`, if
-  // `buffer` is exactly one such slice.
+  // When `buffer` is exactly one unsent arena slice of this session: takes
+  // it (its block is the caller's to send, or to free if that fails).
   std::optional<shm::Block> TakeArenaSlice(const grpc::ByteBuffer& buffer);
   // gRPC dropped the arena slice of `owner` at `data`: frees its block
   // unless it was sent or the arena was reclaimed since. (gRPC may drop a
@@ -188,6 +185,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void DropArenaSlice(const uint8_t* data, const void* owner);
   static void DestroyArenaSlice(void* owner);
 
+  // Allocates one block (or, for kMessage, a chain), lets `fill` write the
+  // `size` bytes into it, and sends; inline when there is no shared memory.
+  // `fill` takes an absl::Span<const codec::OutChunk>.
   template <typename Fill>
   absl::Status SendFilled(codec::FrameType type, uint64_t stream, size_t size,
                           absl::Time deadline, uint16_t flags, Fill fill);
