@@ -10,6 +10,7 @@
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_fixture.h"
+#include "tests/echo_lite.grpc.pb.h"
 #include "tests/echo_logic.h"
 #include "tests/server_process.h"
 
@@ -187,6 +188,29 @@ TEST(ArenaReplyKeyTest, PlainCallsAndForgedTokensAreLeftToGrpc) {
       EXPECT_EQ(FetchServerStats(server.target()).arena_replies(), 1u);
     }
   }
+}
+
+// A lite-runtime method (not in the descriptor pool) is written into the
+// arena when listed in the factory's protobuf_methods, as echo_server does.
+TEST(ArenaReplyKeyTest, ListedLiteMethodsAreWrittenIntoTheArena) {
+  testing::ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  Options options;
+  options.protobuf_methods = {"/shmgrpc.test.lite.LiteEchoService/Echo"};
+  auto stub =
+      lite::LiteEchoService::NewStub(CreateChannel(server.target(), options));
+  lite::LiteRequest request;
+  request.set_payload(std::string(64 << 10, 'l'));
+  request.set_seq(3);
+  lite::LiteReply reply;
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(10)));
+  const grpc::Status status = stub->Echo(&context, request, &reply);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(reply.payload(), request.payload());
+  EXPECT_EQ(reply.seq(), 3);
+  EXPECT_NE(reply.peer_pid(), "");  // over shm
+  EXPECT_EQ(FetchServerStats(server.target()).arena_replies(), 1u);
 }
 
 TEST(ArenaReplyKeyTest, ServerWithoutTheInterceptorCopiesReplies) {
