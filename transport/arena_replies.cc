@@ -32,7 +32,7 @@ class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
     // first reader, which could race with a handler's own first read.
     if (methods->QueryInterceptionHookPoint(
             InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
-      LookUpSession(*methods->GetRecvInitialMetadata());
+      ReadReplyTo(*methods->GetRecvInitialMetadata());
     }
     if (methods->QueryInterceptionHookPoint(
             InterceptionHookPoints::PRE_SEND_MESSAGE)) {
@@ -42,31 +42,40 @@ class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
   }
 
  private:
-  void LookUpSession(
+  // Sets token_ and stream_ for an shm call. The session itself is looked
+  // up only for a reply large enough (the registry's lock is process-wide,
+  // and most replies are small).
+  void ReadReplyTo(
       const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
     auto it = metadata.find(transport::kReplyToKey);
     if (it == metadata.end()) return;  // a plain call
     const absl::string_view value(it->second.data(), it->second.size());
     const size_t colon = value.find(':');
     uint64_t token = 0;
-    if (colon == absl::string_view::npos ||
-        !absl::SimpleHexAtoi(value.substr(0, colon), &token) || token == 0 ||
-        !absl::SimpleAtoi(value.substr(colon + 1), &stream_)) {
-      return;
+    if (colon != absl::string_view::npos &&
+        absl::SimpleHexAtoi(value.substr(0, colon), &token) &&
+        absl::SimpleAtoi(value.substr(colon + 1), &stream_)) {
+      token_ = token;
     }
-    session_ = SessionsByToken().Find(token);
   }
 
   void WriteReplyIntoArena(
       grpc::experimental::InterceptorBatchMethods* methods) {
     // The reply not yet serialized; nullptr when the API did it already.
     const void* reply = methods->GetSendMessage();
-    if (reply == nullptr || session_ == nullptr) return;
+    if (reply == nullptr || token_ == 0) return;
     // The factory made this interceptor only for protobuf methods.
     const auto& message =
         *static_cast<const google::protobuf::MessageLite*>(reply);
     const size_t size = codec::SerializedSize(message);
     if (size < kMinArenaReplyBytes) return;
+    if (session_ == nullptr) {
+      session_ = SessionsByToken().Find(token_);
+      if (session_ == nullptr) {
+        token_ = 0;  // gone (or never ours): gRPC's way from now on
+        return;
+      }
+    }
     absl::StatusOr<grpc::Slice> slice =
         session_->WriteArenaSlice(stream_, size, [&](uint8_t* data) {
           const codec::OutChunk chunk{data, size};
@@ -79,8 +88,9 @@ class ArenaReplyInterceptor : public grpc::experimental::Interceptor {
     methods->GetSerializedSendMessage()->Swap(&serialized);
   }
 
-  std::shared_ptr<Session> session_;  // of an shm call, else null
+  uint64_t token_ = 0;  // of an shm call's session, else 0
   uint64_t stream_ = 0;
+  std::shared_ptr<Session> session_;  // found by token_ on first use
 };
 
 class ArenaReplyInterceptorFactoryImpl

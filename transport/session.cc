@@ -331,20 +331,17 @@ absl::StatusOr<grpc::Slice> Session::WriteArenaSlice(
   if (size == 0 || (max_block_bytes_ != 0 && size > max_block_bytes_)) {
     return absl::ResourceExhaustedError("not for one block");
   }
-  auto* owner = new ArenaSliceOwner{shared_from_this(), nullptr};
   shm::Block block;
+  ArenaSliceOwner* owner;
   {
     std::lock_guard<std::mutex> lock(arena_slices_mu_);
-    absl::StatusOr<shm::Block> allocated =
-        arena_reclaimed_ || !alive()
-            ? absl::ResourceExhaustedError("shm session is closed")
-            : endpoint_->Allocate(size, stream);
-    if (!allocated.ok()) {
-      delete owner;
-      return allocated.status();
+    if (arena_reclaimed_ || !alive()) {
+      return absl::ResourceExhaustedError("shm session is closed");
     }
+    absl::StatusOr<shm::Block> allocated = endpoint_->Allocate(size, stream);
+    if (!allocated.ok()) return allocated.status();
     block = *allocated;
-    owner->data = block.data;
+    owner = new ArenaSliceOwner{shared_from_this(), block.data};
     unsent_arena_slices_.emplace(block.data, UnsentArenaSlice{block, owner});
     unsent_arena_slice_count_.fetch_add(1, std::memory_order_relaxed);
   }
