@@ -46,13 +46,13 @@ struct WaitOptions {
   absl::Duration spin_per_mib = absl::Milliseconds(1);
   // notify: while the receiver's caller reports more than this many busy
   // streams (Endpoint::Receive; gRPC: calls on the session awaiting an
-  // answer, ClientStats::busy_calls), a spin ends as soon as other threads took more than half of
-  // it, and the waits of the next 1 ms do not spin: the threads working on
-  // those streams keep the cores busy, and a spinner, yielding or not, only
-  // takes turns from them (ab_bench 4 KiB, spin vs none, calls/s at 16
-  // callers 27k vs 37k, at 64 37–40k vs 42–44k; equal at 4; at 1–2 the
-  // spin makes calls 1.3–4x faster). Calls that wait instead (long polls)
-  // leave the cores idle and the spin on. 0: the number of CPUs this
+  // answer, ClientStats::busy_calls), a spin ends as soon as other threads took
+  // more than half of it, and the waits of the next 1 ms do not spin: the
+  // threads working on those streams keep the cores busy, and a spinner,
+  // yielding or not, only takes turns from them (ab_bench 4 KiB, spin vs none,
+  // calls/s at 16 callers 27k vs 37k, at 64 37–40k vs 42–44k; equal at 4; at
+  // 1–2 the spin makes calls 1.3–4x faster). Calls that wait instead (long
+  // polls) leave the cores idle and the spin on. 0: the number of CPUs this
   // process may run on.
   int max_busy_streams_for_spin = 0;
   // Part of each spin that pauses without yielding (see above).

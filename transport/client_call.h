@@ -123,9 +123,10 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   void RecvPass(Batch* methods);
   // Moves every pending recv that can complete now into `ready` (mu_ held).
   void TakeReadyLocked(std::vector<Completion>* ready);
-  // A unary attempt counts as a busy stream of its session
-  // (Session::AddBusyStream) from its registration until it ends. Both mu_
-  // held; ending is idempotent.
+  // The call counts as a busy stream of its session (Session::AddBusyStream)
+  // while it awaits an answer: a unary attempt from its registration until
+  // it ends, a stream from a message sent until one comes back (or the
+  // end). Both mu_ held; ending is idempotent.
   void CountBusyLocked(const std::shared_ptr<Session>& session);
   void EndBusyLocked();
   void Complete(std::vector<Completion>& ready);

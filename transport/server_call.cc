@@ -85,6 +85,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kCallHeaders:
       if (call_ == nullptr && !unary_ && !finished_) {
         unary_ = (message.descriptor.flags & codec::kUnaryCallFlag) != 0;
+        if (unary_) SetBusyLocked(true);  // until the call is done
         send_status = !StartLocked(message);
         break;
       }

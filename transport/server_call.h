@@ -103,10 +103,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // owner's lock) after unlocking, so this call's lock and its owner's are
   // never held together, and then drops the reference.
   std::shared_ptr<InjectedCall> TakeIfDoneLocked();
-  // Streams: busy (Session::AddBusyStream) from a request the client sent
-  // until the handler's next response goes out, or the call is done; so a
-  // ping-pong stream counts like a unary call, and an idle stream does not.
-  // (Unary calls are counted by their owner, ShmServer.)
+  // Whether the client awaits an answer (Session::AddBusyStream): a unary
+  // call from its headers until it is done; a stream from a request the
+  // client sent until the handler's next response goes out, or the call is
+  // done. So a ping-pong stream counts like a unary call, an idle one not.
   void SetBusyLocked(bool busy);
   void SendStatusAndFinish();
   // Unary: initial metadata and (if OK) the response, before the status.

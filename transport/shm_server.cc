@@ -251,15 +251,10 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
                    static_cast<uint16_t>(codec::FrameType::kCallHeaders) &&
                !s->closed) {
       std::weak_ptr<ServerSession> weak = s;
-      // A unary call is busy from its headers to its end (see
-      // Session::AddBusyStream); a stream may idle.
-      const bool unary =
-          (message.descriptor.flags & codec::kUnaryCallFlag) != 0;
-      if (unary) s->session->AddBusyStream();
       call = std::make_shared<InjectedCall>(
           s->session, stream_id, stub_.get(), &s->cq,
           options_.stream_window_bytes, options_.stream_window_messages,
-          [weak, unary](uint64_t id) {
+          [weak](uint64_t id) {
             if (auto session = weak.lock()) {
               std::shared_ptr<InjectedCall> done;
               std::lock_guard<std::mutex> lock(session->mu);
@@ -267,7 +262,6 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
               if (it != session->calls.end()) {
                 done = std::move(it->second);
                 session->calls.erase(it);
-                if (unary) session->session->RemoveBusyStream();
               }
               session->ShutDownQueueIfIdleLocked();
             }
