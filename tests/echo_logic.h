@@ -97,6 +97,12 @@ class SyncEchoService : public EchoService::Service {
   }
 };
 
+// The lite echo's method as gRPC names it: what Options::protobuf_methods
+// (client) and ArenaReplyInterceptorFactory (server) must list, since the
+// descriptor pool does not know lite services.
+inline constexpr char kLiteEchoMethod[] =
+    "/shmgrpc.test.lite.LiteEchoService/Echo";
+
 // The lite-runtime echo (echo_lite.proto): echoes payload and seq, and
 // reports the server-verified caller pid when the call came over shm.
 class LiteEchoService final : public lite::LiteEchoService::Service {

@@ -260,8 +260,7 @@ int Main(int argc, char** argv) {
     interceptors.push_back(std::make_unique<TaggingServerInterceptorFactory>());
   }
   if (arena_replies) {  // last, as its contract asks
-    interceptors.push_back(ArenaReplyInterceptorFactory(
-        {"/shmgrpc.test.lite.LiteEchoService/Echo"}));
+    interceptors.push_back(ArenaReplyInterceptorFactory({kLiteEchoMethod}));
   }
   if (!interceptors.empty()) {
     builder.experimental().SetInterceptorCreators(std::move(interceptors));

@@ -196,7 +196,7 @@ TEST(ArenaReplyKeyTest, ListedLiteMethodsAreWrittenIntoTheArena) {
   testing::ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
   Options options;
-  options.protobuf_methods = {"/shmgrpc.test.lite.LiteEchoService/Echo"};
+  options.protobuf_methods = {kLiteEchoMethod};
   auto stub =
       lite::LiteEchoService::NewStub(CreateChannel(server.target(), options));
   lite::LiteRequest request;

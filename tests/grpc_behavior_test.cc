@@ -500,7 +500,7 @@ TEST_F(BehaviorTest, LiteRuntimeMethodsGoOverShmWhenNamed) {
   EXPECT_EQ(Stats().calls_on_shm, 0u);
   // Named: over shm.
   Options options;
-  options.protobuf_methods = {"/shmgrpc.test.lite.LiteEchoService/Echo"};
+  options.protobuf_methods = {kLiteEchoMethod};
   auto named = CreateChannel(server_->target(), options);
   EXPECT_EQ(call(named.get(), 2), std::to_string(getpid()));
   EXPECT_EQ(GetChannelStats(named.get())->calls_on_shm, 1u);
