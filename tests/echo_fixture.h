@@ -82,20 +82,23 @@ bool WaitFor(Condition condition, absl::Duration timeout) {
   return true;
 }
 
-// Waits (up to 5 s) until the server has no shm session, no call and no
-// block in use, failing the test otherwise; returns its last counters.
+// Waits (up to 5 s) until the server has no shm session, no call, no block
+// in use and no handshake or completion thread left (finished ones are
+// joined at once, not at the next connection), failing the test otherwise;
+// returns its last counters.
 inline ServerStatsReply ExpectServerIdle(const std::string& target) {
   ServerStatsReply stats;
   const bool idle = WaitFor(
       [&] {
         stats = FetchServerStats(target);
         return stats.sessions_open() == 0 && stats.calls_active() == 0 &&
-               stats.blocks_in_use() == 0;
+               stats.blocks_in_use() == 0 && stats.worker_threads() == 0;
       },
       absl::Seconds(5));
   EXPECT_TRUE(idle) << "sessions_open=" << stats.sessions_open()
                     << " calls_active=" << stats.calls_active()
-                    << " blocks_in_use=" << stats.blocks_in_use();
+                    << " blocks_in_use=" << stats.blocks_in_use()
+                    << " worker_threads=" << stats.worker_threads();
   return stats;
 }
 

@@ -87,7 +87,7 @@ void ShmServer::StartCompletionThreadLocked(
     std::shared_ptr<ServerSession> session) {
   auto worker = std::make_unique<ReapableThread>();
   ReapableThread* raw = worker.get();
-  raw->thread = std::thread([s = std::move(session), raw]() mutable {
+  raw->thread = std::thread([this, s = std::move(session), raw]() mutable {
     shm::NameThisThread("shm-completion");
     void* tag;
     bool ok;
@@ -96,9 +96,18 @@ void ShmServer::StartCompletionThreadLocked(
       t->call->OnCompletion(t->op, ok);
     }
     s.reset();  // may be the last reference: the session is freed here
-    raw->done.store(true, std::memory_order_release);
+    MarkFinished(raw);
   });
   completion_threads_.push_back(std::move(worker));
+}
+
+void ShmServer::MarkFinished(ReapableThread* thread) {
+  thread->done.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof(one)) < 0) {
+    // Joined at the next connection or at Shutdown() instead.
+    ShmLog("cannot wake the accept loop: ", strerror(errno));
+  }
 }
 
 void ShmServer::JoinFinishedThreadsLocked() {
@@ -123,7 +132,16 @@ void ShmServer::AcceptLoop() {
       ShmLog("accept loop: poll: ", strerror(errno));
       return;
     }
-    if (fds[1].revents != 0) return;
+    if (fds[1].revents != 0) {
+      uint64_t wakes;
+      if (read(wake_fd_, &wakes, sizeof(wakes)) < 0) {
+        ShmLog("accept loop: reading its eventfd: ", strerror(errno));
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if (shutting_down_) return;
+      JoinFinishedThreadsLocked();
+      continue;
+    }
     const int sock = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (sock < 0) continue;
     std::unique_lock<std::mutex> lock(mu_);
@@ -146,7 +164,7 @@ void ShmServer::AcceptLoop() {
     raw->thread = std::thread([this, sock, raw] {
       shm::NameThisThread("shm-handshake");
       Handshake(sock);
-      raw->done.store(true, std::memory_order_release);
+      MarkFinished(raw);
     });
     handshake_threads_.push_back(std::move(handshake));
   }
@@ -413,6 +431,7 @@ ServerStats ShmServer::Stats() {
   stats.sessions_closed = sessions_closed_.load();
   stats.calls_cancelled_by_close = calls_cancelled_by_close_.load();
   stats.blocks_reclaimed = blocks_reclaimed_.load();
+  stats.worker_threads = handshake_threads_.size() + completion_threads_.size();
   transport::SendPathStats paths = closed_sessions_paths_;
   for (const auto& s : sessions_) {
     ++stats.sessions_open;

@@ -78,6 +78,10 @@ struct ServerStats {
   // taken back from clients that went away.
   uint64_t blocks_in_use = 0;
   uint64_t blocks_reclaimed = 0;
+  // Handshake and completion-queue threads the server holds: running, or
+  // finished and about to be joined (each wakes the accept loop to join it).
+  // 0 once every session has closed.
+  uint64_t worker_threads = 0;
 };
 
 class ShmServer {
@@ -108,7 +112,8 @@ class ShmServer {
 
  private:
   struct ServerSession;
-  // A thread joined once `done` (by the accept loop, or by Shutdown()).
+  // A thread joined once `done` (by the accept loop, which MarkFinished()
+  // wakes, or by Shutdown()).
   struct ReapableThread {
     std::thread thread;
     std::atomic<bool> done{false};
@@ -133,6 +138,10 @@ class ShmServer {
   // until the queue is shut down (once the session is closed and its calls
   // are done).
   void StartCompletionThreadLocked(std::shared_ptr<ServerSession> session);
+  // The last step of a handshake or completion thread: marks it `done` and
+  // wakes the accept loop to join it, so a finished thread's stack is not
+  // held until the next connection.
+  void MarkFinished(ReapableThread* thread);
   // mu_ held: joins the finished handshake and completion threads.
   void JoinFinishedThreadsLocked();
   // mu_ held, shutting down: tells the client of `session` to drain it.
@@ -150,7 +159,9 @@ class ShmServer {
   // The socket file this server bound (0, 0 for an abstract name).
   dev_t socket_file_dev_ = 0;
   ino_t socket_file_ino_ = 0;
-  int wake_fd_ = -1;  // eventfd that stops the accept loop
+  // eventfd that wakes the accept loop: to stop (shutting_down_) or to join
+  // finished threads. Closed only after every thread that writes it ended.
+  int wake_fd_ = -1;
   std::shared_ptr<grpc::Channel> inproc_channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
   std::thread accept_thread_;
