@@ -57,22 +57,34 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
         "shm needs a unix: or unix-abstract: target (got '", target, "')"));
   }
   const std::string shm_path = path + ".shm";
+  // Before the socket exists: without it Shutdown() could not stop the
+  // accept loop.
+  const int wake_fd = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("shm server: eventfd: ", strerror(errno)));
+  }
   absl::StatusOr<int> fd = transport::ListenUnix(shm_path);
-  if (!fd.ok()) return fd.status();
+  if (!fd.ok()) {
+    close(wake_fd);
+    return fd.status();
+  }
   return std::unique_ptr<ShmServer>(
-      new ShmServer(server, shm_path, *fd, options));
+      new ShmServer(server, shm_path, *fd, wake_fd, options));
 }
 
 ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
-                     const Options& options)
-    : shm_path_(std::move(shm_path)), options_(options), listen_fd_(listen_fd) {
+                     int wake_fd, const Options& options)
+    : shm_path_(std::move(shm_path)),
+      options_(options),
+      listen_fd_(listen_fd),
+      wake_fd_(wake_fd) {
   struct stat file;
   if (!transport::IsAbstractSocketPath(shm_path_) &&
       stat(shm_path_.c_str(), &file) == 0) {
     socket_file_dev_ = file.st_dev;
     socket_file_ino_ = file.st_ino;
   }
-  wake_fd_ = eventfd(0, EFD_CLOEXEC);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);

@@ -120,7 +120,7 @@ class ShmServer {
   };
 
   ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
-            const Options& options);
+            int wake_fd, const Options& options);
   void AcceptLoop();
   // Counts a handshake about to start against Options::max_sessions; false
   // when the server is at the limit (open sessions plus handshakes started).
@@ -161,7 +161,7 @@ class ShmServer {
   ino_t socket_file_ino_ = 0;
   // eventfd that wakes the accept loop: to stop (shutting_down_) or to join
   // finished threads. Closed only after every thread that writes it ended.
-  int wake_fd_ = -1;
+  const int wake_fd_;
   std::shared_ptr<grpc::Channel> inproc_channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
   std::thread accept_thread_;
