@@ -34,6 +34,15 @@ inline constexpr uint16_t kUnaryCallFlag = 1;  // one request, then half-close
 // did not fit one block; the next kMessage frame of the stream continues it
 // (the last chunk has no flag).
 inline constexpr uint16_t kMessageContinuesFlag = 2;
+// Descriptor flag on a stream's kMessage frames (every chunk): the sender's
+// flow-control window was full once this message left, so it waits for
+// credit. The receiver credits all it consumed as soon as its application
+// has consumed this message, whatever its own window's credit threshold:
+// each side sizes its windows itself (Options::stream_window_*), and a
+// receiver crediting at half of a window larger than twice its sender's
+// would otherwise never credit (transport/flow_window.h). Peers that
+// predate the flag ignore it.
+inline constexpr uint16_t kWindowFullFlag = 4;
 
 // True for the values above; anything else from a peer is a protocol error.
 inline bool IsKnownFrameType(uint16_t type) {

@@ -4,7 +4,7 @@
 //   echo_server --socket=/tmp/x.sock [--style=sync|callback|async] [--no-shm]
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
 //               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
-//               [--max_sessions=N]
+//               [--max_sessions=N] [--stream_window_messages=N]
 //               [--max_receive_bytes=N]   (the server's limit; default none)
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
@@ -124,7 +124,7 @@ constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
-    "[--max_sessions=N] "
+    "[--max_sessions=N] [--stream_window_messages=N] "
     "[--local_credentials] [--server_interceptor] [--no_arena_replies] "
     "[--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
@@ -159,6 +159,12 @@ int Main(int argc, char** argv) {
       }
     } else if (absl::StartsWith(arg, "--max_sessions=")) {
       if (!absl::SimpleAtoi(arg.substr(15), &options.max_sessions)) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--stream_window_messages=")) {
+      if (!absl::SimpleAtoi(arg.substr(25), &options.stream_window_messages) ||
+          options.stream_window_messages == 0) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }

@@ -405,6 +405,53 @@ TEST_P(StreamingTest, CallbackBidiReactor) {
   EXPECT_EQ(CallsOnShm(), 2u);
 }
 
+// Each side sizes its own stream windows (Options::stream_window_*), and
+// the two need not agree. A receiver whose window is more than twice its
+// sender's credits only after half of its own, which such a sender never
+// sends: both would wait for the deadline. Here the server's window is 256
+// messages against the client's default 64 (client streaming), and a
+// client's 1024 against the server's 256 (server streaming), with 100-byte
+// messages so that no byte limit is reached first.
+TEST(StreamWindowTest, SidesWithDifferentWindowsDoNotStall) {
+  testing::ServerProcess server("sync", {"--stream_window_messages=256"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  {
+    auto stub = EchoService::NewStub(CreateChannel(server.target()));
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    EchoResponse response;
+    auto writer = stub->ClientStream(&context, &response);
+    for (int i = 0; i < 200; ++i) {
+      EchoRequest request;
+      FillRequest(&request, 100, i);
+      ASSERT_TRUE(writer->Write(request)) << "write " << i;
+    }
+    ASSERT_TRUE(writer->WritesDone());
+    const grpc::Status status = writer->Finish();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.messages_seen(), 200);
+  }
+  {
+    Options options;
+    options.stream_window_messages = 1024;
+    auto channel = CreateChannel(server.target(), options);
+    auto stub = EchoService::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(5)));
+    EchoRequest request;
+    FillRequest(&request, 100, 0);
+    request.set_reply_count(600);
+    auto reader = stub->ServerStream(&context, request);
+    EchoResponse response;
+    int received = 0;
+    while (reader->Read(&response)) ++received;
+    const grpc::Status status = reader->Finish();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(received, 600);
+    EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+  }
+}
+
 // "async": Bidi through the completion-queue API (the other streaming
 // methods of that server are sync).
 INSTANTIATE_TEST_SUITE_P(ServerStyles, StreamingTest,

@@ -404,6 +404,7 @@ void ClientCall::SendMessage(Batch* m) {
                            absl::StrCat("Sent message larger than max (", size,
                                         " vs. ", max_bytes, ")")));
   }
+  uint16_t flags = 0;
   if (send_window_) {
     // A write is parked until its window has room (ParkIfWindowFull), so
     // this does not wait; it fails once the call's window is closed.
@@ -412,7 +413,7 @@ void ClientCall::SendMessage(Batch* m) {
     }
     // Counted before it leaves: the server's credit for it may arrive before
     // the send returns. (A failed send ends the call.)
-    send_window_->OnSent(size);
+    if (send_window_->OnSent(size)) flags = codec::kWindowFullFlag;
   }
   if (retry_policy_ != nullptr) {
     // Kept for further attempts: by then the message may be gone (a
@@ -429,8 +430,8 @@ void ClientCall::SendMessage(Batch* m) {
           ? session_->SendFrame(codec::FrameType::kMessage, stream_id_,
                                 *retry_request_, deadline_)
       : message != nullptr
-          ? session_->SendMessage(stream_id_, *message, size, deadline_)
-          : session_->SendByteBuffer(stream_id_, *buffer, deadline_);
+          ? session_->SendMessage(stream_id_, *message, size, deadline_, flags)
+          : session_->SendByteBuffer(stream_id_, *buffer, deadline_, flags);
   if (!sent.ok()) FailSend(m, sent);
 }
 
@@ -726,8 +727,8 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
         absl::Status parsed = codec::ParseFrom(c.message.Chunks(), out);
         session_->Release(c.message);
         if (receive_window_) {
-          if (std::optional<Credit> credit =
-                  receive_window_->OnConsumed(c.message.bytes)) {
+          if (std::optional<Credit> credit = receive_window_->OnConsumed(
+                  c.message.bytes, c.message.SenderWaits())) {
             SendCredit(*credit);
           }
         }

@@ -40,10 +40,11 @@ absl::Status SendWindow::WaitForRoom(absl::Time deadline) {
   return absl::OkStatus();
 }
 
-void SendWindow::OnSent(uint64_t bytes) {
+bool SendWindow::OnSent(uint64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   in_flight_bytes_ += bytes;
   ++in_flight_messages_;
+  return !HasRoomLocked();
 }
 
 void SendWindow::OnCredit(const Credit& credit) {
@@ -64,11 +65,12 @@ void SendWindow::Close() {
   room_.notify_all();
 }
 
-std::optional<Credit> ReceiveWindow::OnConsumed(uint64_t bytes) {
+std::optional<Credit> ReceiveWindow::OnConsumed(uint64_t bytes,
+                                                bool sender_waits) {
   std::lock_guard<std::mutex> lock(mu_);
   uncredited_.bytes += bytes;
   ++uncredited_.messages;
-  if (uncredited_.bytes < credit_bytes_ &&
+  if (!sender_waits && uncredited_.bytes < credit_bytes_ &&
       uncredited_.messages < credit_messages_) {
     return std::nullopt;
   }

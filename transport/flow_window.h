@@ -8,8 +8,11 @@
 // frame once half of either limit has been consumed since its last credit.
 //
 // Why this cannot deadlock: a sender waits only while its unacknowledged
-// count reaches a limit; once the receiver consumes those messages, half of
-// that limit or more is consumed-but-uncredited, so a credit is sent.
+// count reaches a limit, and the message that reached it says so
+// (codec::kWindowFullFlag): once the receiver consumes that message, it
+// credits everything consumed, whatever its own limits. (With equal limits
+// on both sides half of them is consumed by then anyway; the flag is what
+// makes limits that differ safe.)
 //
 // Unary calls carry one message each way and do not use windows.
 // Thread-safety: both classes are thread-safe.
@@ -46,8 +49,9 @@ class SendWindow {
   // Waits for room. DeadlineExceeded at `deadline`, Cancelled after Close().
   absl::Status WaitForRoom(absl::Time deadline);
   // Call before the message leaves: its credit can come back before the send
-  // call returns.
-  void OnSent(uint64_t bytes);
+  // call returns. True when the window is full with it: the message is then
+  // sent with codec::kWindowFullFlag.
+  bool OnSent(uint64_t bytes);
   void OnCredit(const Credit& credit);
   // Wakes and fails every waiter, now and later (the call ended).
   void Close();
@@ -73,8 +77,10 @@ class ReceiveWindow {
       : credit_bytes_(max_bytes / 2), credit_messages_(max_messages / 2) {}
 
   // Records a message the application consumed; returns the credit to send
-  // now, if any.
-  std::optional<Credit> OnConsumed(uint64_t bytes);
+  // now, if any: once half of either limit was consumed since the last one,
+  // or at once when the message's sender waits for it (`sender_waits`: it
+  // carried codec::kWindowFullFlag).
+  std::optional<Credit> OnConsumed(uint64_t bytes, bool sender_waits);
 
  private:
   const uint64_t credit_bytes_;

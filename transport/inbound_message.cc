@@ -14,6 +14,11 @@ absl::InlinedVector<codec::InChunk, 1> InboundMessage::Chunks() const {
   return chunks;
 }
 
+bool InboundMessage::SenderWaits() const {
+  return !frames.empty() &&
+         (frames.back().descriptor.flags & codec::kWindowFullFlag) != 0;
+}
+
 std::optional<InboundMessage> MessageAssembler::Add(
     const shm::ReceivedMessage& frame) {
   pending_.frames.push_back(frame);

@@ -25,6 +25,8 @@ struct InboundMessage {
 
   // The payload, chunk by chunk, for parsing in place.
   absl::InlinedVector<codec::InChunk, 1> Chunks() const;
+  // Its sender's window was full with it (codec::kWindowFullFlag).
+  bool SenderWaits() const;
 };
 
 class MessageAssembler {

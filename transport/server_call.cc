@@ -256,6 +256,7 @@ void InjectedCall::MaybeWriteLocked() {
     InboundMessage request = std::move(requests_.front());
     requests_.pop_front();
     writing_bytes_ = request.bytes;
+    writing_sender_waits_ = request.SenderWaits();
     grpc::ByteBuffer buffer = WrapRequest(session_, request);
     writing_ = true;
     ++outstanding_ops_;
@@ -278,9 +279,10 @@ void InjectedCall::ReadNextResponseLocked() {
 void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
   SetBusyLocked(false);
   // Counted before it leaves (its credit could come back first).
-  send_window_.OnSent(response->Length());
+  const uint16_t flags =
+      send_window_.OnSent(response->Length()) ? codec::kWindowFullFlag : 0;
   absl::Status sent =
-      session_->SendByteBuffer(stream_id_, *response, SendDeadline());
+      session_->SendByteBuffer(stream_id_, *response, SendDeadline(), flags);
   response->Clear();
   if (!sent.ok()) {
     ShmLog("stream ", stream_id_, ": response not sent: ", sent.message());
@@ -349,8 +351,8 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         if (!ok) write_failed_ = true;  // the handler finished early
         if (ok && !writes_done_sent_) {
           // The handler's side took the request: credit the client.
-          if (std::optional<Credit> credit =
-                  receive_window_.OnConsumed(writing_bytes_)) {
+          if (std::optional<Credit> credit = receive_window_.OnConsumed(
+                  writing_bytes_, writing_sender_waits_)) {
             session_
                 ->SendControl(codec::FrameType::kWindowUpdate, stream_id_,
                               EncodeCredit(*credit), SendDeadline())

@@ -151,6 +151,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   MessageAssembler assembler_;           // chunks of a chained request
   std::deque<InboundMessage> requests_;  // not yet written
   uint64_t writing_bytes_ = 0;           // the request being written
+  bool writing_sender_waits_ = false;    // it filled the client's window
   SendWindow send_window_;               // responses to the client
   ReceiveWindow receive_window_;         // requests from the client
   grpc::ByteBuffer held_response_;       // read, waiting for the client's room

@@ -292,8 +292,9 @@ bool Session::LikelyFits(size_t bytes) {
 
 absl::Status Session::SendMessage(uint64_t stream,
                                   const google::protobuf::MessageLite& message,
-                                  size_t size, absl::Time deadline) {
-  return SendFilled(codec::FrameType::kMessage, stream, size, deadline, 0,
+                                  size_t size, absl::Time deadline,
+                                  uint16_t flags) {
+  return SendFilled(codec::FrameType::kMessage, stream, size, deadline, flags,
                     [&](absl::Span<const codec::OutChunk> chunks) {
                       codec::SerializeInto(message, chunks);
                       return absl::OkStatus();
@@ -302,13 +303,13 @@ absl::Status Session::SendMessage(uint64_t stream,
 
 absl::Status Session::SendByteBuffer(uint64_t stream,
                                      const grpc::ByteBuffer& buffer,
-                                     absl::Time deadline) {
+                                     absl::Time deadline, uint16_t flags) {
   if (std::optional<shm::Block> block = TakeArenaSlice(buffer)) {
     const shm::Descriptor descriptor{
         block->offset,
         static_cast<uint32_t>(buffer.Length()),
         static_cast<uint16_t>(codec::FrameType::kMessage),
-        0,
+        flags,
         stream,
         0};
     absl::Status sent = endpoint_->Send(descriptor, deadline);
@@ -321,7 +322,8 @@ absl::Status Session::SendByteBuffer(uint64_t stream,
     return sent;
   }
   return SendFilled(codec::FrameType::kMessage, stream, buffer.Length(),
-                    deadline, 0, [&](absl::Span<const codec::OutChunk> chunks) {
+                    deadline, flags,
+                    [&](absl::Span<const codec::OutChunk> chunks) {
                       return codec::CopyByteBuffer(buffer, chunks);
                     });
 }

@@ -86,14 +86,16 @@ class Session : public std::enable_shared_from_this<Session> {
   ~Session();
 
   // `size` is codec::SerializedSize(message), computed by the caller (once)
-  // on the unchanged message.
+  // on the unchanged message. `flags`: descriptor flags of its frames
+  // (codec::kWindowFullFlag).
   absl::Status SendMessage(uint64_t stream,
                            const google::protobuf::MessageLite& message,
-                           size_t size, absl::Time deadline);
+                           size_t size, absl::Time deadline,
+                           uint16_t flags = 0);
   // A buffer that is exactly one arena slice of this session (below) sends
   // that block as it is; any other buffer is copied into the arena.
   absl::Status SendByteBuffer(uint64_t stream, const grpc::ByteBuffer& buffer,
-                              absl::Time deadline);
+                              absl::Time deadline, uint16_t flags = 0);
   // A reply written into shared memory before gRPC carries it (server side,
   // see arena_replies.h): a fresh block of this side's arena of `size`
   // bytes on `stream`, filled by `fill`, as a slice gRPC can carry. The
