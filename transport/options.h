@@ -68,7 +68,10 @@ struct Options {
   // Streaming calls, per stream and direction: at most this many messages
   // or bytes sent and not yet consumed by the receiving application; a
   // writer beyond that waits (bounded by the call's deadline), as gRPC's own
-  // flow control would make it. Unary calls are not limited.
+  // flow control would make it. Unary calls are not limited. This side's
+  // writers obey its own values; as a reader it credits every half of them
+  // (and at once when a writer says its window is full), so client and
+  // server need not agree.
   size_t stream_window_bytes = 1 << 20;
   uint32_t stream_window_messages = 64;
   // Whole handshake, either side.
