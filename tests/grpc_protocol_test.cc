@@ -172,8 +172,9 @@ class RawClient {
 
 class ProtocolTest : public ::testing::Test {
  protected:
+  virtual std::string ServerStyle() const { return "sync"; }
   void SetUp() override {
-    server_ = std::make_unique<ServerProcess>("sync");
+    server_ = std::make_unique<ServerProcess>(ServerStyle());
     ASSERT_TRUE(server_->status().ok()) << server_->status();
     client_ = std::make_unique<RawClient>(server_->socket_path());
     ASSERT_TRUE(client_->status().ok()) << client_->status();
@@ -333,8 +334,14 @@ TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
 // same session, give back every block of the client's arena, and, once the
 // client is gone, hold no session, call, block or thread (ASan checks the
 // reads in CI). A server that kept the frames it ignores fails it (422
-// blocks held).
-TEST_F(ProtocolTest, RandomFrameStormHarmsNothingElse) {
+// blocks held). Sync, callback and async services.
+class FrameStormTest : public ProtocolTest,
+                       public ::testing::WithParamInterface<std::string> {
+ protected:
+  std::string ServerStyle() const override { return GetParam(); }
+};
+
+TEST_P(FrameStormTest, RandomFramesHarmNothingElse) {
   constexpr uint32_t kSeed = 20261127;
   std::mt19937 random(kSeed);
   const char* const kMethods[] = {kUnaryMethod,
@@ -437,6 +444,9 @@ TEST_F(ProtocolTest, RandomFrameStormHarmsNothingElse) {
   client_.reset();
   ExpectServerIdle(server_->target());
 }
+
+INSTANTIATE_TEST_SUITE_P(ServerStyles, FrameStormTest,
+                         ::testing::Values("sync", "callback", "async"));
 
 // A peer that ignores the server's kGoAway (one from before it, or a
 // stopped one) still gets the calls it sent after it served, and is closed
