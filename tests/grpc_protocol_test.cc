@@ -44,9 +44,10 @@ constexpr char kUnaryMethod[] = "/shmgrpc.test.EchoService/Unary";
 // and the messages before it.
 class RawClient {
  public:
-  explicit RawClient(const std::string& socket_path) {
+  explicit RawClient(const std::string& socket_path,
+                     const Options& options = Options()) {
     absl::StatusOr<transport::Handshaken> handshaken =
-        transport::ClientHandshake(socket_path + ".shm", Options());
+        transport::ClientHandshake(socket_path + ".shm", options);
     if (!handshaken.ok()) {
       status_ = handshaken.status();
       return;
@@ -173,10 +174,12 @@ class RawClient {
 class ProtocolTest : public ::testing::Test {
  protected:
   virtual std::string ServerStyle() const { return "sync"; }
+  virtual Options ClientOptions() const { return Options(); }
   void SetUp() override {
     server_ = std::make_unique<ServerProcess>(ServerStyle());
     ASSERT_TRUE(server_->status().ok()) << server_->status();
-    client_ = std::make_unique<RawClient>(server_->socket_path());
+    client_ =
+        std::make_unique<RawClient>(server_->socket_path(), ClientOptions());
     ASSERT_TRUE(client_->status().ok()) << client_->status();
   }
   void TearDown() override {
@@ -328,7 +331,8 @@ TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
 
 // 4,000 frames of every kind, valid and not, in random order over 64
 // streams: call headers (unary and streaming, valid or garbage), requests
-// (whole, cut short, not protobuf, chunked or not), half-closes, cancels,
+// (whole, cut short, not protobuf, chunked or not; up to 200 KiB from a
+// 256 KiB arena, so many go inline), half-closes, cancels,
 // credits with any value, frames only a server sends, unknown types. The
 // server must survive all of it, still answer a well-formed call on the
 // same session, give back every block of the client's arena, and, once the
@@ -339,6 +343,13 @@ class FrameStormTest : public ProtocolTest,
                        public ::testing::WithParamInterface<std::string> {
  protected:
   std::string ServerStyle() const override { return GetParam(); }
+  // A small arena, so that the storm's larger requests often find it full
+  // and go inline on the socket.
+  Options ClientOptions() const override {
+    Options options;
+    options.arena_bytes = 256 << 10;
+    return options;
+  }
 };
 
 TEST_P(FrameStormTest, RandomFramesHarmNothingElse) {
@@ -355,7 +366,9 @@ TEST_P(FrameStormTest, RandomFramesHarmNothingElse) {
   };
   auto request_bytes = [&] {
     EchoRequest request;
-    FillRequest(&request, random() % 5000, random() % 100);
+    FillRequest(&request,
+                random() % 8 == 0 ? random() % (200 << 10) : random() % 5000,
+                random() % 100);
     std::string wire = request.SerializeAsString();
     switch (random() % 3) {
       case 0:
@@ -437,10 +450,15 @@ TEST_P(FrameStormTest, RandomFramesHarmNothingElse) {
       absl::Seconds(5)))
       << held << " blocks still held by the server";
   const ServerStatsReply during = FetchServerStats(server_->target());
-  std::printf("storm: %llu calls injected, %d cancellations seen\n",
-              static_cast<unsigned long long>(during.calls_injected()),
-              during.cancellations_seen());
+  const uint64_t inline_sent = client_->session().Stats().inline_sent;
+  std::printf(
+      "storm: %llu calls injected, %d cancellations seen, %llu frames "
+      "inline\n",
+      static_cast<unsigned long long>(during.calls_injected()),
+      during.cancellations_seen(),
+      static_cast<unsigned long long>(inline_sent));
   EXPECT_GT(during.calls_injected(), 20u);
+  EXPECT_GT(inline_sent, 10u) << "the storm never went inline";
   client_.reset();
   ExpectServerIdle(server_->target());
 }
