@@ -3,7 +3,8 @@
 // garbage, chunked without end), statuses (valid, out of range, garbage),
 // credits of any value, unknown frame types — and sends frames for streams
 // that do not exist. The client runs in the application's process, so
-// whatever a server sends, no call may hang past its deadline, nothing may
+// whatever a server sends, no call may hang past its deadline (sync,
+// callback and completion-queue API), nothing may
 // crash (ASan checks the reads in CI), and every block must come home: the
 // client's, which the server releases at once, and the server's, which the
 // client must release whatever they carried.
@@ -31,6 +32,7 @@
 #include "codec/frame_type.h"
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
+#include "tests/call_done.h"
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
@@ -256,10 +258,34 @@ TEST(HostileServerTest, RandomAnswersEndEveryCallAndEveryBlockComesHome) {
         EchoResponse response;
         const absl::Time start = absl::Now();
         grpc::Status status;
-        switch (random() % 3) {
+        switch (random() % 5) {
           case 0:
             status = stub->Unary(&context, request, &response);
             break;
+          case 3: {  // callback API
+            CallDone done;
+            stub->async()->Unary(&context, &request, &response,
+                                 [&](grpc::Status s) { done.Set(s); });
+            if (!done.Await(kDeadline + absl::Seconds(2))) {
+              ++calls_late;
+              done.Await(absl::InfiniteDuration());  // it owns `context`
+            }
+            status = done.status();
+            break;
+          }
+          case 4: {  // completion-queue API
+            grpc::CompletionQueue cq;
+            auto call = stub->AsyncUnary(&context, request, &cq);
+            call->Finish(&response, &status, &cq);
+            void* tag;
+            bool ok;
+            if (cq.AsyncNext(&tag, &ok, In(kDeadline + absl::Seconds(2))) !=
+                grpc::CompletionQueue::GOT_EVENT) {
+              ++calls_late;
+              static_cast<void>(cq.Next(&tag, &ok));
+            }
+            break;
+          }
           case 1: {
             auto reader = stub->ServerStream(&context, request);
             while (reader->Read(&response)) {
