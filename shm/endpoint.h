@@ -122,6 +122,8 @@ class Endpoint {
   EndpointStats Stats();
   // Largest payload one block of this side's arena can carry.
   size_t max_payload_bytes() const { return allocator_.max_payload_bytes(); }
+  // Largest inline payload accepted either way.
+  size_t max_inline_bytes() const { return max_inline_bytes_; }
   const WaitOptions& wait_options() const { return wait_; }
   int socket() const { return sock_; }
 

@@ -319,6 +319,40 @@ TEST_F(ProtocolTest, PastAndExtremeDeadlines) {
   }
 }
 
+// A request larger than any client within its limits sends (the 64 MiB
+// inline limit), chained without end, is refused as it arrives, not
+// assembled: its stream ends RESOURCE_EXHAUSTED, unary or streaming, every
+// chunk goes back, and the session goes on (TearDown).
+TEST_F(ProtocolTest, RequestsOverTheLimitAreRefusedAsTheyArrive) {
+  const std::string chunk(64 << 10, 'x');
+  const int chunks_over_the_limit = (64 << 20) / chunk.size() + 1;
+  codec::CallHeaders bidi;
+  bidi.method = "/shmgrpc.test.EchoService/Bidi";
+  ASSERT_TRUE(client_->SendHeaders(31, kUnaryMethod).ok());
+  ASSERT_TRUE(
+      client_->Send(FrameType::kCallHeaders, 33, codec::EncodeCallHeaders(bidi))
+          .ok());
+  for (uint64_t stream : {31, 33}) {
+    for (int i = 0; i < chunks_over_the_limit + 8; ++i) {
+      ASSERT_TRUE(client_
+                      ->Send(FrameType::kMessage, stream, chunk,
+                             codec::kMessageContinuesFlag)
+                      .ok())
+          << "chunk " << i;
+    }
+  }
+  ExpectStatus(31, grpc::StatusCode::RESOURCE_EXHAUSTED, "the unary call");
+  ExpectStatus(33, grpc::StatusCode::RESOURCE_EXHAUSTED, "the stream");
+  uint64_t held = 0;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        held = client_->session().Stats().arena.blocks_in_use;
+        return held == 0;
+      },
+      absl::Seconds(5)))
+      << held << " blocks still held by the server";
+}
+
 TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
   // Message, half-close and cancel for streams that never began: no status
   // (there is no call), no effect on the session.

@@ -155,6 +155,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // Largest payload this side's arena could ever hold (one block spanning
   // the whole data area); anything larger can only travel inline.
   size_t capacity_bytes() const { return capacity_bytes_; }
+  // Largest message the peer may send on this session, chained or inline:
+  // the inline limit, max(64 MiB, Options::max_message_bytes + 1 MiB), which
+  // no message from a client within its own limits exceeds.
+  size_t max_received_message_bytes() const {
+    return endpoint_->max_inline_bytes();
+  }
   // Blocks of this side's arena the peer still held when the session closed
   // (all freed then); 0 while alive.
   uint64_t blocks_reclaimed() const {
