@@ -201,6 +201,20 @@ class ProtocolTest : public ::testing::Test {
         << what << ": " << status->message;
   }
 
+  // Every block of the client's arena the server was sent comes back
+  // within 5 s (a frame it dropped without releasing would stay in use
+  // until the session closes).
+  void ExpectEveryBlockBack() {
+    uint64_t held = 0;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          held = client_->session().Stats().arena.blocks_in_use;
+          return held == 0;
+        },
+        absl::Seconds(5)))
+        << held << " blocks still held by the server";
+  }
+
   void ExpectEchoWorks(uint64_t stream) { ExpectEchoWorksWith(stream, {}); }
   void ExpectEchoWorksWith(uint64_t stream, codec::Metadata metadata) {
     EchoRequest request;
@@ -343,14 +357,7 @@ TEST_F(ProtocolTest, RequestsOverTheLimitAreRefusedAsTheyArrive) {
   }
   ExpectStatus(31, grpc::StatusCode::RESOURCE_EXHAUSTED, "the unary call");
   ExpectStatus(33, grpc::StatusCode::RESOURCE_EXHAUSTED, "the stream");
-  uint64_t held = 0;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        held = client_->session().Stats().arena.blocks_in_use;
-        return held == 0;
-      },
-      absl::Seconds(5)))
-      << held << " blocks still held by the server";
+  ExpectEveryBlockBack();
 }
 
 TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {
@@ -472,17 +479,7 @@ TEST_P(FrameStormTest, RandomFramesHarmNothingElse) {
     ASSERT_TRUE(client_->Send(FrameType::kCancel, stream, "").ok());
   }
   ExpectEchoWorks(2001);
-  // Every block of this side's arena the server was sent comes back (a
-  // frame it dropped without releasing would stay in use until the session
-  // closes).
-  uint64_t held = 0;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        held = client_->session().Stats().arena.blocks_in_use;
-        return held == 0;
-      },
-      absl::Seconds(5)))
-      << held << " blocks still held by the server";
+  ExpectEveryBlockBack();
   const ServerStatsReply during = FetchServerStats(server_->target());
   const uint64_t inline_sent = client_->session().Stats().inline_sent;
   std::printf(
