@@ -1,6 +1,8 @@
 // gRPC semantics over shm, two real processes: metadata, status details,
 // deadlines, cancellation, size limits, concurrency, several client
 // processes, non-protobuf calls, and hostile handshakes against a live server.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -8,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -1094,6 +1097,97 @@ TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
   EchoResponse response;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->Unary(&context, EchoRequest(), &response).ok());
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
+}
+
+// Open descriptors of process `pid` now (/proc/PID/fd), or -1.
+int FdsOf(pid_t pid) {
+  std::error_code error;
+  int count = 0;
+  for (std::filesystem::directory_iterator it(
+           "/proc/" + std::to_string(pid) + "/fd", error);
+       !error && it != std::filesystem::directory_iterator();
+       it.increment(error)) {
+    ++count;
+  }
+  return error ? -1 : count;
+}
+
+// Sends `hello` with `fds` as one SCM_RIGHTS message.
+bool SendHello(int sock, const transport::Hello& hello,
+               const std::vector<int>& fds) {
+  iovec iov{const_cast<transport::Hello*>(&hello), sizeof(hello)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  return sendmsg(sock, &msg, 0) == static_cast<ssize_t>(sizeof(hello));
+}
+
+// A hello whose segment is not one — a pipe, an unsealed memfd, a sealed
+// memfd of the wrong size, two fds at once — is refused (kBadSegment, or,
+// for two fds, the connection closed), and the server keeps no descriptor
+// of it; it serves shm clients all along.
+TEST_F(BehaviorTest, HellosWithBadSegmentsAreRefusedAndCostNoFd) {
+  const std::string shm_path = server_->socket_path() + ".shm";
+  const transport::Hello hello{
+      transport::kHandshakeMagic, 1, 1, 0, 4096, 1 << 20};
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
+  const int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
+  const int small = memfd_create("small", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_GE(unsealed, 0);
+  ASSERT_GE(small, 0);
+  ASSERT_EQ(ftruncate(unsealed, 8 << 20), 0);
+  ASSERT_EQ(ftruncate(small, 4096), 0);
+  ASSERT_EQ(
+      fcntl(small, F_ADD_SEALS,
+            F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL),
+      0);
+  const int fds_before = FdsOf(server_->pid());
+  ASSERT_GT(fds_before, 0);
+  const struct {
+    const char* what;
+    std::vector<int> fds;
+  } cases[] = {{"a pipe", {pipe_fds[0]}},
+               {"an unsealed memfd", {unsealed}},
+               {"a sealed memfd of the wrong size", {small}},
+               {"two fds", {pipe_fds[0], small}}};
+  for (const auto& bad : cases) {
+    const int sock = RawConnect(shm_path);
+    ASSERT_GE(sock, 0);
+    ASSERT_TRUE(SendHello(sock, hello, bad.fds)) << bad.what;
+    if (bad.fds.size() == 1) {
+      timeval tv{3, 0};
+      setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      transport::Welcome welcome{};
+      ASSERT_EQ(read(sock, &welcome, sizeof(welcome)), sizeof(welcome))
+          << bad.what;
+      EXPECT_EQ(welcome.result, transport::kBadSegment) << bad.what;
+    }
+    EXPECT_TRUE(ClosedByServer(sock)) << bad.what;
+    close(sock);
+  }
+  for (int fd : {pipe_fds[0], pipe_fds[1], unsealed, small}) close(fd);
+  int fds_after = -1;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        fds_after = FdsOf(server_->pid());
+        return fds_after == fds_before;
+      },
+      absl::Seconds(3)))
+      << "server fds " << fds_before << " -> " << fds_after;
+  auto channel = CreateChannelWithOwnSession(server_->target());
+  EchoResponse response;
+  ASSERT_TRUE(
+      UnaryEcho(EchoService::NewStub(channel).get(), 64, 1, &response).ok());
   EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
