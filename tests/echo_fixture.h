@@ -3,10 +3,15 @@
 #ifndef SHMGRPC_TESTS_ECHO_FIXTURE_H_
 #define SHMGRPC_TESTS_ECHO_FIXTURE_H_
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "absl/time/clock.h"
@@ -100,6 +105,41 @@ inline ServerStatsReply ExpectServerIdle(const std::string& target) {
                     << " blocks_in_use=" << stats.blocks_in_use()
                     << " worker_threads=" << stats.worker_threads();
   return stats;
+}
+
+// shmgrpc's shared memory that process `pid` holds now: mappings of its
+// memfds (/proc/PID/maps) and descriptors of them (/proc/PID/fd).
+inline int ShmHeldBy(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
+  int held = 0;
+  std::ifstream maps(proc + "/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/memfd:shmgrpc-") != std::string::npos) ++held;
+  }
+  std::error_code error;
+  for (std::filesystem::directory_iterator it(proc + "/fd", error);
+       !error && it != std::filesystem::directory_iterator();
+       it.increment(error)) {
+    std::error_code unreadable;
+    const std::string target =
+        std::filesystem::read_symlink(it->path(), unreadable).string();
+    if (!unreadable && target.rfind("/memfd:shmgrpc-", 0) == 0) ++held;
+  }
+  return held;
+}
+
+// Waits (up to 5 s) until `pid` holds no shmgrpc shared memory (its
+// sessions' arenas unmapped and their memfds closed), failing the test
+// otherwise; `who` names it.
+inline void ExpectNoShmHeldBy(pid_t pid, const std::string& who) {
+  int held = 0;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        held = ShmHeldBy(pid);
+        return held == 0;
+      },
+      absl::Seconds(5)))
+      << who << " still holds " << held << " shm mappings and fds";
 }
 
 // One Unary echo of a `size`-byte checksummed payload, 10 s deadline.

@@ -83,6 +83,8 @@ TEST(ServerDeathTest, KilledDuringUnaryCallEndsItUnavailablePromptly) {
   EXPECT_EQ(stats.calls_aborted_by_close, 1u);
   EXPECT_FALSE(stats.session_alive);
   EXPECT_EQ(stats.session.arena.blocks_in_use, 0u) << "leaked blocks";
+  // The channel lives on (reconnecting): the dead session's arenas do not.
+  ExpectNoShmHeldBy(getpid(), "the client");
 }
 
 TEST(ServerDeathTest, KilledDuringStreamEndsItUnavailablePromptly) {
@@ -218,6 +220,7 @@ TEST_P(ClientDeathByStyleTest, KilledDuringUnaryCallIsCancelledAndCleanedUp) {
   ASSERT_TRUE(OneCallActive(server.target()));
   client.Kill();
   ExpectServerCleanedUp(server.target());
+  ExpectNoShmHeldBy(server.pid(), "the server");
   const ServerStatsReply stats = FetchServerStats(server.target());
   EXPECT_EQ(stats.calls_cancelled_by_close(), 1u);
   EXPECT_TRUE(WaitFor(
@@ -478,6 +481,14 @@ TEST(ShutdownTest, ChannelDroppedWithCallInFlightLeaksNothing) {
   ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
   auto stub = EchoService::NewStub(CreateChannel(server.target()));
+  {
+    EchoResponse response;
+    ASSERT_TRUE(UnaryEcho(stub.get(), 64, 1, &response).ok());
+  }
+  // Each side maps both arenas and holds its own memfd while the session
+  // is up (what the checks below count).
+  EXPECT_GE(ShmHeldBy(getpid()), 3);
+  EXPECT_GE(ShmHeldBy(server.pid()), 3);
   grpc::Status status;
   // The call owns the last reference to the channel once `stub` moves into
   // the thread: its end destroys the channel, the session and the arenas.
@@ -493,6 +504,8 @@ TEST(ShutdownTest, ChannelDroppedWithCallInFlightLeaksNothing) {
   caller.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   ExpectServerCleanedUp(server.target());
+  ExpectNoShmHeldBy(getpid(), "the client");
+  ExpectNoShmHeldBy(server.pid(), "the server");
 }
 
 // ---- the server restarts ---------------------------------------------------

@@ -284,6 +284,15 @@ void SessionLink::OnClosed(const std::shared_ptr<Session>& session,
   } else {
     ShmLog("client session to ", PrintableSocketPath(shm_path_),
            " closed: ", status.ToString());
+    std::lock_guard<std::mutex> lock(session_mu_);
+    if (session != nullptr && session_ == session) {
+      // Let go of it now, not when a successor replaces it (the server may
+      // never come back): once its calls have ended too, both arenas are
+      // unmapped and the memfds closed (2 x arena_bytes, 128 MiB by
+      // default, the dead server's included).
+      replaced_sessions_ += session->send_path_stats();
+      session_ = nullptr;
+    }
   }
   sessions_closed_.fetch_add(1, std::memory_order_relaxed);
   if (session) {
