@@ -142,6 +142,13 @@ inline void ExpectNoShmHeldBy(pid_t pid, const std::string& who) {
       << who << " still holds " << held << " shm mappings and fds";
 }
 
+// ExpectServerIdle, and the server process holds no shm mappings or memfds.
+inline ServerStatsReply ExpectServerIdle(const testing::ServerProcess& server) {
+  ServerStatsReply stats = ExpectServerIdle(server.target());
+  ExpectNoShmHeldBy(server.pid(), "the idle server");
+  return stats;
+}
+
 // One Unary echo of a `size`-byte checksummed payload, 10 s deadline.
 inline grpc::Status UnaryEcho(EchoService::Stub* stub, size_t size, int64_t seq,
                               EchoResponse* response) {

@@ -146,7 +146,7 @@ TEST_P(ArenaReplyClientDeathTest, KilledMidStreamLeavesTheServerClean) {
   ASSERT_TRUE(client.status().ok()) << client.status();
   EXPECT_GE(FetchServerStats(server.target()).arena_replies(), 100u);
   client.Kill();
-  EXPECT_EQ(ExpectServerIdle(server.target()).sessions_closed(), 1u);
+  EXPECT_EQ(ExpectServerIdle(server).sessions_closed(), 1u);
   ExpectServerStillServesShm(server.target());
   auto stub = EchoService::NewStub(CreateChannel(server.target()));
   EchoResponse response;

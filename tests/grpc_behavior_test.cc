@@ -781,7 +781,7 @@ TEST_F(BehaviorTest, ChannelChurnFromManyThreadsSharesSafely) {
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(on_shm.load(), kThreads * kChannelsEach);
-  const ServerStatsReply stats = ExpectServerIdle(server_->target());
+  const ServerStatsReply stats = ExpectServerIdle(*server_);
   std::printf("%d channels: %lu sessions\n", kThreads * kChannelsEach,
               static_cast<unsigned long>(stats.sessions_accepted()));
 }

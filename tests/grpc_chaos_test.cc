@@ -137,7 +137,7 @@ TEST_P(ChaosTest, RandomClientsKilledMidCallLeaveTheServerClean) {
   std::printf("[%s] seed %u: %d clients, %d plain runs succeeded, %d killed\n",
               GetParam().c_str(), seed, started, succeeded, killed);
 
-  ExpectServerIdle(server.target());
+  ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }

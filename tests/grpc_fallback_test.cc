@@ -263,7 +263,7 @@ TEST(FallbackTest, ServerAtItsSessionLimitSendsNewClientsPlainUntilOneLeaves) {
   stub.reset();
   second.reset();
   third.reset();
-  ExpectServerIdle(server.target());
+  ExpectServerIdle(server);
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 

@@ -317,7 +317,7 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
   stopped.Kill();
   stub.reset();
   channel.reset();
-  ExpectServerIdle(server.target());
+  ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());
 }
 

@@ -236,7 +236,7 @@ TEST(MemoryLimitTest, ServerRefusesTheSessionThatWouldNotFitAndLives) {
       << "the third channel never got a session";
   channels.clear();
   stub.reset();
-  ExpectServerIdle(server.target());
+  ExpectServerIdle(server);
   EXPECT_EQ(server.Stop(), 0)
       << "echo_server was killed or did not exit cleanly";
 }

@@ -98,7 +98,7 @@ TEST(PeerPolicyTest, ClientRefusesAnotherUsersServerUnlessAllowed) {
   // The server let both in (it allows root); the default client closed its
   // session at once (and again at each retry of its reconnect backoff while
   // it lived: at least once), and all are closed and cleaned up by now.
-  EXPECT_GE(ExpectServerIdle(server.target()).sessions_accepted(), 2u);
+  EXPECT_GE(ExpectServerIdle(server).sessions_accepted(), 2u);
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 

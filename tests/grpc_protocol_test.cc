@@ -491,7 +491,7 @@ TEST_P(FrameStormTest, RandomFramesHarmNothingElse) {
   EXPECT_GT(during.calls_injected(), 20u);
   EXPECT_GT(inline_sent, 10u) << "the storm never went inline";
   client_.reset();
-  ExpectServerIdle(server_->target());
+  ExpectServerIdle(*server_);
 }
 
 INSTANTIATE_TEST_SUITE_P(ServerStyles, FrameStormTest,

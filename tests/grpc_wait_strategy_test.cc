@@ -95,7 +95,7 @@ TEST_P(WaitStrategyTest, UnaryAndBidiOverShmAlsoAfterIdle) {
             2u * (kUnaryCalls + 1));
   channel_.reset();
   stub_.reset();
-  ExpectServerIdle(server_->target());
+  ExpectServerIdle(*server_);
   EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
 }
 
