@@ -4,6 +4,7 @@
 #define SHMGRPC_TESTS_ECHO_FIXTURE_H_
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -221,6 +222,8 @@ class EchoFixtureBase : public Base {
     // 10 s timer in grpc_shutdown.
     stub_.reset();
     channel_.reset();
+    // With its channels gone, this process keeps no shared memory.
+    ExpectNoShmHeldBy(getpid(), "the client, its channels gone");
     // A server that crashed mid-test would otherwise go unnoticed.
     if (server_ != nullptr && server_->status().ok()) {
       EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
