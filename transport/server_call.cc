@@ -100,26 +100,24 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         session_->Release(message);  // a protocol error, or after the end
         break;
       }
-      if (const size_t limit = session_->max_received_message_bytes();
-          assembler_.pending_bytes() + message.descriptor.length > limit) {
+      const size_t limit = session_->max_received_message_bytes();
+      const size_t bytes =
+          assembler_.pending_bytes() + message.descriptor.length;
+      if (bytes > limit) {
         // More than any client within its limits sends (one ignoring them,
         // e.g. chaining chunks without end): refused before it is assembled.
-        const uint64_t bytes =
-            assembler_.pending_bytes() + message.descriptor.length;
         session_->Release(message);
         session_->Release(assembler_.TakePending());
         const grpc::Status too_large(
             grpc::StatusCode::RESOURCE_EXHAUSTED,
             absl::StrCat("Received message larger than max (at least ", bytes,
                          " vs. ", limit, ")"));
-        if (unary_) {
-          if (unary_call_ == nullptr && !finished_) {
-            status_ = too_large;
-            finished_ = true;
-            send_status = true;
-          }
+        if (unary_) {  // not started: a wanted unary request precedes that
+          status_ = too_large;
+          finished_ = true;
+          send_status = true;
         } else {
-          refused_ = too_large;
+          refused_ = too_large;  // replaces gRPC's CANCELLED at kFinish
           CancelLocked();
         }
         break;
@@ -394,6 +392,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         MaybeWriteLocked();
         break;
       case Op::kFinish:
+        if (refused_.has_value()) status_ = *refused_;
         finished_ = true;
         send_status = true;
         if (unary_) SendUnaryReplyLocked();
@@ -441,15 +440,10 @@ void InjectedCall::SendUnaryReplyLocked() {
 }
 
 void InjectedCall::SendStatusAndFinish() {
-  grpc::Status final_status;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    final_status = refused_.value_or(status_);
-  }
   codec::CallStatus status;
-  status.code = static_cast<int32_t>(final_status.error_code());
-  status.message = final_status.error_message();
-  status.details = final_status.error_details();
+  status.code = static_cast<int32_t>(status_.error_code());
+  status.message = status_.error_message();
+  status.details = status_.error_details();
   if (call_ != nullptr || unary_call_ != nullptr) {
     status.trailing_metadata =
         codec::CopyMetadata(context_.GetServerTrailingMetadata());

@@ -161,8 +161,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::unique_ptr<grpc::Alarm> resume_alarm_;
   std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
   bool cancelled_ = false;
-  // The status a stream ends with instead of gRPC's, once this side refused
-  // a request (larger than Session::max_received_message_bytes).
+  // The status a stream ends with instead of gRPC's (applied when Finish
+  // completes), once this side refused a request (larger than
+  // Session::max_received_message_bytes).
   std::optional<grpc::Status> refused_;
   bool busy_ = false;          // see SetBusyLocked
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
