@@ -6,6 +6,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -108,25 +109,36 @@ inline ServerStatsReply ExpectServerIdle(const std::string& target) {
   return stats;
 }
 
-// shmgrpc's shared memory that process `pid` holds now: mappings of its
-// memfds (/proc/PID/maps) and descriptors of them (/proc/PID/fd).
-inline int ShmHeldBy(pid_t pid) {
-  const std::string proc = "/proc/" + std::to_string(pid);
-  int held = 0;
-  std::ifstream maps(proc + "/maps");
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find("/memfd:shmgrpc-") != std::string::npos) ++held;
-  }
+// Open descriptors of process `pid` now (/proc/PID/fd) whose target starts
+// with `target_prefix` (all when empty), or -1 when they cannot be listed.
+inline int FdsOf(pid_t pid, const std::string& target_prefix = "") {
   std::error_code error;
-  for (std::filesystem::directory_iterator it(proc + "/fd", error);
+  int count = 0;
+  for (std::filesystem::directory_iterator it(
+           "/proc/" + std::to_string(pid) + "/fd", error);
        !error && it != std::filesystem::directory_iterator();
        it.increment(error)) {
+    if (target_prefix.empty()) {
+      ++count;
+      continue;
+    }
     std::error_code unreadable;
     const std::string target =
         std::filesystem::read_symlink(it->path(), unreadable).string();
-    if (!unreadable && target.rfind("/memfd:shmgrpc-", 0) == 0) ++held;
+    if (!unreadable && target.rfind(target_prefix, 0) == 0) ++count;
   }
-  return held;
+  return error ? -1 : count;
+}
+
+// shmgrpc's shared memory that process `pid` holds now: mappings of its
+// memfds (/proc/PID/maps) and descriptors of them (/proc/PID/fd).
+inline int ShmHeldBy(pid_t pid) {
+  int held = 0;
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/memfd:shmgrpc-") != std::string::npos) ++held;
+  }
+  return held + std::max(0, FdsOf(pid, "/memfd:shmgrpc-"));
 }
 
 // Waits (up to 5 s) until `pid` holds no shmgrpc shared memory (its

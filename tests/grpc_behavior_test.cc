@@ -1100,19 +1100,6 @@ TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
   EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
-// Open descriptors of process `pid` now (/proc/PID/fd), or -1.
-int FdsOf(pid_t pid) {
-  std::error_code error;
-  int count = 0;
-  for (std::filesystem::directory_iterator it(
-           "/proc/" + std::to_string(pid) + "/fd", error);
-       !error && it != std::filesystem::directory_iterator();
-       it.increment(error)) {
-    ++count;
-  }
-  return error ? -1 : count;
-}
-
 // Sends `hello` with `fds` as one SCM_RIGHTS message.
 bool SendHello(int sock, const transport::Hello& hello,
                const std::vector<int>& fds) {
