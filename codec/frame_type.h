@@ -12,7 +12,9 @@
 namespace shmgrpc::codec {
 
 enum class FrameType : uint16_t {
-  kCallHeaders = 1,      // client -> server: method, authority, deadline, md
+  kCallHeaders = 1,      // client -> server: method, authority, deadline,
+                         // md; a stream's `aux` advertises the client's
+                         // receive window (transport/flow_window.h)
   kInitialMetadata = 2,  // server -> client
   kMessage = 3,          // both ways: one serialized message
   kHalfClose = 4,        // client -> server: no more requests

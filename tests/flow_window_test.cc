@@ -1,7 +1,9 @@
-// Flow-control windows on their own: limits, credit, close, and the property
-// the design relies on: a sender and a receiver that only ever exchange
-// credits the ReceiveWindow hands out never deadlock, whatever the sizes,
-// also when the two sides' windows differ.
+// Flow-control windows on their own: limits, credit, close, the narrowing to
+// the receiver's advertised window, a receiver catching a sender that ignores
+// it, and the property the design relies on: a sender and a receiver that
+// only ever exchange the credits the ReceiveWindow hands out never deadlock,
+// whatever the sizes, also when the two sides' windows differ, and the
+// receiver never refuses such a sender.
 #include "transport/flow_window.h"
 
 #include <atomic>
@@ -28,7 +30,7 @@ TEST(FlowWindowTest, CreditRoundTripsThroughTheAuxWord) {
 }
 
 TEST(FlowWindowTest, FullWindowWaitsUntilCreditOrDeadline) {
-  SendWindow window(/*max_bytes=*/1000, /*max_messages=*/4);
+  SendWindow window({/*messages=*/4, /*bytes=*/1000});
   for (int i = 0; i < 4; ++i) {
     ASSERT_TRUE(window.WaitForRoom(absl::Now()).ok());
     window.OnSent(10);
@@ -44,7 +46,7 @@ TEST(FlowWindowTest, FullWindowWaitsUntilCreditOrDeadline) {
   EXPECT_TRUE(window.WaitForRoom(absl::InfiniteFuture()).ok());
   credit.join();
   // Bytes limit too: one message may cross it, the next waits.
-  SendWindow bytes(/*max_bytes=*/100, /*max_messages=*/64);
+  SendWindow bytes({/*messages=*/64, /*bytes=*/100});
   bytes.OnSent(150);
   EXPECT_FALSE(bytes.HasRoom());
   bytes.OnCredit({1, 1000});  // over-credit is clamped to what was sent
@@ -54,7 +56,7 @@ TEST(FlowWindowTest, FullWindowWaitsUntilCreditOrDeadline) {
 }
 
 TEST(FlowWindowTest, CloseFailsWaitersNowAndLater) {
-  SendWindow window(10, 1);
+  SendWindow window({/*messages=*/1, /*bytes=*/10});
   window.OnSent(1);
   std::thread closer([&] {
     absl::SleepFor(absl::Milliseconds(20));
@@ -71,8 +73,8 @@ TEST(FlowWindowTest, ASenderThatWaitsIsCreditedAtOnce) {
   // The receiver's own threshold is half of 64 messages; a sender whose
   // window holds 4 says so with its 4th message, and gets credit for all 4
   // as soon as that one is consumed.
-  SendWindow send(/*max_bytes=*/1 << 20, /*max_messages=*/4);
-  ReceiveWindow receive(/*max_bytes=*/1 << 20, /*max_messages=*/64);
+  SendWindow send({/*messages=*/4, /*bytes=*/1 << 20});
+  ReceiveWindow receive({/*messages=*/64, /*bytes=*/1 << 20});
   for (int i = 0; i < 3; ++i) EXPECT_FALSE(send.OnSent(10)) << i;
   EXPECT_TRUE(send.OnSent(10)) << "the 4th message fills the window";
   for (int i = 0; i < 3; ++i) {
@@ -87,14 +89,56 @@ TEST(FlowWindowTest, ASenderThatWaitsIsCreditedAtOnce) {
   EXPECT_TRUE(send.HasRoom());
 }
 
+TEST(FlowWindowTest, ASenderKeepsToTheSmallerOfTheTwoWindows) {
+  const WindowLimits own = OwnWindowLimits(/*bytes=*/1 << 20, 64);
+  EXPECT_EQ(own.messages, 64u);
+  EXPECT_EQ(own.bytes, uint64_t{1} << 20);
+  const WindowLimits narrowed =
+      SenderLimits(own, EncodeWindowLimits({/*messages=*/8, /*bytes=*/4096}));
+  EXPECT_EQ(narrowed.messages, 8u);
+  EXPECT_EQ(narrowed.bytes, 4096u);
+  const WindowLimits wider =
+      SenderLimits(own, EncodeWindowLimits({1000, uint64_t{1} << 30}));
+  EXPECT_EQ(wider.messages, 64u) << "a larger advertisement never widens";
+  EXPECT_EQ(wider.bytes, uint64_t{1} << 20);
+  EXPECT_EQ(SenderLimits(own, 0).messages, 64u) << "nothing advertised";
+  EXPECT_EQ(SenderLimits(own, EncodeWindowLimits({0, 100})).messages, 64u);
+  // A window never holds more messages than one credit can return, nor
+  // nothing at all.
+  EXPECT_EQ(OwnWindowLimits(1 << 20, 1u << 20).messages, kMaxWindowMessages);
+  EXPECT_EQ(OwnWindowLimits(0, 0).messages, 1u);
+  EXPECT_EQ(OwnWindowLimits(0, 0).bytes, 1u);
+}
+
+TEST(FlowWindowTest, ASenderIgnoringTheWindowIsCaughtAtOnce) {
+  ReceiveWindow receive({/*messages=*/4, /*bytes=*/1000});
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(receive.OnArrived(10)) << i;
+  EXPECT_FALSE(receive.OnArrived(10)) << "a 5th message in a window of 4";
+  // Credit returned for two (the sender waits) makes room for two more.
+  EXPECT_FALSE(receive.OnConsumed(10, /*sender_waits=*/false).has_value());
+  ASSERT_TRUE(receive.OnConsumed(10, /*sender_waits=*/true).has_value());
+  EXPECT_TRUE(receive.OnArrived(10));
+  EXPECT_TRUE(receive.OnArrived(10));
+  EXPECT_FALSE(receive.OnArrived(10));
+  // Bytes: one message may cross the limit, the next may not come.
+  ReceiveWindow bytes({/*messages=*/64, /*bytes=*/100});
+  EXPECT_TRUE(bytes.OnArrived(99));
+  EXPECT_TRUE(bytes.OnArrived(500)) << "99 of 100 bytes outstanding";
+  EXPECT_FALSE(bytes.OnArrived(1));
+}
+
 // Messages up to 3x the byte window, a receiver that consumes at random
 // moments: every message must get through, also when the two sides' windows
-// differ (each side sizes its own).
+// differ (each side sizes its own, the sender keeps to the smaller), and
+// the receiver never sees more outstanding than its window allows.
 void ExpectNoDeadlock(uint64_t send_bytes, uint64_t send_messages,
                       uint64_t receive_bytes, uint64_t receive_messages) {
   constexpr int kMessages = 20000;
-  SendWindow send(send_bytes, send_messages);
-  ReceiveWindow receive(receive_bytes, receive_messages);
+  const WindowLimits receive_limits{receive_messages, receive_bytes};
+  SendWindow send(SenderLimits({send_messages, send_bytes},
+                               EncodeWindowLimits(receive_limits)));
+  ReceiveWindow receive(receive_limits);
+  std::atomic<int> refused{0};
   struct Sent {
     uint64_t size;
     bool window_full;
@@ -110,6 +154,7 @@ void ExpectNoDeadlock(uint64_t send_bytes, uint64_t send_messages,
       const uint64_t size = random() % (3 * send_bytes);
       const bool window_full = send.OnSent(size);
       std::lock_guard<std::mutex> lock(mu);
+      if (!receive.OnArrived(size)) ++refused;  // it arrives as it is sent
       in_flight.push_back({size, window_full});
     }
     sender_done = true;
@@ -135,6 +180,7 @@ void ExpectNoDeadlock(uint64_t send_bytes, uint64_t send_messages,
   }
   sender.join();
   EXPECT_EQ(consumed, kMessages);
+  EXPECT_EQ(refused.load(), 0) << "an honest sender was refused";
 }
 
 TEST(FlowWindowTest, RandomSizesAndPacesNeverDeadlock) {

@@ -1068,16 +1068,21 @@ TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
   ASSERT_EQ(write(junk, "GET / HTTP/1.1\r\n\r\n\0\0\0\0\0\0", 24), 24);
   EXPECT_TRUE(ClosedByServer(junk));
   close(junk);
-  // A wrong protocol version, with a valid-looking hello and no fd.
-  int old = RawConnect(shm_path);
-  ASSERT_GE(old, 0);
-  transport::Hello hello{transport::kHandshakeMagic, 7, 9, 0, 4096, 1 << 20};
-  ASSERT_EQ(write(old, &hello, sizeof(hello)), sizeof(hello));
-  transport::Welcome welcome{};
-  ASSERT_EQ(read(old, &welcome, sizeof(welcome)), sizeof(welcome));
-  EXPECT_EQ(welcome.result, transport::kNoCommonVersion);
-  EXPECT_TRUE(ClosedByServer(old));
-  close(old);
+  // Wrong protocol versions, with a valid-looking hello and no fd: one from
+  // the future, and version 1 (a build before stream windows were
+  // advertised and enforced).
+  for (const uint16_t version : {9, 1}) {
+    int old = RawConnect(shm_path);
+    ASSERT_GE(old, 0);
+    transport::Hello hello{
+        transport::kHandshakeMagic, version, version, 0, 4096, 1 << 20};
+    ASSERT_EQ(write(old, &hello, sizeof(hello)), sizeof(hello));
+    transport::Welcome welcome{};
+    ASSERT_EQ(read(old, &welcome, sizeof(welcome)), sizeof(welcome));
+    EXPECT_EQ(welcome.result, transport::kNoCommonVersion) << version;
+    EXPECT_TRUE(ClosedByServer(old)) << version;
+    close(old);
+  }
   // A short read, then silence past the handshake timeout (1 s).
   int slow = RawConnect(shm_path);
   ASSERT_GE(slow, 0);
@@ -1087,7 +1092,12 @@ TEST_F(BehaviorTest, HostileHandshakesCloseOnlyThatConnection) {
   // A hello without the fd.
   int no_fd = RawConnect(shm_path);
   ASSERT_GE(no_fd, 0);
-  transport::Hello good{transport::kHandshakeMagic, 1, 1, 0, 4096, 1 << 20};
+  transport::Hello good{transport::kHandshakeMagic,
+                        transport::kMinProtocolVersion,
+                        transport::kMaxProtocolVersion,
+                        0,
+                        4096,
+                        1 << 20};
   ASSERT_EQ(write(no_fd, &good, sizeof(good)), sizeof(good));
   EXPECT_TRUE(ClosedByServer(no_fd));
   close(no_fd);
@@ -1124,8 +1134,12 @@ bool SendHello(int sock, const transport::Hello& hello,
 // of it; it serves shm clients all along.
 TEST_F(BehaviorTest, HellosWithBadSegmentsAreRefusedAndCostNoFd) {
   const std::string shm_path = server_->socket_path() + ".shm";
-  const transport::Hello hello{
-      transport::kHandshakeMagic, 1, 1, 0, 4096, 1 << 20};
+  const transport::Hello hello{transport::kHandshakeMagic,
+                               transport::kMinProtocolVersion,
+                               transport::kMaxProtocolVersion,
+                               0,
+                               4096,
+                               1 << 20};
   int pipe_fds[2];
   ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
   const int unsealed = memfd_create("unsealed", MFD_CLOEXEC);

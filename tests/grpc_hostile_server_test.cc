@@ -37,6 +37,7 @@
 #include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
 #include "tests/server_process.h"
+#include "transport/flow_window.h"
 #include "transport/handshake.h"
 #include "transport/session.h"
 
@@ -46,12 +47,27 @@ namespace {
 using codec::FrameType;
 using transport::Session;
 
-// Accepts one client and answers each of its calls with random frames, from
-// a thread of its own (a session thread must not wait for ring space).
+// Accepts one client and answers each of its calls, from a thread of its
+// own (a session thread must not wait for ring space): with random frames,
+// or with a flood of valid replies that ignores the client's window.
 class HostileServer {
  public:
-  HostileServer(const std::string& shm_path, uint32_t seed)
-      : random_(seed), accept_thread_([this, shm_path] { Serve(shm_path); }) {}
+  enum class Answer {
+    kRandomFrames,
+    // A unary call gets two replies, a stream kFloodReplies; no status.
+    kFlood,
+  };
+  static constexpr int kFloodReplies = 200;
+  struct Call {
+    uint64_t stream = 0;
+    bool unary = false;
+  };
+
+  HostileServer(const std::string& shm_path, uint32_t seed,
+                Answer answer = Answer::kRandomFrames)
+      : answer_(answer),
+        random_(seed),
+        accept_thread_([this, shm_path] { Serve(shm_path); }) {}
   ~HostileServer() { Stop(); }
 
   // Waits (up to 5 s) for the session; false if none came.
@@ -67,6 +83,10 @@ class HostileServer {
     return session_ ? session_->Stats().arena.blocks_in_use : 0;
   }
   uint64_t calls_answered() const { return calls_answered_.load(); }
+  // The receive window the last stream's headers advertised (their aux).
+  uint64_t last_advertised_window() const {
+    return last_advertised_window_.load();
+  }
   void Stop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -105,11 +125,13 @@ class HostileServer {
         [this](const shm::ReceivedMessage& frame) {
           const bool headers = frame.descriptor.type ==
                                static_cast<uint16_t>(FrameType::kCallHeaders);
-          const uint64_t stream = frame.descriptor.tag;
+          const Call call{frame.descriptor.tag, (frame.descriptor.flags &
+                                                 codec::kUnaryCallFlag) != 0};
           session_->Release(frame);
           if (!headers) return;
+          if (!call.unary) last_advertised_window_ = frame.descriptor.aux;
           std::lock_guard<std::mutex> lock(mu_);
-          calls_.push_back(stream);
+          calls_.push_back(call);
           cv_.notify_all();
         },
         [](const absl::Status&) {});
@@ -136,17 +158,34 @@ class HostileServer {
 
   void Respond() {
     for (;;) {
-      uint64_t stream;
+      Call call;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return stopping_ || !calls_.empty(); });
         if (stopping_) return;
-        stream = calls_.front();
+        call = calls_.front();
         calls_.pop_front();
       }
-      const int frames = 1 + random_() % 6;
-      for (int i = 0; i < frames; ++i) SendRandomFrame(stream);
+      if (answer_ == Answer::kFlood) {
+        Flood(call);
+      } else {
+        const int frames = 1 + random_() % 6;
+        for (int i = 0; i < frames; ++i) SendRandomFrame(call.stream);
+      }
       calls_answered_.fetch_add(1);
+    }
+  }
+
+  void Flood(const Call& call) {
+    EchoResponse response;
+    response.set_payload("flood");
+    const std::string reply = response.SerializeAsString();
+    const int replies = call.unary ? 2 : kFloodReplies;
+    for (int i = 0; i < replies; ++i) {
+      session_
+          ->SendFrame(FrameType::kMessage, call.stream, reply,
+                      absl::Now() + absl::Seconds(1))
+          .IgnoreError();
     }
   }
 
@@ -217,18 +256,35 @@ class HostileServer {
     }
   }
 
+  const Answer answer_;
   std::mt19937 random_;  // the responder thread's only
   std::mutex mu_;
   std::condition_variable cv_;
   std::shared_ptr<Session> session_;  // set once, under mu_
-  std::deque<uint64_t> calls_;        // guarded by mu_
-  bool stopping_ = false;             // guarded by mu_
-  bool failed_ = false;               // guarded by mu_
+  std::deque<Call> calls_;            // guarded by mu_
+  std::atomic<uint64_t> last_advertised_window_{0};
+  bool stopping_ = false;  // guarded by mu_
+  bool failed_ = false;    // guarded by mu_
   std::atomic<uint64_t> calls_answered_{0};
   std::atomic<int> listen_fd_{-1};
   std::thread responder_;
   std::thread accept_thread_;  // last: starts after the fields it uses
 };
+
+// Every block of each side is back home within 5 s: the client's, which
+// the server releases at once, and the server's, whatever they carried.
+void ExpectEveryBlockHome(HostileServer& server, grpc::Channel* channel) {
+  uint64_t held_by_client = 0, held_by_server = 0;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        held_by_client = server.BlocksHeldByClient();
+        held_by_server = GetChannelStats(channel)->session.arena.blocks_in_use;
+        return held_by_client == 0 && held_by_server == 0;
+      },
+      absl::Seconds(5)))
+      << "server blocks the client holds: " << held_by_client
+      << ", client blocks in use: " << held_by_server;
+}
 
 TEST(HostileServerTest, RandomAnswersEndEveryCallAndEveryBlockComesHome) {
   constexpr uint32_t kSeed = 1127;
@@ -317,19 +373,7 @@ TEST(HostileServerTest, RandomAnswersEndEveryCallAndEveryBlockComesHome) {
   EXPECT_EQ(stats.calls_on_shm, uint64_t{kThreads * kCallsPerThread})
       << "calls went plain";
   EXPECT_GT(server.calls_answered(), 0u);
-  // Every frame the server sent is given back, whatever it carried, and
-  // the server gave back all of the client's.
-  uint64_t held_by_client = 0, held_by_server = 0;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        held_by_client = server.BlocksHeldByClient();
-        held_by_server =
-            GetChannelStats(channel.get())->session.arena.blocks_in_use;
-        return held_by_client == 0 && held_by_server == 0;
-      },
-      absl::Seconds(5)))
-      << "server blocks the client holds: " << held_by_client
-      << ", client blocks in use: " << held_by_server;
+  ExpectEveryBlockHome(server, channel.get());
   std::printf("hostile server: %llu calls answered; ended by code:",
               static_cast<unsigned long long>(server.calls_answered()));
   for (int code = 0; code <= 16; ++code) {
@@ -341,6 +385,59 @@ TEST(HostileServerTest, RandomAnswersEndEveryCallAndEveryBlockComesHome) {
   EXPECT_TRUE(
       WaitFor([&] { return !GetChannelStats(channel.get())->session_alive; },
               absl::Seconds(5)));
+}
+
+// A stream's headers advertise the client's receive window, and the client
+// holds the server to it: a server stream whose server sends 200 replies
+// while the application reads none ends INTERNAL at once, not at its
+// deadline, with none of the flood queued; a unary call given a second
+// reply ends INTERNAL too. Before, the client queued whatever came until
+// the deadline (on its heap once its arena was full).
+TEST(HostileServerTest, RepliesBeyondTheClientsWindowEndTheCall) {
+  const std::string path = testing::FreshSocketPath();
+  HostileServer server(path + ".shm", 1, HostileServer::Answer::kFlood);
+  auto channel = CreateChannel("unix:" + path);
+  ASSERT_TRUE(server.WaitForSession()) << "no handshake";
+  ASSERT_TRUE(
+      WaitFor([&] { return GetChannelStats(channel.get())->session_alive; },
+              absl::Seconds(5)));
+  auto stub = EchoService::NewStub(channel);
+  EchoRequest request;
+  FillRequest(&request, 16, 1);
+  EchoResponse response;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    const absl::Time start = absl::Now();
+    auto reader = stub->ServerStream(&context, request);
+    absl::SleepFor(absl::Milliseconds(300));  // the flood arrives unread
+    int read = 0;
+    while (reader->Read(&response)) ++read;
+    const grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL)
+        << status.error_message();
+    EXPECT_NE(status.error_message().find("flow-control window"),
+              std::string::npos)
+        << status.error_message();
+    EXPECT_LE(read, 64) << "more than the window was queued";
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "ended by deadline";
+    EXPECT_EQ(transport::DecodeCredit(server.last_advertised_window()).messages,
+              64u)
+        << "the client's default window, advertised";
+  }
+  {
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    const absl::Time start = absl::Now();
+    const grpc::Status status = stub->Unary(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL)
+        << status.error_message();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "ended by deadline";
+  }
+  EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 2u);
+  ExpectEveryBlockHome(server, channel.get());
+  server.Stop();
+  unlink((path + ".shm").c_str());
 }
 
 }  // namespace

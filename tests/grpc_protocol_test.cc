@@ -27,6 +27,7 @@
 #include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
 #include "tests/server_process.h"
+#include "transport/flow_window.h"
 #include "transport/handshake.h"
 #include "transport/options.h"
 #include "transport/session.h"
@@ -357,6 +358,48 @@ TEST_F(ProtocolTest, RequestsOverTheLimitAreRefusedAsTheyArrive) {
   }
   ExpectStatus(31, grpc::StatusCode::RESOURCE_EXHAUSTED, "the unary call");
   ExpectStatus(33, grpc::StatusCode::RESOURCE_EXHAUSTED, "the stream");
+  ExpectEveryBlockBack();
+}
+
+// The server's welcome gives its stream window (64 messages by default),
+// and the server holds a client to it: a stream that sends more requests
+// than that while its handler is busy (nothing credited back) is refused
+// INTERNAL, and every block comes back; a stream that sends exactly the
+// window is served. (Before the window was enforced, the server queued what
+// a client sent without bound, on its heap once the arena was full.)
+TEST_F(ProtocolTest, AClientIgnoringTheStreamWindowIsRefused) {
+  const transport::Credit window =
+      transport::DecodeCredit(client_->session().peer_stream_window());
+  ASSERT_EQ(window.messages, 64u) << "the server's default window";
+  codec::CallHeaders bidi;
+  bidi.method = "/shmgrpc.test.EchoService/Bidi";
+  EchoRequest busy;  // keeps the handler away for 300 ms
+  FillRequest(&busy, 16, 0);
+  busy.set_delay_ms(300);
+  EchoRequest quick;
+  FillRequest(&quick, 16, 1);
+  const struct {
+    uint64_t stream;
+    uint64_t requests;
+  } streams[] = {{41, window.messages}, {43, window.messages + 1}};
+  for (const auto& [stream, requests] : streams) {
+    ASSERT_TRUE(client_
+                    ->Send(FrameType::kCallHeaders, stream,
+                           codec::EncodeCallHeaders(bidi))
+                    .ok());
+    ASSERT_TRUE(
+        client_->Send(FrameType::kMessage, stream, busy.SerializeAsString())
+            .ok());
+    for (uint64_t i = 1; i < requests; ++i) {
+      ASSERT_TRUE(
+          client_->Send(FrameType::kMessage, stream, quick.SerializeAsString())
+              .ok());
+    }
+    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
+  }
+  ExpectStatus(41, grpc::StatusCode::OK, "the stream within its window");
+  EXPECT_EQ(client_->MessagesOn(41), static_cast<int>(window.messages));
+  ExpectStatus(43, grpc::StatusCode::INTERNAL, "the stream over its window");
   ExpectEveryBlockBack();
 }
 

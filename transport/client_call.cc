@@ -260,10 +260,11 @@ bool ClientCall::DecideHijack(Batch* m) {
   }
   if (!unary) {
     const Options& options = core_->options();
-    send_window_ = std::make_unique<SendWindow>(options.stream_window_bytes,
-                                                options.stream_window_messages);
-    receive_window_ = std::make_unique<ReceiveWindow>(
-        options.stream_window_bytes, options.stream_window_messages);
+    const WindowLimits own = OwnWindowLimits(options.stream_window_bytes,
+                                             options.stream_window_messages);
+    send_window_ = std::make_unique<SendWindow>(
+        SenderLimits(own, session->peer_stream_window()));
+    receive_window_ = std::make_unique<ReceiveWindow>(own);
   }
   session_ = session;
   if (unary) {
@@ -351,9 +352,13 @@ void ClientCall::SendHeaders(Batch* m) {
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY
           ? codec::kUnaryCallFlag
           : 0;
-  absl::Status sent =
-      session_->SendFrame(codec::FrameType::kCallHeaders, stream_id_,
-                          codec::EncodeCallHeaders(headers), deadline_, flags);
+  // A stream's headers advertise this side's receive window, which the
+  // server's responses keep to (flow_window.h).
+  const uint64_t advertised_window =
+      receive_window_ ? EncodeWindowLimits(receive_window_->limits()) : 0;
+  absl::Status sent = session_->SendFrame(
+      codec::FrameType::kCallHeaders, stream_id_,
+      codec::EncodeCallHeaders(headers), deadline_, flags, advertised_window);
   if (!sent.ok()) {
     Abort(ToGrpc(sent), /*tell_server=*/false);
     return;
@@ -780,6 +785,22 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
         return;
       }
       if (std::optional<InboundMessage> complete = assembler_.Add(message)) {
+        // A stream's replies keep to the window its headers advertised; a
+        // unary call has one.
+        const bool over_window =
+            receive_window_ ? !receive_window_->OnArrived(complete->bytes)
+                            : std::exchange(got_unary_reply_, true);
+        if (over_window) {
+          lock.unlock();
+          session_->Release(*complete);
+          Abort(grpc::Status(grpc::StatusCode::INTERNAL,
+                             receive_window_
+                                 ? "server exceeded the stream's flow-control "
+                                   "window"
+                                 : "server sent a unary call a second reply"),
+                /*tell_server=*/true);
+          return;
+        }
         messages_.push_back(*std::move(complete));
         if (send_window_) EndBusyLocked();  // a stream's answer came
         TakeReadyLocked(&ready);

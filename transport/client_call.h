@@ -171,6 +171,7 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   std::deque<Batch*> parked_sends_;  // send batches waiting, in order
   bool resuming_ = false;            // a thread is sending parked batches
   bool got_initial_metadata_ = false;
+  bool got_unary_reply_ = false;      // over shm: a second one is an error
   codec::Metadata initial_metadata_;  // fixed once got_initial_metadata_
   bool finished_ = false;             // status_ is final
   grpc::Status status_;

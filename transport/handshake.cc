@@ -16,6 +16,7 @@
 #include "shm/memory_headroom.h"
 #include "shm/segment_layout.h"
 #include "shm/uds.h"
+#include "transport/flow_window.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -243,6 +244,17 @@ absl::StatusOr<Handshaken> ExchangeSegments(
     return absl::UnavailableError(absl::StrCat(
         "shm handshake: server chose unsupported version ", welcome.version));
   }
+  WelcomeLimits limits;
+  int stray_fd = -1;
+  if (absl::Status s = shm::RecvWithFd(sock, &limits, sizeof(limits), &stray_fd,
+                                       Remaining(deadline));
+      !s.ok() || stray_fd >= 0) {
+    if (stray_fd >= 0) close(stray_fd);
+    if (peer_fd >= 0) close(peer_fd);
+    return absl::UnavailableError(
+        absl::StrCat("shm handshake: no limits after the welcome: ",
+                     s.ok() ? "an extra fd came" : s.message()));
+  }
   auto peer = MapPeer(peer_fd, welcome.data_bytes, welcome.ring_slots);
   if (!peer.ok()) return peer.status();
   absl::StatusOr<PeerCredentials> credentials = ReadPeerCredentials(sock);
@@ -251,6 +263,7 @@ absl::StatusOr<Handshaken> ExchangeSegments(
   Handshaken result;
   result.peer = *credentials;
   result.version = welcome.version;
+  result.peer_stream_window = limits.stream_window;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local.first), local.second, std::move(peer->first),
       peer->second, sock, options.wait, MaxInlineBytes(options));
@@ -345,11 +358,16 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   }
   auto peer = MapPeer(peer_fd, hello.data_bytes, hello.ring_slots);
   if (!peer.ok()) return refuse(kBadSegment, peer.status());
-  const Welcome welcome{
-      kHandshakeMagic,         version, kAccepted, 0, local->second.ring_slots,
-      local->second.data_bytes};
+  struct {
+    Welcome welcome;
+    WelcomeLimits limits;
+  } answer{{kHandshakeMagic, version, kAccepted, 0, local->second.ring_slots,
+            local->second.data_bytes},
+           {EncodeWindowLimits(OwnWindowLimits(
+               options.stream_window_bytes, options.stream_window_messages))}};
+  static_assert(sizeof(answer) == sizeof(Welcome) + sizeof(WelcomeLimits));
   if (absl::Status s =
-          shm::SendWithFd(sock, &welcome, sizeof(welcome), local->first->fd());
+          shm::SendWithFd(sock, &answer, sizeof(answer), local->first->fd());
       !s.ok()) {
     return s;
   }

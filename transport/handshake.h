@@ -3,12 +3,17 @@
 //   client -> server: Hello {magic, min/max version, features, data_bytes,
 //                     ring_slots} + the client's segment fd (SCM_RIGHTS)
 //   server -> client: Welcome {magic, version, result, features, data_bytes,
-//                     ring_slots} + the server's segment fd, or a refusal
-//                     (result != 0, no fd) and close.
+//                     ring_slots} + WelcomeLimits + the server's segment fd,
+//                     or a refusal (the Welcome alone: result != 0, no fd)
+//                     and close.
 //
 // Both sides verify the other's fd (seals, size, header) before use; the
 // server checks SO_PEERCRED against the uid policy before answering; versions
-// negotiate to the highest both speak. The whole exchange is bounded by
+// negotiate to the highest both speak. Version 2 added WelcomeLimits: the
+// server's stream window, which its clients keep to and it enforces
+// (flow_window.h); version 1 peers, which could not be held to it, are
+// refused (kNoCommonVersion: their calls go plain). The whole exchange is
+// bounded by
 // Options::handshake_timeout. On any failure the caller closes the socket;
 // the returned status says why (logged by the server).
 #ifndef SHMGRPC_TRANSPORT_HANDSHAKE_H_
@@ -26,8 +31,8 @@
 namespace shmgrpc::transport {
 
 inline constexpr uint32_t kHandshakeMagic = 0x31475353;  // "SSG1"
-inline constexpr uint16_t kMinProtocolVersion = 1;
-inline constexpr uint16_t kMaxProtocolVersion = 1;
+inline constexpr uint16_t kMinProtocolVersion = 2;
+inline constexpr uint16_t kMaxProtocolVersion = 2;
 
 // Wire structs (fixed size, little-endian, no padding surprises).
 struct Hello {
@@ -49,6 +54,13 @@ struct Welcome {
   uint64_t data_bytes;
 };
 static_assert(sizeof(Welcome) == 24);
+
+// Follows an accepting Welcome (version >= 2) in the same message.
+struct WelcomeLimits {
+  // The server's receive window per stream (EncodeWindowLimits).
+  uint64_t stream_window;
+};
+static_assert(sizeof(WelcomeLimits) == 8);
 
 enum HandshakeRefusal : uint16_t {
   kAccepted = 0,
@@ -72,6 +84,9 @@ struct Handshaken {
   std::unique_ptr<shm::Endpoint> endpoint;  // owns the socket
   PeerCredentials peer;
   uint16_t version = 0;
+  // Client side: the server's receive window per stream, as its
+  // WelcomeLimits said (EncodeWindowLimits); 0 on the server side.
+  uint64_t peer_stream_window = 0;
 };
 
 // Client side: checks that this process has memory for its segment

@@ -68,10 +68,12 @@ struct Options {
   // Streaming calls, per stream and direction: at most this many messages
   // or bytes sent and not yet consumed by the receiving application; a
   // writer beyond that waits (bounded by the call's deadline), as gRPC's own
-  // flow control would make it. Unary calls are not limited. This side's
-  // writers obey its own values; as a reader it credits every half of them
-  // (and at once when a writer says its window is full), so client and
-  // server need not agree.
+  // flow control would make it. Unary calls are not limited. Each side
+  // advertises its values as a reader (the server in the handshake, a client
+  // with each stream); a writer keeps to the smaller of its own and its
+  // reader's, so client and server need not agree, and a peer writing past
+  // the advertised window ends that call INTERNAL. Messages are capped at
+  // 65,535 (what one credit returns).
   size_t stream_window_bytes = 1 << 20;
   uint32_t stream_window_messages = 64;
   // Whole handshake, either side.

@@ -61,15 +61,16 @@ absl::Time InjectedCall::SendDeadline() const {
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                            grpc::GenericStub* stub, grpc::CompletionQueue* cq,
-                           uint64_t window_bytes, uint64_t window_messages,
+                           const WindowLimits& send_limits,
+                           const WindowLimits& receive_limits,
                            std::function<void(uint64_t)> on_done)
     : session_(std::move(session)),
       stream_id_(stream_id),
       stub_(stub),
       cq_(cq),
       on_done_(std::move(on_done)),
-      send_window_(window_bytes, window_messages),
-      receive_window_(window_bytes, window_messages) {}
+      send_window_(send_limits),
+      receive_window_(receive_limits) {}
 
 InjectedCall::~InjectedCall() {
   for (const InboundMessage& request : requests_) session_->Release(request);
@@ -127,6 +128,13 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       if (unary_) {
         unary_request_ = *std::move(complete);
         have_unary_request_ = true;
+      } else if (!receive_window_.OnArrived(complete->bytes)) {
+        // Only a client ignoring the window it was given sends this.
+        session_->Release(*complete);
+        refused_ = grpc::Status(grpc::StatusCode::INTERNAL,
+                                "client exceeded the stream's flow-control "
+                                "window");
+        CancelLocked();
       } else {
         requests_.push_back(*std::move(complete));
         SetBusyLocked(true);  // until the handler answers (or the end)

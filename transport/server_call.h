@@ -67,10 +67,13 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
 
   // `on_done` runs once, after the status went out and every op completed,
   // without this call's lock held.
-  // `window_*`: the per-stream flow-control window (Options).
+  // `send_limits`: the responses' window (the server's own, narrowed to
+  // what the client advertised, SenderLimits); `receive_limits`: the
+  // requests' (the server's own, as its handshake advertised it).
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                grpc::GenericStub* stub, grpc::CompletionQueue* cq,
-               uint64_t window_bytes, uint64_t window_messages,
+               const WindowLimits& send_limits,
+               const WindowLimits& receive_limits,
                std::function<void(uint64_t)> on_done);
   ~InjectedCall();
 

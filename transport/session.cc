@@ -57,6 +57,7 @@ Session::Session(Handshaken handshaken, FrameHandler on_frame,
                  ClosedHandler on_closed, size_t max_block_bytes)
     : endpoint_(std::move(handshaken.endpoint)),
       peer_(handshaken.peer),
+      peer_stream_window_(handshaken.peer_stream_window),
       on_frame_(std::move(on_frame)),
       on_closed_(std::move(on_closed)),
       token_(RandomToken()),
@@ -139,10 +140,10 @@ constexpr size_t kChainChunkBytes = shm::kDataPageBytes - 32;
 template <typename Fill>
 absl::Status Session::SendFilled(codec::FrameType type, uint64_t stream,
                                  size_t size, absl::Time deadline,
-                                 uint16_t flags, Fill fill) {
+                                 uint16_t flags, uint64_t aux, Fill fill) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
   shm::Descriptor descriptor{
-      shm::kNoPayload, 0, static_cast<uint16_t>(type), flags, stream, 0};
+      shm::kNoPayload, 0, static_cast<uint16_t>(type), flags, stream, aux};
   if (size == 0) return endpoint_->Send(descriptor, deadline);
   const bool may_chain = type == codec::FrameType::kMessage;
   if (!may_chain || max_block_bytes_ == 0 || size <= max_block_bytes_) {
@@ -295,7 +296,7 @@ absl::Status Session::SendMessage(uint64_t stream,
                                   size_t size, absl::Time deadline,
                                   uint16_t flags) {
   return SendFilled(codec::FrameType::kMessage, stream, size, deadline, flags,
-                    [&](absl::Span<const codec::OutChunk> chunks) {
+                    /*aux=*/0, [&](absl::Span<const codec::OutChunk> chunks) {
                       codec::SerializeInto(message, chunks);
                       return absl::OkStatus();
                     });
@@ -322,7 +323,7 @@ absl::Status Session::SendByteBuffer(uint64_t stream,
     return sent;
   }
   return SendFilled(codec::FrameType::kMessage, stream, buffer.Length(),
-                    deadline, flags,
+                    deadline, flags, /*aux=*/0,
                     [&](absl::Span<const codec::OutChunk> chunks) {
                       return codec::CopyByteBuffer(buffer, chunks);
                     });
@@ -392,8 +393,8 @@ void Session::DestroyArenaSlice(void* owner) {
 
 absl::Status Session::SendFrame(codec::FrameType type, uint64_t stream,
                                 absl::string_view bytes, absl::Time deadline,
-                                uint16_t flags) {
-  return SendFilled(type, stream, bytes.size(), deadline, flags,
+                                uint16_t flags, uint64_t aux) {
+  return SendFilled(type, stream, bytes.size(), deadline, flags, aux,
                     [&](absl::Span<const codec::OutChunk> chunks) {
                       const char* from = bytes.data();
                       for (const codec::OutChunk& chunk : chunks) {

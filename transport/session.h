@@ -109,9 +109,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // (arena_replies.h), which a guessing client cannot.
   uint64_t token() const { return token_; }
   // A frame whose payload is `bytes` (copied into a block), or none if empty.
+  // `aux`: the descriptor's aux word (a kCallHeaders frame's advertised
+  // window).
   absl::Status SendFrame(codec::FrameType type, uint64_t stream,
                          absl::string_view bytes, absl::Time deadline,
-                         uint16_t flags = 0);
+                         uint16_t flags = 0, uint64_t aux = 0);
   // A frame without payload (kWindowUpdate, kCancel) carrying `aux`.
   absl::Status SendControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                            absl::Time deadline);
@@ -150,6 +152,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   bool alive() const { return alive_.load(std::memory_order_acquire); }
   const PeerCredentials& peer() const { return peer_; }
+  // Client side: the server's receive window per stream, as the handshake
+  // advertised it (flow_window.h, SenderLimits); 0 on the server side.
+  uint64_t peer_stream_window() const { return peer_stream_window_; }
   shm::EndpointStats Stats() const { return endpoint_->Stats(); }
   SendPathStats send_path_stats() const;
   // Largest payload this side's arena could ever hold (one block spanning
@@ -198,10 +203,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // `fill` takes an absl::Span<const codec::OutChunk>.
   template <typename Fill>
   absl::Status SendFilled(codec::FrameType type, uint64_t stream, size_t size,
-                          absl::Time deadline, uint16_t flags, Fill fill);
+                          absl::Time deadline, uint16_t flags, uint64_t aux,
+                          Fill fill);
 
   std::unique_ptr<shm::Endpoint> endpoint_;
   const PeerCredentials peer_;
+  const uint64_t peer_stream_window_;
   // What the peer sends wrong is logged, but never faster than one line of a
   // kind per 10 s: a hostile peer could otherwise flood stderr.
   LogRateLimiter protocol_errors_log_{absl::Seconds(10)};

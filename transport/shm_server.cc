@@ -16,6 +16,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "shm/thread_name.h"
 #include "transport/arena_replies.h"
+#include "transport/flow_window.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
 #include "transport/shm_channel.h"
@@ -26,6 +27,7 @@ using transport::Handshaken;
 using transport::InjectedCall;
 using transport::Session;
 using transport::ShmLog;
+using transport::WindowLimits;
 
 struct ShmServer::ServerSession {
   std::shared_ptr<Session> session;
@@ -281,10 +283,12 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
                    static_cast<uint16_t>(codec::FrameType::kCallHeaders) &&
                !s->closed) {
       std::weak_ptr<ServerSession> weak = s;
+      const WindowLimits own_window = transport::OwnWindowLimits(
+          options_.stream_window_bytes, options_.stream_window_messages);
       call = std::make_shared<InjectedCall>(
           s->session, stream_id, stub_.get(), &s->cq,
-          options_.stream_window_bytes, options_.stream_window_messages,
-          [weak](uint64_t id) {
+          transport::SenderLimits(own_window, message.descriptor.aux),
+          own_window, [weak](uint64_t id) {
             if (auto session = weak.lock()) {
               std::shared_ptr<InjectedCall> done;
               std::lock_guard<std::mutex> lock(session->mu);
