@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -17,6 +19,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -176,8 +179,11 @@ class ProtocolTest : public ::testing::Test {
  protected:
   virtual std::string ServerStyle() const { return "sync"; }
   virtual Options ClientOptions() const { return Options(); }
+  // Where the server's stderr goes; empty: to the test's.
+  virtual std::string ServerStderrPath() const { return ""; }
   void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(ServerStyle());
+    server_ = std::make_unique<ServerProcess>(
+        ServerStyle(), std::vector<std::string>{}, "", ServerStderrPath());
     ASSERT_TRUE(server_->status().ok()) << server_->status();
     client_ =
         std::make_unique<RawClient>(server_->socket_path(), ClientOptions());
@@ -361,6 +367,32 @@ TEST_F(ProtocolTest, RequestsOverTheLimitAreRefusedAsTheyArrive) {
   ExpectEveryBlockBack();
 }
 
+// Opens a Bidi stream and sends `requests` requests without waiting for
+// credit, then half-closes; the first keeps the handler busy for 300 ms, so
+// none is credited back meanwhile.
+void SendBidiIgnoringTheWindow(RawClient* client, uint64_t stream,
+                               uint64_t requests) {
+  codec::CallHeaders bidi;
+  bidi.method = "/shmgrpc.test.EchoService/Bidi";
+  EchoRequest busy;
+  FillRequest(&busy, 16, 0);
+  busy.set_delay_ms(300);
+  EchoRequest quick;
+  FillRequest(&quick, 16, 1);
+  ASSERT_TRUE(client
+                  ->Send(FrameType::kCallHeaders, stream,
+                         codec::EncodeCallHeaders(bidi))
+                  .ok());
+  ASSERT_TRUE(
+      client->Send(FrameType::kMessage, stream, busy.SerializeAsString()).ok());
+  for (uint64_t i = 1; i < requests; ++i) {
+    ASSERT_TRUE(
+        client->Send(FrameType::kMessage, stream, quick.SerializeAsString())
+            .ok());
+  }
+  ASSERT_TRUE(client->Send(FrameType::kHalfClose, stream, "").ok());
+}
+
 // The server's welcome gives its stream window (64 messages by default),
 // and the server holds a client to it: a stream that sends more requests
 // than that while its handler is busy (nothing credited back) is refused
@@ -371,36 +403,50 @@ TEST_F(ProtocolTest, AClientIgnoringTheStreamWindowIsRefused) {
   const transport::Credit window =
       transport::DecodeCredit(client_->session().peer_stream_window());
   ASSERT_EQ(window.messages, 64u) << "the server's default window";
-  codec::CallHeaders bidi;
-  bidi.method = "/shmgrpc.test.EchoService/Bidi";
-  EchoRequest busy;  // keeps the handler away for 300 ms
-  FillRequest(&busy, 16, 0);
-  busy.set_delay_ms(300);
-  EchoRequest quick;
-  FillRequest(&quick, 16, 1);
-  const struct {
-    uint64_t stream;
-    uint64_t requests;
-  } streams[] = {{41, window.messages}, {43, window.messages + 1}};
-  for (const auto& [stream, requests] : streams) {
-    ASSERT_TRUE(client_
-                    ->Send(FrameType::kCallHeaders, stream,
-                           codec::EncodeCallHeaders(bidi))
-                    .ok());
-    ASSERT_TRUE(
-        client_->Send(FrameType::kMessage, stream, busy.SerializeAsString())
-            .ok());
-    for (uint64_t i = 1; i < requests; ++i) {
-      ASSERT_TRUE(
-          client_->Send(FrameType::kMessage, stream, quick.SerializeAsString())
-              .ok());
-    }
-    ASSERT_TRUE(client_->Send(FrameType::kHalfClose, stream, "").ok());
-  }
+  SendBidiIgnoringTheWindow(client_.get(), 41, window.messages);
+  SendBidiIgnoringTheWindow(client_.get(), 43, window.messages + 1);
   ExpectStatus(41, grpc::StatusCode::OK, "the stream within its window");
   EXPECT_EQ(client_->MessagesOn(41), static_cast<int>(window.messages));
   ExpectStatus(43, grpc::StatusCode::INTERNAL, "the stream over its window");
   ExpectEveryBlockBack();
+}
+
+// What a client does wrong is logged by the server, but at most one line of
+// a kind per 10 s: 300 call headers that do not decode and two streams past
+// their window make one line each, not 302 (a hostile client could flood
+// the server's stderr; bad headers logged every time before).
+class ProtocolLogTest : public ProtocolTest {
+ protected:
+  std::string ServerStderrPath() const override { return stderr_path_; }
+  const std::string stderr_path_ = absl::StrCat(
+      std::getenv("TEST_TMPDIR") != nullptr ? std::getenv("TEST_TMPDIR")
+                                            : "/tmp",
+      "/server-stderr-", getpid(), ".txt");
+};
+
+TEST_F(ProtocolLogTest, WhatAClientDoesWrongIsLoggedOncePerKind) {
+  constexpr int kBadHeaders = 300;
+  for (int i = 0; i < kBadHeaders; ++i) {
+    ASSERT_TRUE(client_
+                    ->Send(FrameType::kCallHeaders, 2 * i + 1, "\x07garbage",
+                           codec::kUnaryCallFlag)
+                    .ok());
+  }
+  SendBidiIgnoringTheWindow(client_.get(), 1001, 65);
+  SendBidiIgnoringTheWindow(client_.get(), 1003, 65);
+  ExpectStatus(2 * kBadHeaders - 1, grpc::StatusCode::INTERNAL, "bad headers");
+  ExpectStatus(1001, grpc::StatusCode::INTERNAL, "a stream over its window");
+  ExpectStatus(1003, grpc::StatusCode::INTERNAL, "a stream over its window");
+  std::ifstream log(stderr_path_);
+  ASSERT_TRUE(log.is_open()) << stderr_path_;
+  int peer_lines = 0, window_lines = 0;
+  for (std::string line; std::getline(log, line);) {
+    if (line.find("session with pid") == std::string::npos) continue;
+    ++peer_lines;
+    if (line.find("flow-control window") != std::string::npos) ++window_lines;
+  }
+  EXPECT_EQ(peer_lines, 2) << "one line per kind";
+  EXPECT_EQ(window_lines, 1);
 }
 
 TEST_F(ProtocolTest, FramesForUnknownStreamsAreDropped) {

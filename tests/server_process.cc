@@ -69,7 +69,8 @@ std::string FreshSocketPath() {
 }
 
 ChildProcess::ChildProcess(std::vector<std::string> args,
-                           const std::string& ready_line) {
+                           const std::string& ready_line,
+                           const std::string& stderr_path) {
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) {
     status_ = absl::InternalError("pipe");
@@ -78,6 +79,12 @@ ChildProcess::ChildProcess(std::vector<std::string> args,
   pid_ = fork();
   if (pid_ == 0) {
     dup2(out[1], STDOUT_FILENO);
+    if (!stderr_path.empty()) {
+      const int err = open(stderr_path.c_str(),
+                           O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (err < 0) _exit(126);
+      dup2(err, STDERR_FILENO);
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -135,14 +142,16 @@ int ChildProcess::Wait() {
 
 ServerProcess::ServerProcess(const std::string& style,
                              std::vector<std::string> extra_args,
-                             std::string socket_path)
+                             std::string socket_path,
+                             const std::string& stderr_path)
     : socket_path_(socket_path.empty() ? FreshSocketPath()
                                        : std::move(socket_path)) {
   std::vector<std::string> args = {RunfilePath("tests/echo_server"),
                                    "--socket=" + socket_path_,
                                    "--style=" + style};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  process_ = std::make_unique<ChildProcess>(std::move(args), "ready");
+  process_ =
+      std::make_unique<ChildProcess>(std::move(args), "ready", stderr_path);
 }
 
 ServerProcess::~ServerProcess() { Stop(); }

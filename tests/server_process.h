@@ -20,7 +20,9 @@ namespace shmgrpc::testing {
 class ChildProcess {
  public:
   // `args[0]` is the program. Waits up to 10 s for `ready_line` on stdout.
-  ChildProcess(std::vector<std::string> args, const std::string& ready_line);
+  // Its stderr is this process's, or the file `stderr_path` when given.
+  ChildProcess(std::vector<std::string> args, const std::string& ready_line,
+               const std::string& stderr_path = "");
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
@@ -43,10 +45,12 @@ class ChildProcess {
 class ServerProcess {
  public:
   // `style`: sync | callback | async. `extra_args` go to echo_server. An
-  // empty `socket_path` picks a fresh one.
+  // empty `socket_path` picks a fresh one. `stderr_path`: where its stderr
+  // goes (a file the test reads), else to this process's.
   explicit ServerProcess(const std::string& style,
                          std::vector<std::string> extra_args = {},
-                         std::string socket_path = "");
+                         std::string socket_path = "",
+                         const std::string& stderr_path = "");
   ~ServerProcess();
 
   // OK once the server printed "ready" (within 10 s).

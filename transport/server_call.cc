@@ -10,7 +10,6 @@
 #include "codec/grpc_metadata.h"
 #include "codec/metadata_rules.h"
 #include "transport/arena_replies.h"
-#include "transport/log.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -107,6 +106,10 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       if (bytes > limit) {
         // More than any client within its limits sends (one ignoring them,
         // e.g. chaining chunks without end): refused before it is assembled.
+        session_->LogPeerError(
+            "request too large",
+            absl::StrCat("stream ", stream_id_, " sent a request over ", limit,
+                         " bytes: refused"));
         session_->Release(message);
         session_->Release(assembler_.TakePending());
         const grpc::Status too_large(
@@ -130,6 +133,10 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         have_unary_request_ = true;
       } else if (!receive_window_.OnArrived(complete->bytes)) {
         // Only a client ignoring the window it was given sends this.
+        session_->LogPeerError(
+            "flow-control window",
+            absl::StrCat("stream ", stream_id_,
+                         " exceeded its flow-control window: refused"));
         session_->Release(*complete);
         refused_ = grpc::Status(grpc::StatusCode::INTERNAL,
                                 "client exceeded the stream's flow-control "
@@ -235,8 +242,9 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
                                        headers->metadata[i].second);
   }
   if (!usable.ok()) {
-    ShmLog("stream ", stream_id_, " from pid ", session_->peer().pid, ": ",
-           usable.message());
+    session_->LogPeerError(
+        "call headers",
+        absl::StrCat("stream ", stream_id_, ": ", usable.message()));
     status_ =
         grpc::Status(grpc::StatusCode::INTERNAL, std::string(usable.message()));
     finished_ = true;
@@ -317,7 +325,10 @@ void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
       session_->SendByteBuffer(stream_id_, *response, SendDeadline(), flags);
   response->Clear();
   if (!sent.ok()) {
-    ShmLog("stream ", stream_id_, ": response not sent: ", sent.message());
+    session_->LogPeerError(
+        "response not sent",
+        absl::StrCat("stream ", stream_id_,
+                     ": response not sent: ", sent.message()));
     CancelLocked();
   }
 }

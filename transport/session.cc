@@ -82,6 +82,14 @@ void Session::Shutdown() {
   }
 }
 
+void Session::LogPeerError(const std::string& kind, absl::string_view what) {
+  uint64_t not_logged;
+  if (protocol_errors_log_.ShouldLog(kind, absl::Now(), &not_logged)) {
+    ShmLog("session with pid ", peer_.pid, ": ", what,
+           LogRateLimiter::NotLoggedNote(not_logged));
+  }
+}
+
 void Session::Run() {
   shm::NameThisThread("shm-session");
   absl::Status closed;
@@ -90,26 +98,17 @@ void Session::Run() {
         absl::InfiniteFuture(), busy_streams_.load(std::memory_order_relaxed));
     if (!message.ok()) {
       if (message.status().code() == absl::StatusCode::kInvalidArgument) {
-        uint64_t not_logged;
-        if (protocol_errors_log_.ShouldLog("descriptor", absl::Now(),
-                                           &not_logged)) {
-          ShmLog("session with pid ", peer_.pid,
-                 ": dropped a hostile descriptor: ", message.status().message(),
-                 LogRateLimiter::NotLoggedNote(not_logged));
-        }
+        LogPeerError("descriptor",
+                     absl::StrCat("dropped a hostile descriptor: ",
+                                  message.status().message()));
         continue;
       }
       closed = message.status();
       break;
     }
     if (!codec::IsKnownFrameType(message->descriptor.type)) {
-      uint64_t not_logged;
-      if (protocol_errors_log_.ShouldLog("frame type", absl::Now(),
-                                         &not_logged)) {
-        ShmLog("session with pid ", peer_.pid, ": unknown frame type ",
-               message->descriptor.type,
-               LogRateLimiter::NotLoggedNote(not_logged));
-      }
+      LogPeerError("frame type", absl::StrCat("unknown frame type ",
+                                              message->descriptor.type));
       endpoint_->Release(*message);
       continue;
     }

@@ -150,6 +150,11 @@ class Session : public std::enable_shared_from_this<Session> {
     return busy_streams_.load(std::memory_order_relaxed);
   }
 
+  // Logs `what` the peer did (a hostile descriptor, a frame or call it
+  // should not have sent), as "session with pid P: what", at most one line
+  // of each `kind` per 10 s: a hostile peer could otherwise flood stderr.
+  void LogPeerError(const std::string& kind, absl::string_view what);
+
   bool alive() const { return alive_.load(std::memory_order_acquire); }
   const PeerCredentials& peer() const { return peer_; }
   // Client side: the server's receive window per stream, as the handshake
