@@ -271,6 +271,21 @@ class HostileServer {
   std::thread accept_thread_;  // last: starts after the fields it uses
 };
 
+// A channel to the server at `path` (plain target; `server` serves its shm
+// socket) once its shm session is up on both sides; nullptr, the failure
+// recorded, if not within 5 s.
+std::shared_ptr<grpc::Channel> ChannelWithSession(HostileServer& server,
+                                                  const std::string& path) {
+  auto channel = CreateChannel("unix:" + path);
+  if (!server.WaitForSession() ||
+      !WaitFor([&] { return GetChannelStats(channel.get())->session_alive; },
+               absl::Seconds(5))) {
+    ADD_FAILURE() << "no shm session";
+    return nullptr;
+  }
+  return channel;
+}
+
 // Every block of each side is back home within 5 s: the client's, which
 // the server releases at once, and the server's, whatever they carried.
 void ExpectEveryBlockHome(HostileServer& server, grpc::Channel* channel) {
@@ -290,11 +305,8 @@ TEST(HostileServerTest, RandomAnswersEndEveryCallAndEveryBlockComesHome) {
   constexpr uint32_t kSeed = 1127;
   const std::string path = testing::FreshSocketPath();
   HostileServer server(path + ".shm", kSeed);
-  auto channel = CreateChannel("unix:" + path);
-  ASSERT_TRUE(server.WaitForSession()) << "no handshake";
-  ASSERT_TRUE(
-      WaitFor([&] { return GetChannelStats(channel.get())->session_alive; },
-              absl::Seconds(5)));
+  auto channel = ChannelWithSession(server, path);
+  ASSERT_NE(channel, nullptr);
   auto stub = EchoService::NewStub(channel);
 
   constexpr int kThreads = 4;
@@ -396,11 +408,8 @@ TEST(HostileServerTest, RandomAnswersEndEveryCallAndEveryBlockComesHome) {
 TEST(HostileServerTest, RepliesBeyondTheClientsWindowEndTheCall) {
   const std::string path = testing::FreshSocketPath();
   HostileServer server(path + ".shm", 1, HostileServer::Answer::kFlood);
-  auto channel = CreateChannel("unix:" + path);
-  ASSERT_TRUE(server.WaitForSession()) << "no handshake";
-  ASSERT_TRUE(
-      WaitFor([&] { return GetChannelStats(channel.get())->session_alive; },
-              absl::Seconds(5)));
+  auto channel = ChannelWithSession(server, path);
+  ASSERT_NE(channel, nullptr);
   auto stub = EchoService::NewStub(channel);
   EchoRequest request;
   FillRequest(&request, 16, 1);

@@ -189,7 +189,7 @@ void ShmServer::RefuseConnection(int sock, transport::HandshakeRefusal reason,
                                  absl::string_view why) {
   handshakes_refused_.fetch_add(1, std::memory_order_relaxed);
   uint64_t not_logged;
-  if (refusals_log_.ShouldLog(kind, absl::Now(), &not_logged)) {
+  if (connections_log_.ShouldLog(kind, absl::Now(), &not_logged)) {
     ShmLog("refused shm connection on ",
            transport::PrintableSocketPath(shm_path_), ": ", why,
            transport::LogRateLimiter::NotLoggedNote(not_logged));
@@ -239,10 +239,16 @@ void ShmServer::Handshake(int sock) {
       [this, weak, peer_pid](const absl::Status& why) {
         // A client that goes away is routine; anything else (a protocol
         // error, a broken inline record) is worth a line.
-        if (!absl::IsUnavailable(why) && !why.ok()) {
+        // At most one line per 10 s: a client could end session after
+        // session so.
+        uint64_t not_logged;
+        if (!absl::IsUnavailable(why) && !why.ok() &&
+            connections_log_.ShouldLog("session ended", absl::Now(),
+                                       &not_logged)) {
           ShmLog("session with pid ", peer_pid, " on ",
                  transport::PrintableSocketPath(shm_path_),
-                 " ended: ", why.ToString());
+                 " ended: ", why.ToString(),
+                 transport::LogRateLimiter::NotLoggedNote(not_logged));
         }
         if (auto s = weak.lock()) OnClosed(s);
       },

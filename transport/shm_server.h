@@ -179,9 +179,10 @@ class ShmServer {
       blocks_reclaimed_{0};
   // Send paths of closed sessions (guarded by mu_).
   transport::SendPathStats closed_sessions_paths_;
-  // Refused handshakes are logged, one line per kind (status code) per 10 s
-  // at most: clients retry with backoff, and a junk sender would flood.
-  transport::LogRateLimiter refusals_log_{absl::Seconds(10)};
+  // Refused handshakes, and sessions ended by an error, are logged one line
+  // per kind (status code; "session ended") per 10 s at most: clients retry
+  // with backoff, and a junk sender would flood.
+  transport::LogRateLimiter connections_log_{absl::Seconds(10)};
 };
 
 }  // namespace shmgrpc
