@@ -13,9 +13,8 @@
 // server's stream window, which its clients keep to and it enforces
 // (flow_window.h); version 1 peers, which could not be held to it, are
 // refused (kNoCommonVersion: their calls go plain). The whole exchange is
-// bounded by
-// Options::handshake_timeout. On any failure the caller closes the socket;
-// the returned status says why (logged by the server).
+// bounded by Options::handshake_timeout. On any failure the caller closes
+// the socket; the returned status says why (logged by the server).
 #ifndef SHMGRPC_TRANSPORT_HANDSHAKE_H_
 #define SHMGRPC_TRANSPORT_HANDSHAKE_H_
 
