@@ -72,8 +72,12 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
     if (writer_failed_ || stopping_) {
       return absl::UnavailableError("connection closed: inline writer stopped");
     }
+    if (!writer_.joinable()) {
+      absl::StatusOr<Thread> writer = Thread::Start([this] { WriterLoop(); });
+      if (!writer.ok()) return writer.status();  // this record is not sent
+      writer_ = *std::move(writer);
+    }
     outbox_.push_back(std::move(bytes));
-    if (!writer_.joinable()) writer_ = std::thread([this] { WriterLoop(); });
   }
   outbox_ready_.notify_one();
   return absl::OkStatus();
@@ -254,9 +258,9 @@ absl::StatusOr<std::shared_ptr<const std::string>> SideChannel::TakeRecord(
   records_.pop_front();
   buffered_bytes_ -= record->size();
   if (record->size() != expected_bytes) {
-    return absl::DataLossError(absl::StrCat(
-        "inline record of ", record->size(), " bytes where the descriptor said ",
-        expected_bytes));
+    return absl::DataLossError(absl::StrCat("inline record of ", record->size(),
+                                            " bytes where the descriptor said ",
+                                            expected_bytes));
   }
   return record;
 }

@@ -32,18 +32,18 @@
 #ifndef SHMGRPC_SHM_SIDE_CHANNEL_H_
 #define SHMGRPC_SHM_SIDE_CHANNEL_H_
 
-#include <cstddef>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "shm/thread.h"
 
 namespace shmgrpc::shm {
 
@@ -69,7 +69,9 @@ class SideChannel {
   // peer has unread bytes already, which wakes it as well as a doorbell.
   absl::Status Ring();
   // Queues one record for the writer; never blocks. Unavailable once the
-  // writer has failed (peer gone, stalled); InvalidArgument over the limit.
+  // writer has failed (peer gone, stalled); InvalidArgument over the limit;
+  // ResourceExhausted when the writer thread (started with the first
+  // record) cannot start.
   absl::Status QueueRecord(std::string bytes);
 
   // Blocks until bytes arrive, the peer hangs up or `timeout` passes, then
@@ -105,7 +107,7 @@ class SideChannel {
   bool doorbell_pending_ = false;   // rung during a record
   bool writer_failed_ = false;
   bool stopping_ = false;
-  std::thread writer_;
+  Thread writer_;  // started with the first record
 
   // Receiver-side parser state.
   enum class ParseState { kToken, kLength, kBody };

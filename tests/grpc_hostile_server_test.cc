@@ -139,7 +139,10 @@ class HostileServer {
       std::lock_guard<std::mutex> lock(mu_);
       session_ = session;
     }
-    session->Start();
+    if (!session->Start().ok()) {
+      Fail();
+      return;
+    }
     cv_.notify_all();
     responder_ = std::thread([this] { Respond(); });
   }

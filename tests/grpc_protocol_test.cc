@@ -64,7 +64,7 @@ class RawClient {
           closed_at_ = absl::Now();
           cv_.notify_all();
         });
-    session_->Start();
+    status_ = session_->Start();
   }
   ~RawClient() {
     if (session_) session_->Shutdown();

@@ -5,7 +5,6 @@
 #include <map>
 #include <random>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -16,6 +15,7 @@
 #include "codec/metadata_rules.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "shm/thread.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -172,24 +172,49 @@ void ClientCall::ResumeParkedSends() {
   // Not on this thread: it may be the session thread, and sending may wait
   // for ring space. Rare: once per window's worth of messages that a writer
   // gets ahead of its reader.
-  std::thread([self = shared_from_this()] {
-    for (;;) {
-      Batch* m;
-      {
-        std::lock_guard<std::mutex> lock(self->mu_);
-        if (!self->CanResumeLocked()) {
-          self->resuming_ = false;  // the next credit starts another
-          return;
-        }
-        m = self->parked_sends_.front();
-        self->parked_sends_.pop_front();
+  absl::StatusOr<shm::Thread> resumer =
+      shm::Thread::Start([self = shared_from_this()] { self->SendParked(); });
+  if (resumer.ok()) {
+    resumer->detach();
+    return;
+  }
+  // No thread to send them from (a pids limit): the call ends, and its
+  // parked batches complete here without sending anything, which waits for
+  // nothing (Abort comes back to this with the call finished).
+  std::deque<Batch*> parked;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    resuming_ = false;
+    if (finished_) parked.swap(parked_sends_);
+  }
+  if (parked.empty()) {
+    Abort(ToGrpc(resumer.status()), /*tell_server=*/true);
+    return;
+  }
+  for (Batch* m : parked) {
+    // As a write after the call's end fails.
+    if (Has(m, Hook::PRE_SEND_MESSAGE)) m->FailHijackedSendMessage();
+    m->Proceed();
+  }
+}
+
+void ClientCall::SendParked() {
+  for (;;) {
+    Batch* m;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!CanResumeLocked()) {
+        resuming_ = false;  // the next credit starts another
+        return;
       }
-      self->SendPass(m);
-      tls_recv_pass_of = self.get();
-      m->Proceed();
-      tls_recv_pass_of = nullptr;
+      m = parked_sends_.front();
+      parked_sends_.pop_front();
     }
-  }).detach();
+    SendPass(m);
+    tls_recv_pass_of = this;
+    m->Proceed();
+    tls_recv_pass_of = nullptr;
+  }
 }
 
 bool ClientCall::DecideHijack(Batch* m) {
@@ -482,7 +507,13 @@ bool ClientCall::ScheduleRetryLocked(const codec::CallStatus& status) {
     if (!fired) return;  // the call ended first
     // Not on gRPC's callback thread: sending may wait for ring space.
     if (auto call = weak.lock()) {
-      std::thread([call] { call->StartNextAttempt(); }).detach();
+      absl::StatusOr<shm::Thread> attempt =
+          shm::Thread::Start([call] { call->StartNextAttempt(); });
+      if (attempt.ok()) {
+        attempt->detach();
+      } else {
+        call->EndWithoutRetry();  // no thread for the next attempt
+      }
     }
   });
   retry_alarms_.push_back(std::move(alarm));
@@ -509,6 +540,15 @@ void ClientCall::OnSessionClosed(std::atomic<uint64_t>* aborted_count) {
   }
   Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, closed.message),
         /*tell_server=*/false, aborted_count);
+}
+
+void ClientCall::EndWithoutRetry() {
+  grpc::Status last_attempt;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_attempt = status_;  // what the attempt that failed ended with
+  }
+  Abort(last_attempt, /*tell_server=*/false);
 }
 
 void ClientCall::StartNextAttempt() {

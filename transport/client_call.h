@@ -102,7 +102,10 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // (a half-close must not overtake it); credit or the call's end resumes
   // them, in order, on a short-lived thread. True if `methods` was parked.
   bool ParkIfWindowFull(Batch* methods);
+  // On a thread of its own (see the .cc for when there is none).
   void ResumeParkedSends();
+  // Sends the parked batches while they may go; the resuming thread's body.
+  void SendParked();
   // The first parked batch may go now (mu_ held).
   bool CanResumeLocked();
   void SendPass(Batch* methods);
@@ -113,6 +116,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   // kept as the call's, should no further attempt start).
   bool ScheduleRetryLocked(const codec::CallStatus& status);
   void StartNextAttempt();
+  // No thread for the next attempt: the call ends as its last attempt did.
+  void EndWithoutRetry();
   // A retry attempt that finds no session (the server's shm went away, its
   // plain port may still serve) goes over plain gRPC, as a plain channel's
   // next attempt would, and its outcome is the attempt's. Waits for that

@@ -193,6 +193,9 @@ absl::Status RefusalStatus(uint16_t result) {
     case kServerBusy:
       return absl::UnavailableError(
           "shm handshake: the server is busy with other handshakes");
+    case kNoThread:
+      return absl::ResourceExhaustedError(
+          "shm handshake: the server has no thread for a session");
     default:
       return absl::UnavailableError(
           absl::StrCat("shm handshake: server refused (reason ", result, ")"));
@@ -306,7 +309,9 @@ void RefuseHandshake(int sock, HandshakeRefusal reason) {
   shm::SendWithFd(sock, &refusal, sizeof(refusal), -1).IgnoreError();
 }
 
-absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
+absl::StatusOr<Handshaken> ServerHandshake(
+    int sock, const Options& options,
+    absl::FunctionRef<absl::Status()> before_welcome) {
   const absl::Time deadline = absl::Now() + options.handshake_timeout;
   auto refuse = [&](HandshakeRefusal reason, absl::Status why) {
     RefuseHandshake(sock, reason);
@@ -358,6 +363,9 @@ absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options) {
   }
   auto peer = MapPeer(peer_fd, hello.data_bytes, hello.ring_slots);
   if (!peer.ok()) return refuse(kBadSegment, peer.status());
+  if (absl::Status ready = before_welcome(); !ready.ok()) {
+    return refuse(kNoThread, ready);
+  }
   struct {
     Welcome welcome;
     WelcomeLimits limits;

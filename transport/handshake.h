@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "shm/endpoint.h"
 #include "transport/options.h"
@@ -70,6 +72,7 @@ enum HandshakeRefusal : uint16_t {
   kNoSharedMemory = 5,   // the server cannot make its segment (memory limit)
   kTooManySessions = 6,  // the server is at Options::max_sessions
   kServerBusy = 7,       // the server has too many handshakes under way
+  kNoThread = 8,         // the server cannot start the session's threads
 };
 
 // The verified identity of the process on the other end (SO_PEERCRED).
@@ -98,7 +101,17 @@ absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
                                            const Options& options);
 
 // Server side, on an accepted socket (same ownership rule).
-absl::StatusOr<Handshaken> ServerHandshake(int sock, const Options& options);
+// `before_welcome` runs once the hello is verified, just before the welcome
+// commits the server (from then on its client may send calls): the place to
+// get what the session needs. Its error is answered with kNoThread instead
+// of the welcome, and returned.
+absl::StatusOr<Handshaken> ServerHandshake(
+    int sock, const Options& options,
+    absl::FunctionRef<absl::Status()> before_welcome);
+inline absl::StatusOr<Handshaken> ServerHandshake(int sock,
+                                                  const Options& options) {
+  return ServerHandshake(sock, options, [] { return absl::OkStatus(); });
+}
 
 // Refuses a connection before any exchange (the server is at its session
 // limit, or busy with other handshakes): sends the refusal without reading the

@@ -47,10 +47,18 @@ std::shared_ptr<Session> Session::Create(Handshaken handshaken,
                   std::move(on_closed), max_block_bytes));
 }
 
-void Session::Start() {
+absl::Status Session::Start() {
   // The thread keeps the session alive until it has left Run(); owners stop
   // it with Shutdown().
-  thread_ = std::thread([self = shared_from_this()] { self->Run(); });
+  absl::StatusOr<shm::Thread> thread =
+      shm::Thread::Start([self = shared_from_this()] { self->Run(); });
+  if (!thread.ok()) return thread.status();
+  thread_ = *std::move(thread);
+  return absl::OkStatus();
+}
+
+void Session::Start(shm::ReservedThread thread) {
+  thread_ = thread.Run([self = shared_from_this()] { self->Run(); });
 }
 
 Session::Session(Handshaken handshaken, FrameHandler on_frame,
@@ -77,9 +85,7 @@ void Session::Close() {
 
 void Session::Shutdown() {
   Close();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) {
-    thread_.join();
-  }
+  if (thread_.joinable() && !thread_.IsCurrent()) thread_.join();
 }
 
 void Session::LogPeerError(const std::string& kind, absl::string_view what) {
@@ -255,23 +261,33 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
   }
   posted_.push_back({frame, deadline});
   if (poster_running_) return;  // it sends this too
-  poster_running_ = true;
-  std::thread([self = shared_from_this()] {
-    shm::NameThisThread("shm-poster");
-    for (;;) {
-      PostedControl next;
-      {
-        std::lock_guard<std::mutex> lock(self->posted_mu_);
-        if (self->posted_.empty()) {
-          self->poster_running_ = false;
-          return;
+  absl::StatusOr<shm::Thread> poster =
+      shm::Thread::Start([self = shared_from_this()] {
+        shm::NameThisThread("shm-poster");
+        for (;;) {
+          PostedControl next;
+          {
+            std::lock_guard<std::mutex> lock(self->posted_mu_);
+            if (self->posted_.empty()) {
+              self->poster_running_ = false;
+              return;
+            }
+            next = self->posted_.front();
+            self->posted_.pop_front();
+          }
+          self->endpoint_->Send(next.frame, next.deadline).IgnoreError();
         }
-        next = self->posted_.front();
-        self->posted_.pop_front();
-      }
-      self->endpoint_->Send(next.frame, next.deadline).IgnoreError();
-    }
-  }).detach();
+      });
+  if (poster.ok()) {
+    poster_running_ = true;
+    poster->detach();
+    return;
+  }
+  posted_.clear();
+  ShmLog("session with pid ", peer_.pid,
+         ": closed: no thread to send a control frame from: ",
+         poster.status().message());
+  Close();
 }
 
 SendPathStats Session::send_path_stats() const {

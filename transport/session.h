@@ -26,7 +26,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <thread>
 #include <unordered_map>
 
 #include "absl/functional/function_ref.h"
@@ -40,6 +39,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "shm/endpoint.h"
+#include "shm/thread.h"
 #include "transport/handshake.h"
 #include "transport/inbound_message.h"
 #include "transport/log_rate_limiter.h"
@@ -82,7 +82,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // returns. Must happen before any Shutdown() from another thread. The
   // session then lives at least until its thread ends, so the owner must
   // call Shutdown() (or the peer must go away) for it to be freed.
-  void Start();
+  // ResourceExhausted when no thread can be started (shm/thread.h): then no
+  // handler ever runs, and the owner shuts the session down.
+  absl::Status Start();
+  // The same on a thread the owner reserved before it committed to the
+  // session (a server, before its welcome): cannot fail.
+  void Start(shm::ReservedThread thread);
   ~Session();
 
   // `size` is codec::SerializedSize(message), computed by the caller (once)
@@ -121,7 +126,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // ARCHITECTURE, "no reader waits on a writer"): tried at once; if the ring
   // or the send lock is busy, queued — in order, behind anything queued
   // before — for a short-lived thread that waits for room until `deadline`.
-  // Best effort: a frame for a closed session is dropped.
+  // Best effort: a frame for a closed session is dropped. Should no thread
+  // be left to start, the session is closed (a frame the peer waits for,
+  // e.g. a credit, must not vanish while the session goes on).
   void PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                    absl::Time deadline);
   void Release(const shm::ReceivedMessage& message) {
@@ -245,7 +252,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<uint64_t> arena_slices_sent_{0};
   std::atomic<uint64_t> chained_{0}, inline_arena_full_{0},
       inline_too_large_{0}, blocks_reclaimed_{0};
-  std::thread thread_;
+  shm::Thread thread_;
   struct PostedControl {
     shm::Descriptor frame;
     absl::Time deadline;

@@ -95,8 +95,24 @@ SessionLink::~SessionLink() {
 void SessionLink::StartOnce() {
   std::call_once(started_, [this] {
     Connect().IgnoreError();  // no shm yet: calls go plain meanwhile
-    reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
+    std::lock_guard<std::mutex> lock(session_mu_);
+    if (!stopping_) StartReconnectThreadLocked();
   });
+}
+
+void SessionLink::StartReconnectThreadLocked() {
+  absl::StatusOr<shm::Thread> thread =
+      shm::Thread::Start([this] { ReconnectLoop(); });
+  if (thread.ok()) {
+    reconnect_thread_ = *std::move(thread);
+    return;
+  }
+  next_reconnect_thread_try_ = absl::Now() + options_.reconnect_backoff_max;
+  ShmLog("shm channel to ", PrintableSocketPath(shm_path_),
+         ": no reconnect thread (", thread.status().message(),
+         "); tried again in ",
+         absl::FormatDuration(options_.reconnect_backoff_max),
+         ", calls go plain while there is no session");
 }
 
 void SessionLink::ReconnectLoop() {
@@ -157,10 +173,14 @@ absl::Status SessionLink::Connect() {
   {
     std::lock_guard<std::mutex> lock(session_mu_);
     if (stopping_) return absl::CancelledError("channel is being destroyed");
+    // Started under the lock: whoever shuts it down reads session_ after.
+    if (absl::Status started = session->Start(); !started.ok()) {
+      session->Shutdown();  // no thread ran: closes the connection only
+      LogConnectFailure(started);
+      return started;
+    }
     replaced = std::exchange(session_, session);
     if (replaced) replaced_sessions_ += replaced->send_path_stats();
-    // Started under the lock: whoever shuts it down reads session_ after.
-    session->Start();
   }
   sessions_opened_.fetch_add(1, std::memory_order_relaxed);
   if (replaced) replaced->Shutdown();
@@ -183,6 +203,11 @@ void SessionLink::LogConnectFailure(const absl::Status& status) {
 std::shared_ptr<Session> SessionLink::session() {
   std::lock_guard<std::mutex> lock(session_mu_);
   if (session_ && session_->alive()) return session_;
+  if (!reconnect_thread_.joinable() && !stopping_ &&
+      next_reconnect_thread_try_ != absl::InfinitePast() &&
+      absl::Now() >= next_reconnect_thread_try_) {
+    StartReconnectThreadLocked();  // it failed to start before
+  }
   return nullptr;
 }
 

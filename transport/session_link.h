@@ -22,11 +22,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "shm/endpoint.h"
+#include "shm/thread.h"
 #include "transport/options.h"
 #include "transport/session.h"
 
@@ -43,8 +44,8 @@ struct LinkStats {
   uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   SendPathStats send_paths;             // messages chained or sent inline
   bool session_alive = false;
-  uint64_t busy_calls = 0;  // on the current session
-  shm::EndpointStats session;          // the current session's; zero when none
+  uint64_t busy_calls = 0;     // on the current session
+  shm::EndpointStats session;  // the current session's; zero when none
 };
 
 class SessionLink : public std::enable_shared_from_this<SessionLink> {
@@ -80,6 +81,9 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   static std::string SessionKey(const std::string& shm_path,
                                 const Options& options);
   void StartOnce();
+  // session_mu_ held, not stopping_: starts the reconnect thread, or logs
+  // why not and sets when to try again.
+  void StartReconnectThreadLocked();
   // Opens a session unless one is alive. Unavailable when the server has no
   // shm socket (the channels then work over plain gRPC). One at a time:
   // two racing handshakes would each install a session, and the second
@@ -108,7 +112,11 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   bool stopping_ = false;       // guarded by session_mu_
   bool reconnect_now_ = false;  // after a goaway (guarded by session_mu_)
   std::condition_variable session_down_;  // a close, or stopping_
-  std::thread reconnect_thread_;
+  // Started once the first session was tried (guarded by session_mu_). If
+  // no thread could be started, session() tries again, at most once per
+  // reconnect_backoff_max: without it a session that goes is not replaced.
+  shm::Thread reconnect_thread_;
+  absl::Time next_reconnect_thread_try_ = absl::InfinitePast();
   std::string last_logged_failure_;  // guarded by connect_mu_
   // Send paths of sessions no longer current: replaced, or drained after a
   // goaway (guarded by session_mu_).

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
@@ -71,8 +72,13 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
     close(wake_fd);
     return fd.status();
   }
-  return std::unique_ptr<ShmServer>(
+  auto shm_server = std::unique_ptr<ShmServer>(
       new ShmServer(server, shm_path, *fd, wake_fd, options));
+  absl::StatusOr<shm::Thread> accept =
+      shm::Thread::Start([raw = shm_server.get()] { raw->AcceptLoop(); });
+  if (!accept.ok()) return accept.status();  // the destructor cleans up
+  shm_server->accept_thread_ = *std::move(accept);
+  return shm_server;
 }
 
 ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
@@ -92,27 +98,30 @@ ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
   args.SetMaxSendMessageSize(-1);
   inproc_channel_ = server->InProcessChannel(args);
   stub_ = std::make_unique<grpc::GenericStub>(inproc_channel_);
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
 }
 
 ShmServer::~ShmServer() { Shutdown(absl::Now()); }
 
-void ShmServer::StartCompletionThreadLocked(
+absl::Status ShmServer::StartCompletionThreadLocked(
     std::shared_ptr<ServerSession> session) {
   auto worker = std::make_unique<ReapableThread>();
   ReapableThread* raw = worker.get();
-  raw->thread = std::thread([this, s = std::move(session), raw]() mutable {
-    shm::NameThisThread("shm-completion");
-    void* tag;
-    bool ok;
-    while (s->cq.Next(&tag, &ok)) {
-      auto* t = static_cast<InjectedCall::Tag*>(tag);
-      t->call->OnCompletion(t->op, ok);
-    }
-    s.reset();  // may be the last reference: the session is freed here
-    MarkFinished(raw);
-  });
+  absl::StatusOr<shm::Thread> thread =
+      shm::Thread::Start([this, s = std::move(session), raw]() mutable {
+        shm::NameThisThread("shm-completion");
+        void* tag;
+        bool ok;
+        while (s->cq.Next(&tag, &ok)) {
+          auto* t = static_cast<InjectedCall::Tag*>(tag);
+          t->call->OnCompletion(t->op, ok);
+        }
+        s.reset();  // may be the last reference: the session is freed here
+        MarkFinished(raw);
+      });
+  if (!thread.ok()) return thread.status();
+  raw->thread = *std::move(thread);
   completion_threads_.push_back(std::move(worker));
+  return absl::OkStatus();
 }
 
 void ShmServer::MarkFinished(ReapableThread* thread) {
@@ -175,11 +184,19 @@ void ShmServer::AcceptLoop() {
     }
     auto handshake = std::make_unique<ReapableThread>();
     ReapableThread* raw = handshake.get();
-    raw->thread = std::thread([this, sock, raw] {
+    absl::StatusOr<shm::Thread> thread = shm::Thread::Start([this, sock, raw] {
       shm::NameThisThread("shm-handshake");
       Handshake(sock);
       MarkFinished(raw);
     });
+    if (!thread.ok()) {
+      RefuseConnection(
+          sock, transport::kServerBusy, "no thread",
+          absl::StrCat("no thread for its handshake (",
+                       thread.status().message(), "); its calls go plain"));
+      continue;
+    }
+    raw->thread = *std::move(thread);
     handshake_threads_.push_back(std::move(handshake));
   }
 }
@@ -215,9 +232,31 @@ void ShmServer::Handshake(int sock) {
                                   " sessions; its calls go plain"));
     return;
   }
+  // The session's two threads are started before the welcome: once its
+  // client has it, it sends calls, and a session closed then for want of a
+  // thread (a pids limit) would fail them. Without them the client is
+  // refused (kNoThread) and goes plain.
+  auto server_session = std::make_shared<ServerSession>();
+  std::optional<shm::ReservedThread> session_thread;
+  bool completion_thread = false;
   absl::StatusOr<Handshaken> handshaken =
-      transport::ServerHandshake(sock, options_);
+      transport::ServerHandshake(sock, options_, [&]() -> absl::Status {
+        absl::StatusOr<shm::ReservedThread> reserved =
+            shm::ReservedThread::Start();
+        if (!reserved.ok()) return reserved.status();
+        session_thread.emplace(*std::move(reserved));
+        std::lock_guard<std::mutex> lock(mu_);
+        absl::Status started = StartCompletionThreadLocked(server_session);
+        completion_thread = started.ok();
+        return started;
+      });
   if (!handshaken.ok()) {
+    session_thread.reset();  // ends it unused
+    if (completion_thread) {
+      std::lock_guard<std::mutex> session_lock(server_session->mu);
+      server_session->closed = true;  // its completion thread ends
+      server_session->ShutDownQueueIfIdleLocked();
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       --sessions_starting_;
@@ -229,7 +268,6 @@ void ShmServer::Handshake(int sock) {
     return;
   }
   const pid_t peer_pid = handshaken->peer.pid;
-  auto server_session = std::make_shared<ServerSession>();
   std::weak_ptr<ServerSession> weak = server_session;
   server_session->session = Session::Create(
       std::move(*handshaken),
@@ -238,9 +276,8 @@ void ShmServer::Handshake(int sock) {
       },
       [this, weak, peer_pid](const absl::Status& why) {
         // A client that goes away is routine; anything else (a protocol
-        // error, a broken inline record) is worth a line.
-        // At most one line per 10 s: a client could end session after
-        // session so.
+        // error, a broken inline record) is worth a line, at most one per
+        // 10 s: a client could end session after session so.
         uint64_t not_logged;
         if (!absl::IsUnavailable(why) && !why.ok() &&
             connections_log_.ShouldLog("session ended", absl::Now(),
@@ -262,8 +299,7 @@ void ShmServer::Handshake(int sock) {
   // that completes while the server shuts down is served and drained like
   // the others: its client may already be sending calls on it.
   sessions_.push_back(server_session);
-  StartCompletionThreadLocked(server_session);
-  server_session->session->Start();
+  server_session->session->Start(*std::move(session_thread));
   if (shutting_down_) SendGoAwayLocked(*server_session);
 }
 

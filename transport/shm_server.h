@@ -36,7 +36,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -45,6 +44,7 @@
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/server.h"
+#include "shm/thread.h"
 #include "transport/handshake.h"
 #include "transport/log_rate_limiter.h"
 #include "transport/options.h"
@@ -115,7 +115,7 @@ class ShmServer {
   // A thread joined once `done` (by the accept loop, which MarkFinished()
   // wakes, or by Shutdown()).
   struct ReapableThread {
-    std::thread thread;
+    shm::Thread thread;
     std::atomic<bool> done{false};
   };
 
@@ -137,7 +137,9 @@ class ShmServer {
   // mu_ held: starts the thread that drains `session`'s completion queue
   // until the queue is shut down (once the session is closed and its calls
   // are done).
-  void StartCompletionThreadLocked(std::shared_ptr<ServerSession> session);
+  // ResourceExhausted when no thread can be started.
+  absl::Status StartCompletionThreadLocked(
+      std::shared_ptr<ServerSession> session);
   // The last step of a handshake or completion thread: marks it `done` and
   // wakes the accept loop to join it, so a finished thread's stack is not
   // held until the next connection.
@@ -164,7 +166,7 @@ class ShmServer {
   const int wake_fd_;
   std::shared_ptr<grpc::Channel> inproc_channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
-  std::thread accept_thread_;
+  shm::Thread accept_thread_;  // started by Start()
 
   std::mutex mu_;
   bool shutting_down_ = false;
