@@ -5,21 +5,46 @@
 #include "shm/thread.h"
 
 #include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
 
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace shmgrpc::shm {
 namespace {
 
+// A gate the test opens once; std::mutex, not absl::Notification, so that
+// ThreadSanitizer (with Debian's uninstrumented abseil) sees the hand-off.
+class Gate {
+ public:
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    opened_.notify_all();
+  }
+  bool WaitFor(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return opened_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                            [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable opened_;
+  bool open_ = false;
+};
+
 TEST(ThreadTest, RunsItsBodyAndJoins) {
   std::atomic<bool> ran{false};
   std::atomic<bool> current_inside{false};
-  Thread* self = nullptr;
-  absl::Notification started;
+  Thread* self = nullptr;  // set before the gate opens
+  Gate started;
   absl::StatusOr<Thread> thread = Thread::Start([&] {
-    started.WaitForNotification();
+    started.WaitFor(absl::Seconds(30));
     current_inside = self->IsCurrent();
     ran = true;
   });
@@ -27,7 +52,7 @@ TEST(ThreadTest, RunsItsBodyAndJoins) {
   self = &*thread;
   EXPECT_TRUE(thread->joinable());
   EXPECT_FALSE(thread->IsCurrent());
-  started.Notify();
+  started.Open();
   thread->join();
   EXPECT_FALSE(thread->joinable());
   EXPECT_TRUE(ran);
@@ -35,15 +60,16 @@ TEST(ThreadTest, RunsItsBodyAndJoins) {
 }
 
 TEST(ThreadTest, DetachedThreadRunsOnAndMovesKeepOwnership) {
-  absl::Notification done;
-  absl::StatusOr<Thread> thread = Thread::Start([&] { done.Notify(); });
+  // Shared: the detached thread may still be in Open() when the test ends.
+  auto done = std::make_shared<Gate>();
+  absl::StatusOr<Thread> thread = Thread::Start([done] { done->Open(); });
   ASSERT_TRUE(thread.ok());
   Thread moved = *std::move(thread);
   EXPECT_FALSE(thread->joinable()) << "the moved-from thread owns nothing";
   EXPECT_TRUE(moved.joinable());
   moved.detach();
   EXPECT_FALSE(moved.joinable());
-  EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(done->WaitFor(absl::Seconds(5)));
 }
 
 TEST(ReservedThreadTest, RunsTheBodyGivenLater) {
