@@ -137,10 +137,10 @@ TEST(ThreadLimitTest, ServerOutOfThreadsRefusesSessionsAndLives) {
   channels.clear();
   ExpectServerIdle(server);
   EXPECT_EQ(kill(server.pid(), 0), 0) << "the server died";
-  // Killed, not stopped: when gRPC itself could not start one of its threads
-  // under the limit, its process-wide grpc_shutdown() at exit can wait
-  // forever (seen in 2 of 4 runs: the main thread in grpc_shutdown, no
-  // timer thread left; shmgrpc's threads were all gone). That is gRPC's.
+  // Killed, not stopped: after running at the limit, gRPC's process-wide
+  // grpc_shutdown() at exit sometimes waits forever (2 of 4 runs under
+  // load: the main thread in grpc_shutdown, no timer thread left, shmgrpc's
+  // threads all gone). That is gRPC's.
   server.Kill();
 }
 
