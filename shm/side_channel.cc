@@ -258,9 +258,9 @@ absl::StatusOr<std::shared_ptr<const std::string>> SideChannel::TakeRecord(
   records_.pop_front();
   buffered_bytes_ -= record->size();
   if (record->size() != expected_bytes) {
-    return absl::DataLossError(absl::StrCat("inline record of ", record->size(),
-                                            " bytes where the descriptor said ",
-                                            expected_bytes));
+    return absl::DataLossError(absl::StrCat(
+        "inline record of ", record->size(), " bytes where the descriptor said ",
+        expected_bytes));
   }
   return record;
 }

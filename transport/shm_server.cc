@@ -191,7 +191,7 @@ void ShmServer::AcceptLoop() {
     });
     if (!thread.ok()) {
       RefuseConnection(
-          sock, transport::kServerBusy, "no thread",
+          sock, transport::kNoThread, "no thread",
           absl::StrCat("no thread for its handshake (",
                        thread.status().message(), "); its calls go plain"));
       continue;
