@@ -32,8 +32,8 @@
 #ifndef SHMGRPC_SHM_SIDE_CHANNEL_H_
 #define SHMGRPC_SHM_SIDE_CHANNEL_H_
 
-#include <condition_variable>
 #include <cstddef>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>

@@ -44,8 +44,8 @@ struct LinkStats {
   uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   SendPathStats send_paths;             // messages chained or sent inline
   bool session_alive = false;
-  uint64_t busy_calls = 0;     // on the current session
-  shm::EndpointStats session;  // the current session's; zero when none
+  uint64_t busy_calls = 0;  // on the current session
+  shm::EndpointStats session;          // the current session's; zero when none
 };
 
 class SessionLink : public std::enable_shared_from_this<SessionLink> {
