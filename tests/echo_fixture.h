@@ -16,6 +16,9 @@
 #include <system_error>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -128,6 +131,21 @@ inline int FdsOf(pid_t pid, const std::string& target_prefix = "") {
     if (!unreadable && target.rfind(target_prefix, 0) == 0) ++count;
   }
   return error ? -1 : count;
+}
+
+// Threads of process `pid` now (/proc/PID/status), or -1.
+inline int ThreadsOf(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    int threads;
+    if (absl::StartsWith(line, "Threads:") &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)),
+                         &threads)) {
+      return threads;
+    }
+  }
+  return -1;
 }
 
 // shmgrpc's shared memory that process `pid` holds now: mappings of its

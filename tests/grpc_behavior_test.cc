@@ -1192,21 +1192,6 @@ TEST_F(BehaviorTest, HellosWithBadSegmentsAreRefusedAndCostNoFd) {
   EXPECT_EQ(GetChannelStats(channel.get())->calls_on_shm, 1u);
 }
 
-// Threads of process `pid` now (/proc/PID/status), or -1.
-int ThreadsOf(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    int threads;
-    if (absl::StartsWith(line, "Threads:") &&
-        absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)),
-                         &threads)) {
-      return threads;
-    }
-  }
-  return -1;
-}
-
 // A flood of connections that never finish their hello (each would hold a
 // handshake thread up to the 1 s timeout) cannot make the server start a
 // thread per connection: beyond ShmServer::kMaxConcurrentHandshakes it

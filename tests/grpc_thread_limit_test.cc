@@ -10,7 +10,6 @@
 //
 // Real cgroups: needs root and a writable pids controller (v1 or v2), and
 // skips, saying why, where there is none.
-#include <dirent.h>
 #include <signal.h>
 
 #include <memory>
@@ -31,17 +30,6 @@ namespace shmgrpc::test {
 namespace {
 
 using testing::ServerProcess;
-
-int ThreadsOf(pid_t pid) {
-  DIR* dir = opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
-  if (dir == nullptr) return -1;
-  int threads = 0;
-  while (dirent* entry = readdir(dir)) {
-    if (entry->d_name[0] != '.') ++threads;
-  }
-  closedir(dir);
-  return threads;
-}
 
 // The server's thread count once it has stayed the same for 300 ms (gRPC
 // starts and ends some of its own threads as calls come and go); -1 if it

@@ -106,24 +106,14 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       if (bytes > limit) {
         // More than any client within its limits sends (one ignoring them,
         // e.g. chaining chunks without end): refused before it is assembled.
-        session_->LogPeerError(
-            "request too large",
-            absl::StrCat("stream ", stream_id_, " sent a request over ", limit,
-                         " bytes: refused"));
         session_->Release(message);
         session_->Release(assembler_.TakePending());
-        const grpc::Status too_large(
-            grpc::StatusCode::RESOURCE_EXHAUSTED,
-            absl::StrCat("Received message larger than max (at least ", bytes,
-                         " vs. ", limit, ")"));
-        if (unary_) {  // not started: a wanted unary request precedes that
-          status_ = too_large;
-          finished_ = true;
-          send_status = true;
-        } else {
-          refused_ = too_large;  // replaces gRPC's CANCELLED at kFinish
-          CancelLocked();
-        }
+        send_status = RefuseLocked(
+            "request too large",
+            grpc::Status(
+                grpc::StatusCode::RESOURCE_EXHAUSTED,
+                absl::StrCat("Received message larger than max (at least ",
+                             bytes, " vs. ", limit, ")")));
         break;
       }
       std::optional<InboundMessage> complete = assembler_.Add(message);
@@ -133,15 +123,11 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         have_unary_request_ = true;
       } else if (!receive_window_.OnArrived(complete->bytes)) {
         // Only a client ignoring the window it was given sends this.
-        session_->LogPeerError(
-            "flow-control window",
-            absl::StrCat("stream ", stream_id_,
-                         " exceeded its flow-control window: refused"));
         session_->Release(*complete);
-        refused_ = grpc::Status(grpc::StatusCode::INTERNAL,
-                                "client exceeded the stream's flow-control "
-                                "window");
-        CancelLocked();
+        RefuseLocked("flow-control window",
+                     grpc::Status(grpc::StatusCode::INTERNAL,
+                                  "client exceeded the stream's flow-control "
+                                  "window"));
       } else {
         requests_.push_back(*std::move(complete));
         SetBusyLocked(true);  // until the handler answers (or the end)
@@ -226,6 +212,21 @@ bool InjectedCall::PrepareUnaryLocked() {
   unary_call_ = stub_->PrepareUnaryCall(&context_, method_, request, cq_);
   ++outstanding_ops_;  // Finish, asked for after unlocking
   return true;
+}
+
+bool InjectedCall::RefuseLocked(const std::string& kind,
+                                const grpc::Status& status) {
+  session_->LogPeerError(
+      kind, absl::StrCat("stream ", stream_id_, ": ", status.error_message(),
+                         ": refused"));
+  if (unary_) {  // not started: its request is still being gathered
+    status_ = status;
+    finished_ = true;
+    return true;
+  }
+  refused_ = status;  // replaces gRPC's CANCELLED at kFinish
+  CancelLocked();
+  return false;
 }
 
 bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {

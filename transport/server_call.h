@@ -102,6 +102,11 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void ReadNextResponseLocked();
   void SendResponseLocked(grpc::ByteBuffer* response);
   void CancelLocked();
+  // Ends the call because its client broke a limit (logged as `kind`, rate
+  // limited): a stream is cancelled and ends with `status`; a unary call,
+  // not started yet, is finished with it, and true says its status is
+  // still to be sent.
+  bool RefuseLocked(const std::string& kind, const grpc::Status& status);
   // Once the status is out and no op is outstanding: marks the call done and
   // hands back the self-reference. The caller runs on_done_ (which takes the
   // owner's lock) after unlocking, so this call's lock and its owner's are
