@@ -238,7 +238,6 @@ void ShmServer::Handshake(int sock) {
   // refused (kNoThread) and goes plain.
   auto server_session = std::make_shared<ServerSession>();
   std::optional<shm::ReservedThread> session_thread;
-  bool completion_thread = false;
   absl::StatusOr<Handshaken> handshaken =
       transport::ServerHandshake(sock, options_, [&]() -> absl::Status {
         absl::StatusOr<shm::ReservedThread> reserved =
@@ -246,15 +245,14 @@ void ShmServer::Handshake(int sock) {
         if (!reserved.ok()) return reserved.status();
         session_thread.emplace(*std::move(reserved));
         std::lock_guard<std::mutex> lock(mu_);
-        absl::Status started = StartCompletionThreadLocked(server_session);
-        completion_thread = started.ok();
-        return started;
+        return StartCompletionThreadLocked(server_session);
       });
   if (!handshaken.ok()) {
     session_thread.reset();  // ends it unused
-    if (completion_thread) {
+    {
+      // Its completion thread, if it started, ends.
       std::lock_guard<std::mutex> session_lock(server_session->mu);
-      server_session->closed = true;  // its completion thread ends
+      server_session->closed = true;
       server_session->ShutDownQueueIfIdleLocked();
     }
     {
