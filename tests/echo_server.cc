@@ -5,6 +5,7 @@
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
 //               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
 //               [--max_sessions=N] [--stream_window_messages=N]
+//               [--max_concurrent_streams=N]
 //               [--max_receive_bytes=N]   (the server's limit; default none)
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
@@ -68,6 +69,7 @@ class StatsService final : public ServerStatsService::Service {
     reply->set_calls_active(stats.calls_active);
     reply->set_busy_calls(stats.busy_calls);
     reply->set_calls_cancelled_by_close(stats.calls_cancelled_by_close);
+    reply->set_streams_over_limit(stats.streams_over_limit);
     reply->set_inline_arena_full(stats.inline_arena_full);
     reply->set_inline_too_large(stats.inline_too_large);
     reply->set_blocks_in_use(stats.blocks_in_use);
@@ -125,6 +127,7 @@ constexpr char kUsage[] =
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
     "[--max_sessions=N] [--stream_window_messages=N] "
+    "[--max_concurrent_streams=N] "
     "[--local_credentials] [--server_interceptor] [--no_arena_replies] "
     "[--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
@@ -165,6 +168,11 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--stream_window_messages=")) {
       if (!absl::SimpleAtoi(arg.substr(25), &options.stream_window_messages) ||
           options.stream_window_messages == 0) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--max_concurrent_streams=")) {
+      if (!absl::SimpleAtoi(arg.substr(25), &options.max_concurrent_streams)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }

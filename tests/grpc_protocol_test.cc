@@ -181,9 +181,10 @@ class ProtocolTest : public ::testing::Test {
   virtual Options ClientOptions() const { return Options(); }
   // Where the server's stderr goes; empty: to the test's.
   virtual std::string ServerStderrPath() const { return ""; }
+  virtual std::vector<std::string> ServerArgs() const { return {}; }
   void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(
-        ServerStyle(), std::vector<std::string>{}, "", ServerStderrPath());
+    server_ = std::make_unique<ServerProcess>(ServerStyle(), ServerArgs(), "",
+                                              ServerStderrPath());
     ASSERT_TRUE(server_->status().ok()) << server_->status();
     client_ =
         std::make_unique<RawClient>(server_->socket_path(), ClientOptions());
@@ -409,6 +410,82 @@ TEST_F(ProtocolTest, AClientIgnoringTheStreamWindowIsRefused) {
   EXPECT_EQ(client_->MessagesOn(41), static_cast<int>(window.messages));
   ExpectStatus(43, grpc::StatusCode::INTERNAL, "the stream over its window");
   ExpectEveryBlockBack();
+}
+
+// The server's welcome gives its limit of concurrent streams per session
+// (3 here), and the server holds a client to it: a stream opened past it is
+// refused RESOURCE_EXHAUSTED without reaching the service. A stream stops
+// counting once the server sends its status or reads its kCancel, so a
+// client may open the next one as soon as it has seen the one or sent the
+// other (stream_slots.h).
+class StreamLimitProtocolTest : public ProtocolTest {
+ protected:
+  std::vector<std::string> ServerArgs() const override {
+    return {"--max_concurrent_streams=3"};
+  }
+  void OpenBidi(uint64_t stream) {
+    codec::CallHeaders bidi;
+    bidi.method = "/shmgrpc.test.EchoService/Bidi";
+    ASSERT_TRUE(client_
+                    ->Send(FrameType::kCallHeaders, stream,
+                           codec::EncodeCallHeaders(bidi))
+                    .ok());
+  }
+  // One request on open `stream`, answered by its handler (so the stream
+  // did reach the service).
+  void ExpectBidiEcho(uint64_t stream) {
+    EchoRequest request;
+    FillRequest(&request, 16, 5);
+    const int before = client_->MessagesOn(stream);
+    ASSERT_TRUE(
+        client_->Send(FrameType::kMessage, stream, request.SerializeAsString())
+            .ok());
+    EXPECT_TRUE(WaitFor([&] { return client_->MessagesOn(stream) > before; },
+                        absl::Seconds(5)))
+        << "stream " << stream << " was not answered";
+  }
+  void ExpectRefused(uint64_t stream, const std::string& what) {
+    ExpectStatus(stream, grpc::StatusCode::RESOURCE_EXHAUSTED, what);
+    EXPECT_EQ(client_->MessagesOn(stream), 0) << what;
+  }
+};
+
+TEST_F(StreamLimitProtocolTest, StreamsPastTheAdvertisedLimitAreRefused) {
+  ASSERT_EQ(client_->session().stream_slots().limit(), 3u)
+      << "the welcome carries the server's limit";
+  for (uint64_t stream : {1, 3, 5}) {
+    OpenBidi(stream);
+    ExpectBidiEcho(stream);
+  }
+  OpenBidi(7);
+  ExpectRefused(7, "a fourth stream");
+  EchoRequest request;
+  FillRequest(&request, 16, 9);
+  codec::CallHeaders unary;
+  unary.method = kUnaryMethod;
+  ASSERT_TRUE(client_->SendUnaryCall(9, unary, request).ok());
+  ExpectRefused(9, "a unary call as the fourth stream");
+
+  // The server counts a stream closed when it reads its kCancel: the next
+  // frame may open a new one.
+  ASSERT_TRUE(client_->Send(FrameType::kCancel, 1, "").ok());
+  ExpectEchoWorks(11);
+  // ... and when it sends its status (the client has seen it).
+  ASSERT_TRUE(client_->Send(FrameType::kHalfClose, 3, "").ok());
+  ExpectStatus(3, grpc::StatusCode::OK, "a half-closed stream");
+  OpenBidi(13);
+  OpenBidi(15);
+  ExpectBidiEcho(13);
+  ExpectBidiEcho(15);
+  OpenBidi(17);
+  ExpectRefused(17, "a fourth stream again");
+  EXPECT_EQ(FetchServerStats(server_->target()).streams_over_limit(), 3u);
+
+  for (uint64_t stream : {5, 13, 15}) {
+    ASSERT_TRUE(client_->Send(FrameType::kCancel, stream, "").ok());
+  }
+  ExpectEveryBlockBack();
+  // TearDown's echo call gets a slot again.
 }
 
 // What a client does wrong is logged by the server, but at most one line of

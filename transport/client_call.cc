@@ -277,6 +277,12 @@ bool ClientCall::DecideHijack(Batch* m) {
       return false;
     }
   }
+  // A stream of the session's, counted as its server counts them.
+  StreamSlot slot = session->stream_slots().TryOpen();
+  if (!slot.held()) {
+    core_->CountPlain(ClientCore::PlainReason::kStreamLimit);
+    return false;
+  }
   // Everything Abort() may touch is set before Register() publishes the
   // call to the session thread.
   const auto deadline = info_->client_context()->deadline();
@@ -292,15 +298,17 @@ bool ClientCall::DecideHijack(Batch* m) {
     receive_window_ = std::make_unique<ReceiveWindow>(own);
   }
   session_ = session;
-  if (unary) {
+  {
     std::lock_guard<std::mutex> lock(mu_);
-    CountBusyLocked(session);  // before a reply can end it
+    stream_slot_ = std::move(slot);
+    if (unary) CountBusyLocked(session);  // before a reply can end it
   }
   stream_id_ = core_->Register(shared_from_this(), *session);
   if (stream_id_ == 0) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       EndBusyLocked();
+      stream_slot_.Release();
     }
     session_ = nullptr;
     send_window_ = nullptr;
@@ -567,13 +575,17 @@ void ClientCall::StartNextAttempt() {
       final = true;
       TakeReadyLocked(&ready);
     } else {
-      if (session) id = core_->Register(shared_from_this(), *session);
+      // A session at its stream limit is as good as none: plain.
+      StreamSlot slot =
+          session ? session->stream_slots().TryOpen() : StreamSlot();
+      if (slot.held()) id = core_->Register(shared_from_this(), *session);
       if (id != 0) {
         // Every reader of session_ and stream_id_ past the first attempt
         // takes mu_ first (or has finished_ set, and then this is not
         // reached).
         session_ = session;
         stream_id_ = id;
+        stream_slot_ = std::move(slot);
         CountBusyLocked(session);
       }
     }
@@ -883,6 +895,10 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
           core_->settings().max_received_metadata_bytes;
       session_->Release(message);
       if (!status.ok() && !over_limit) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          stream_slot_.Release();  // the server has closed the stream
+        }
         Abort(grpc::Status(grpc::StatusCode::INTERNAL,
                            std::string(status.status().message())),
               /*tell_server=*/false);
@@ -897,6 +913,9 @@ void ClientCall::OnFrame(const shm::ReceivedMessage& message) {
           retrying = ScheduleRetryLocked(*status);
         }
         EndBusyLocked();  // this attempt is over
+        // Its stream too, as the server counts it (before the next attempt
+        // opens one).
+        stream_slot_.Release();
         if (!finished_ && !retrying) {
           finished_ = true;
           if (over_limit) {
@@ -974,10 +993,15 @@ void ClientCall::SendCredit(const Credit& credit) {
 
 void ClientCall::TellServerCancelled() {
   if (!session_) return;
+  StreamSlot slot;  // returned once the server must have closed the stream
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    slot = std::move(stream_slot_);
+  }
   // May run on the session thread (a reply over the size limit ends the
   // call there). Best effort: a gone session cancels the server side anyway.
   session_->PostControl(codec::FrameType::kCancel, stream_id_, 0,
-                        absl::Now() + absl::Seconds(1));
+                        absl::Now() + absl::Seconds(1), std::move(slot));
 }
 
 void ClientCall::CountBusyLocked(const std::shared_ptr<Session>& session) {
@@ -1021,7 +1045,10 @@ void ClientCall::Finish() {
     if (ended_) return;
     ended_ = true;
     unread = TakeUnreadLocked();
-    tell_server = !finished_;  // the app dropped a live call
+    // The app dropped a live call, or one this side ended without telling
+    // the server (e.g. a send that failed), which may still count its
+    // stream.
+    tell_server = !finished_ || stream_slot_.held();
     finished_ = true;
     EndBusyLocked();
   }

@@ -58,6 +58,7 @@
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
 #include "transport/service_config.h"
+#include "transport/stream_slots.h"
 
 namespace shmgrpc::transport {
 
@@ -196,6 +197,10 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   std::vector<std::unique_ptr<grpc::Alarm>> retry_alarms_;  // guarded by mu_
   std::shared_ptr<PlainAttempt> plain_attempt_;  // under way; guarded by mu_
   std::shared_ptr<Session> busy_on_;  // see CountBusyLocked; guarded by mu_
+  // This attempt's stream among its session's open streams
+  // (stream_slots.h): returned when its status comes, or with the kCancel
+  // that closes it. Guarded by mu_.
+  StreamSlot stream_slot_;
 };
 
 // The interceptor gRPC owns; forwards to the shared ClientCall.

@@ -39,6 +39,9 @@ void ClientCore::CountPlain(PlainReason reason) {
     case PlainReason::kRetryPolicy:
       plain_retry_policy_.fetch_add(1, std::memory_order_relaxed);
       break;
+    case PlainReason::kStreamLimit:
+      plain_stream_limit_.fetch_add(1, std::memory_order_relaxed);
+      break;
   }
 }
 
@@ -57,6 +60,8 @@ ClientStats ClientCore::Stats() {
       plain_large_metadata_.load(std::memory_order_relaxed);
   stats.calls_plain_retry_policy =
       plain_retry_policy_.load(std::memory_order_relaxed);
+  stats.calls_plain_stream_limit =
+      plain_stream_limit_.load(std::memory_order_relaxed);
   stats.shm_retries = retries_.load(std::memory_order_relaxed);
   stats.shm_retries_over_plain =
       retries_over_plain_.load(std::memory_order_relaxed);

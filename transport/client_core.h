@@ -37,6 +37,9 @@ struct ClientStats {
   // The service config gives the method a hedging policy, or a retry policy
   // on a streaming method: gRPC's own retries apply to it.
   uint64_t calls_plain_retry_policy = 0;
+  // The session had as many streams open as its server allows
+  // (Options::max_concurrent_streams).
+  uint64_t calls_plain_stream_limit = 0;
   // Attempts after the first of unary shm calls, as their method's retry
   // policy asked (service_config.h).
   uint64_t shm_retries = 0;
@@ -127,6 +130,7 @@ class ClientCore {
     kArenaFull,
     kLargeMetadata,
     kRetryPolicy,
+    kStreamLimit,
   };
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
@@ -150,8 +154,8 @@ class ClientCore {
 
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
-      plain_large_metadata_{0}, plain_retry_policy_{0}, retries_{0},
-      retries_over_plain_{0};
+      plain_large_metadata_{0}, plain_retry_policy_{0}, plain_stream_limit_{0},
+      retries_{0}, retries_over_plain_{0};
 
   const PlainChannelFactory make_plain_channel_;
   std::mutex plain_channel_mu_;

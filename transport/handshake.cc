@@ -267,6 +267,7 @@ absl::StatusOr<Handshaken> ExchangeSegments(
   result.peer = *credentials;
   result.version = welcome.version;
   result.peer_stream_window = limits.stream_window;
+  result.max_concurrent_streams = limits.max_concurrent_streams;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local.first), local.second, std::move(peer->first),
       peer->second, sock, options.wait, MaxInlineBytes(options));
@@ -371,8 +372,9 @@ absl::StatusOr<Handshaken> ServerHandshake(
     WelcomeLimits limits;
   } answer{{kHandshakeMagic, version, kAccepted, 0, local->second.ring_slots,
             local->second.data_bytes},
-           {EncodeWindowLimits(OwnWindowLimits(
-               options.stream_window_bytes, options.stream_window_messages))}};
+           {EncodeWindowLimits(OwnWindowLimits(options.stream_window_bytes,
+                                               options.stream_window_messages)),
+            options.max_concurrent_streams}};
   static_assert(sizeof(answer) == sizeof(Welcome) + sizeof(WelcomeLimits));
   if (absl::Status s =
           shm::SendWithFd(sock, &answer, sizeof(answer), local->first->fd());
@@ -382,6 +384,7 @@ absl::StatusOr<Handshaken> ServerHandshake(
   Handshaken result;
   result.peer = *credentials;
   result.version = version;
+  result.max_concurrent_streams = options.max_concurrent_streams;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local->first), local->second, std::move(peer->first),
       peer->second, sock, options.wait, MaxInlineBytes(options));

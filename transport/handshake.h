@@ -11,7 +11,8 @@
 // server checks SO_PEERCRED against the uid policy before answering; versions
 // negotiate to the highest both speak. Version 2 added WelcomeLimits: the
 // server's stream window, which its clients keep to and it enforces
-// (flow_window.h); version 1 peers, which could not be held to it, are
+// (flow_window.h); version 3 its limit of concurrent streams per session
+// (stream_slots.h). Older peers, which could not be held to these, are
 // refused (kNoCommonVersion: their calls go plain). The whole exchange is
 // bounded by Options::handshake_timeout. On any failure the caller closes
 // the socket; the returned status says why (logged by the server).
@@ -32,8 +33,8 @@
 namespace shmgrpc::transport {
 
 inline constexpr uint32_t kHandshakeMagic = 0x31475353;  // "SSG1"
-inline constexpr uint16_t kMinProtocolVersion = 2;
-inline constexpr uint16_t kMaxProtocolVersion = 2;
+inline constexpr uint16_t kMinProtocolVersion = 3;
+inline constexpr uint16_t kMaxProtocolVersion = 3;
 
 // Wire structs (fixed size, little-endian, no padding surprises).
 struct Hello {
@@ -56,12 +57,15 @@ struct Welcome {
 };
 static_assert(sizeof(Welcome) == 24);
 
-// Follows an accepting Welcome (version >= 2) in the same message.
+// Follows an accepting Welcome in the same message.
 struct WelcomeLimits {
   // The server's receive window per stream (EncodeWindowLimits).
   uint64_t stream_window;
+  // Streams the client may have open on the session at once (StreamSlots);
+  // 0: no limit.
+  uint64_t max_concurrent_streams;
 };
-static_assert(sizeof(WelcomeLimits) == 8);
+static_assert(sizeof(WelcomeLimits) == 16);
 
 enum HandshakeRefusal : uint16_t {
   kAccepted = 0,
@@ -89,6 +93,9 @@ struct Handshaken {
   // Client side: the server's receive window per stream, as its
   // WelcomeLimits said (EncodeWindowLimits); 0 on the server side.
   uint64_t peer_stream_window = 0;
+  // Both sides: streams the client may have open on the session at once
+  // (the server's Options::max_concurrent_streams; 0: no limit).
+  uint64_t max_concurrent_streams = 0;
 };
 
 // Client side: checks that this process has memory for its segment

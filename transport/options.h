@@ -89,6 +89,14 @@ struct Options {
   // calls go plain, and it retries with its reconnect backoff, so it gets
   // shm once a session closes.
   size_t max_sessions = 0;
+  // Server: streams (calls) one session may have open at once, as HTTP/2's
+  // SETTINGS_MAX_CONCURRENT_STREAMS limits one connection; 0: no limit.
+  // Each open stream is an in-process call on the server (and, for a sync
+  // service, a handler thread while it runs). The server advertises it in
+  // the handshake; a client at the limit sends its next calls over plain
+  // gRPC until one of its streams ends, and a stream over it (only a client
+  // ignoring the limit sends one) is refused RESOURCE_EXHAUSTED.
+  uint32_t max_concurrent_streams = 1000;
   PeerUidPolicy peer_uid_policy = PeerUidPolicy::kSameUid;
   // kSameUid: further uids whose processes may open sessions, e.g. the apps
   // a sidecar running as its own user serves. (A peer also needs write

@@ -61,7 +61,7 @@ absl::Time InjectedCall::SendDeadline() const {
 InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                            grpc::GenericStub* stub, grpc::CompletionQueue* cq,
                            const WindowLimits& send_limits,
-                           const WindowLimits& receive_limits,
+                           const WindowLimits& receive_limits, StreamSlot slot,
                            std::function<void(uint64_t)> on_done)
     : session_(std::move(session)),
       stream_id_(stream_id),
@@ -69,7 +69,8 @@ InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
       cq_(cq),
       on_done_(std::move(on_done)),
       send_window_(send_limits),
-      receive_window_(receive_limits) {}
+      receive_window_(receive_limits),
+      stream_slot_(std::move(slot)) {}
 
 InjectedCall::~InjectedCall() {
   for (const InboundMessage& request : requests_) session_->Release(request);
@@ -158,6 +159,8 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       }
       break;
     case codec::FrameType::kCancel:
+      // The client has closed the stream (and counts it so already).
+      stream_slot_.Release();
       if (unary_ && unary_call_ == nullptr && !finished_) {
         send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
                                             "Cancelled by the client");
@@ -235,6 +238,17 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
                         message.descriptor.length));
   session_->Release(message);
   self_ = shared_from_this();
+  if (!stream_slot_.held()) {
+    const std::string why =
+        absl::StrCat("more than ", session_->stream_slots().limit(),
+                     " concurrent streams on this shm session");
+    session_->LogPeerError(
+        "stream limit",
+        absl::StrCat("stream ", stream_id_, ": ", why, ": refused"));
+    status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, why);
+    finished_ = true;
+    return false;
+  }
   // gRPC aborts the process on metadata it finds illegal, so what a client
   // sent is checked before any of it reaches gRPC.
   absl::Status usable = headers.status();
@@ -467,6 +481,11 @@ void InjectedCall::SendStatusAndFinish() {
   if (call_ != nullptr || unary_call_ != nullptr) {
     status.trailing_metadata =
         codec::CopyMetadata(context_.GetServerTrailingMetadata());
+  }
+  {
+    // Returned before the client can see the status (stream_slots.h).
+    std::lock_guard<std::mutex> lock(mu_);
+    stream_slot_.Release();
   }
   session_
       ->SendFrame(codec::FrameType::kStatus, stream_id_,

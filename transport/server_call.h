@@ -45,6 +45,7 @@
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
 #include "transport/session.h"
+#include "transport/stream_slots.h"
 
 namespace shmgrpc::transport {
 
@@ -70,10 +71,14 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // `send_limits`: the responses' window (the server's own, narrowed to
   // what the client advertised, SenderLimits); `receive_limits`: the
   // requests' (the server's own, as its handshake advertised it).
+  // `slot`: the stream's place among the session's open streams, returned
+  // as the status goes out or a kCancel comes (stream_slots.h); a call
+  // given none (the client is past the limit) is refused
+  // RESOURCE_EXHAUSTED without reaching the service.
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                grpc::GenericStub* stub, grpc::CompletionQueue* cq,
                const WindowLimits& send_limits,
-               const WindowLimits& receive_limits,
+               const WindowLimits& receive_limits, StreamSlot slot,
                std::function<void(uint64_t)> on_done);
   ~InjectedCall();
 
@@ -173,6 +178,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // completes), once this side refused a request (larger than
   // Session::max_received_message_bytes).
   std::optional<grpc::Status> refused_;
+  StreamSlot stream_slot_;     // until the status goes out or a kCancel
   bool busy_ = false;          // see SetBusyLocked
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
   grpc::Status status_;

@@ -66,6 +66,7 @@ Session::Session(Handshaken handshaken, FrameHandler on_frame,
     : endpoint_(std::move(handshaken.endpoint)),
       peer_(handshaken.peer),
       peer_stream_window_(handshaken.peer_stream_window),
+      stream_slots_(handshaken.max_concurrent_streams),
       on_frame_(std::move(on_frame)),
       on_closed_(std::move(on_closed)),
       token_(RandomToken()),
@@ -251,15 +252,15 @@ absl::Status Session::SendControl(codec::FrameType type, uint64_t stream,
 }
 
 void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
-                          absl::Time deadline) {
+                          absl::Time deadline, StreamSlot slot) {
   if (!alive()) return;
   const shm::Descriptor frame = ControlFrame(type, stream, aux);
   std::lock_guard<std::mutex> lock(posted_mu_);
   if (posted_.empty() && endpoint_->TrySend(frame).code() !=
                              absl::StatusCode::kResourceExhausted) {
-    return;  // sent, or the session is gone
+    return;  // sent, or the session is gone (`slot` is returned either way)
   }
-  posted_.push_back({frame, deadline});
+  posted_.push_back({frame, deadline, std::move(slot)});
   if (poster_running_) return;  // it sends this too
   absl::StatusOr<shm::Thread> poster =
       shm::Thread::Start([self = shared_from_this()] {
@@ -272,10 +273,15 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
               self->poster_running_ = false;
               return;
             }
-            next = self->posted_.front();
+            next = std::move(self->posted_.front());
             self->posted_.pop_front();
           }
-          self->endpoint_->Send(next.frame, next.deadline).IgnoreError();
+          if (!self->endpoint_->Send(next.frame, next.deadline).ok() &&
+              self->alive()) {
+            // Not sent while the session goes on: the peer may count the
+            // stream forever, so this side does too.
+            next.slot.Abandon();
+          }
         }
       });
   if (poster.ok()) {

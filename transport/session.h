@@ -43,6 +43,7 @@
 #include "transport/handshake.h"
 #include "transport/inbound_message.h"
 #include "transport/log_rate_limiter.h"
+#include "transport/stream_slots.h"
 
 namespace shmgrpc::transport {
 
@@ -129,8 +130,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Best effort: a frame for a closed session is dropped. Should no thread
   // be left to start, the session is closed (a frame the peer waits for,
   // e.g. a credit, must not vanish while the session goes on).
+  // `slot` (a kCancel's stream) is returned once the frame is in the ring
+  // or the session is gone; if it could not be sent meanwhile, never.
   void PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
-                   absl::Time deadline);
+                   absl::Time deadline, StreamSlot slot = StreamSlot());
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
@@ -167,6 +170,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // Client side: the server's receive window per stream, as the handshake
   // advertised it (flow_window.h, SenderLimits); 0 on the server side.
   uint64_t peer_stream_window() const { return peer_stream_window_; }
+  // Both sides: the streams the client has open on this session, against
+  // the limit the server advertised (stream_slots.h).
+  StreamSlots& stream_slots() { return stream_slots_; }
   shm::EndpointStats Stats() const { return endpoint_->Stats(); }
   SendPathStats send_path_stats() const;
   // Largest payload this side's arena could ever hold (one block spanning
@@ -221,6 +227,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<shm::Endpoint> endpoint_;
   const PeerCredentials peer_;
   const uint64_t peer_stream_window_;
+  StreamSlots stream_slots_;
   // What the peer sends wrong is logged, but never faster than one line of a
   // kind per 10 s: a hostile peer could otherwise flood stderr.
   LogRateLimiter protocol_errors_log_{absl::Seconds(10)};
@@ -256,6 +263,7 @@ class Session : public std::enable_shared_from_this<Session> {
   struct PostedControl {
     shm::Descriptor frame;
     absl::Time deadline;
+    StreamSlot slot;  // see PostControl
   };
   std::mutex posted_mu_;
   std::deque<PostedControl> posted_;  // waiting for the poster thread

@@ -325,10 +325,16 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
       std::weak_ptr<ServerSession> weak = s;
       const WindowLimits own_window = transport::OwnWindowLimits(
           options_.stream_window_bytes, options_.stream_window_messages);
+      // Without a slot the call refuses the stream (only a client ignoring
+      // the limit it was given sends one).
+      transport::StreamSlot slot = s->session->stream_slots().TryOpen();
+      if (!slot.held()) {
+        streams_over_limit_.fetch_add(1, std::memory_order_relaxed);
+      }
       call = std::make_shared<InjectedCall>(
           s->session, stream_id, stub_.get(), &s->cq,
           transport::SenderLimits(own_window, message.descriptor.aux),
-          own_window, [weak](uint64_t id) {
+          own_window, std::move(slot), [weak](uint64_t id) {
             if (auto session = weak.lock()) {
               std::shared_ptr<InjectedCall> done;
               std::lock_guard<std::mutex> lock(session->mu);
@@ -486,6 +492,7 @@ ServerStats ShmServer::Stats() {
   stats.calls_injected = calls_injected_.load();
   stats.sessions_closed = sessions_closed_.load();
   stats.calls_cancelled_by_close = calls_cancelled_by_close_.load();
+  stats.streams_over_limit = streams_over_limit_.load();
   stats.blocks_reclaimed = blocks_reclaimed_.load();
   stats.worker_threads = handshake_threads_.size() + completion_threads_.size();
   transport::SendPathStats paths = closed_sessions_paths_;

@@ -66,6 +66,9 @@ struct ServerStats {
   // for frames when other threads take its core).
   uint64_t busy_calls = 0;
   uint64_t calls_cancelled_by_close = 0;  // live when their client went
+  // Streams refused because their session had Options::max_concurrent_streams
+  // open already: only a client ignoring the limit sends one.
+  uint64_t streams_over_limit = 0;
   // Responses that needed more than one block: chained over several
   // blocks, or sent inline on the socket (by reason).
   uint64_t messages_chained = 0;
@@ -178,7 +181,7 @@ class ShmServer {
 
   std::atomic<uint64_t> sessions_accepted_{0}, handshakes_refused_{0},
       calls_injected_{0}, sessions_closed_{0}, calls_cancelled_by_close_{0},
-      blocks_reclaimed_{0};
+      blocks_reclaimed_{0}, streams_over_limit_{0};
   // Send paths of closed sessions (guarded by mu_).
   transport::SendPathStats closed_sessions_paths_;
   // Refused handshakes, and sessions ended by an error, are logged one line
