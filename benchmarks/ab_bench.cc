@@ -72,6 +72,8 @@ struct AbFlags {
   std::string malloc_env;  // K=V,... for every process
   bool pin = false;
   std::string style = "sync";  // the echo service's API, everywhere
+  // Unary and one-way calls carry a deadline this far ahead (0: none).
+  absl::Duration call_deadline = absl::ZeroDuration();
 };
 
 // A cell of the plan: what is measured, for every transport.
@@ -112,7 +114,8 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
   extra.usage_synopsis =
       "[--duration=S] [--transports=..] [--shapes=..] [--concurrency=..] "
       "[--csv=FILE] [--svg=FILE] [--target=unix:/p [--tcp_target=H:P]] "
-      "[--malloc_env=K=V,..] [--pin] [--style=sync|callback|async]";
+      "[--malloc_env=K=V,..] [--pin] [--style=sync|callback|async] "
+      "[--deadline_ms=N]";
   extra.usage_lines =
       "  --duration=S        seconds per measurement slot (default 1; 0.5 "
       "with --quick)\n"
@@ -131,6 +134,8 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       "  --style=...         the echo service's API in echo_server and in-\n"
       "                      process (default sync; async serves unary and\n"
       "                      pingpong from a completion queue, oneway sync)\n"
+      "  --deadline_ms=N     unary and one-way calls carry a deadline N ms\n"
+      "                      ahead, as production calls do (default none)\n"
       "  (here --rounds defaults to 3, and 2 with --quick)\n";
   extra.parse = [&](const std::string& arg, std::string* error) {
     auto value = [&](absl::string_view prefix) -> std::optional<std::string> {
@@ -197,6 +202,14 @@ bool ParseAbFlags(int argc, char** argv, AbFlags* flags) {
       return true;
     }
     if (arg == "--pin") return (flags->pin = true), true;
+    if (auto v = value("--deadline_ms=")) {
+      int ms;
+      if (!absl::SimpleAtoi(*v, &ms) || ms < 1) {
+        *error = "bad --deadline_ms: " + arg;
+      }
+      flags->call_deadline = absl::Milliseconds(ms);
+      return true;
+    }
     if (auto v = value("--style=")) {
       flags->style = *v;
       if (!test::IsEchoStyle(*v)) *error = "bad --style: " + arg;
@@ -271,7 +284,8 @@ Options ShmOptions(shm::WaitStrategy strategy) {
 // One caller thread of a slot.
 class Worker {
  public:
-  Worker(EchoService::Stub* stub, const Cell& cell) : stub_(stub), cell_(cell) {
+  Worker(EchoService::Stub* stub, const Cell& cell, absl::Duration deadline)
+      : stub_(stub), cell_(cell), deadline_(deadline) {
     test::FillRequest(&request_, cell.size, 1);
   }
 
@@ -311,6 +325,7 @@ class Worker {
     EchoResponse response;
     if (cell_.shape == "unary") {
       grpc::ClientContext context;
+      SetDeadline(&context);
       Check(stub_->Unary(&context, request_, &response), response);
     } else if (cell_.shape == "pingpong") {
       if (!stream_->Write(request_) || !stream_->Read(&response)) {
@@ -324,6 +339,7 @@ class Worker {
       messages = static_cast<int>(std::clamp<size_t>(
           (4 << 20) / std::max<size_t>(cell_.size, 1), 4, 1000));
       grpc::ClientContext context;
+      SetDeadline(&context);
       auto writer = stub_->ClientStream(&context, &response);
       for (int i = 0; i < messages; ++i) {
         if (!writer->Write(request_)) break;
@@ -356,9 +372,17 @@ class Worker {
     }
   }
 
+  void SetDeadline(grpc::ClientContext* context) const {
+    if (deadline_ > absl::ZeroDuration()) {
+      context->set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+    }
+  }
+
   EchoService::Stub* const stub_;
   const Cell cell_;
+  const absl::Duration deadline_;
   EchoRequest request_;
+
   std::unique_ptr<grpc::ClientContext> stream_context_;
   std::unique_ptr<grpc::ClientReaderWriter<EchoRequest, EchoResponse>> stream_;
   std::vector<double> latencies_us_;
@@ -368,12 +392,14 @@ class Worker {
 
 // One measurement slot: a fresh channel, warm-up, then `duration` of calls.
 bool RunSlot(const TransportSpec& transport, const Cell& cell,
-             absl::Duration duration, Accumulated* into) {
+             absl::Duration duration, absl::Duration call_deadline,
+             Accumulated* into) {
   std::shared_ptr<grpc::Channel> channel = transport.make_channel();
   auto stub = EchoService::NewStub(channel);
   std::vector<std::unique_ptr<Worker>> workers;
   for (int i = 0; i < cell.concurrency; ++i) {
-    workers.push_back(std::make_unique<Worker>(stub.get(), cell));
+    workers.push_back(
+        std::make_unique<Worker>(stub.get(), cell, call_deadline));
   }
   // Warm up in parallel (64 streams one by one would take long).
   std::atomic<int> warm{0}, failed{0};
@@ -461,7 +487,11 @@ std::string Conditions(const AbFlags& flags) {
       absl::FormatDuration(Options().wait.period), "; ", flags.common.rounds,
       " interleaved rounds x ", absl::FormatDuration(flags.duration),
       " per slot",
-      flags.pin ? "; client on CPU 0, servers on CPU 1" : "; unpinned");
+      flags.pin ? "; client on CPU 0, servers on CPU 1" : "; unpinned",
+      flags.call_deadline > absl::ZeroDuration()
+          ? absl::StrCat("; unary and one-way calls with a ",
+                         absl::FormatDuration(flags.call_deadline), " deadline")
+          : "");
 }
 
 // Prints how the results compare with the targets of the A/B issue.
@@ -605,7 +635,8 @@ int Main(int argc, char** argv) {
                      done * 100 / slots, round + 1, flags.common.rounds,
                      cell.shape.c_str(), SizeName(cell.size).c_str(),
                      cell.concurrency, transports[t].name.c_str());
-        if (!RunSlot(transports[t], cell, flags.duration, &results[c][t])) {
+        if (!RunSlot(transports[t], cell, flags.duration, flags.call_deadline,
+                     &results[c][t])) {
           return 1;
         }
         ++done;
