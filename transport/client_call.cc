@@ -398,15 +398,19 @@ void ClientCall::SendHeaders(Batch* m) {
   }
   if (deadline_ != absl::InfiniteFuture()) {
     std::weak_ptr<ClientCall> weak = weak_from_this();
-    alarm_ = std::make_unique<grpc::Alarm>();
-    alarm_->Set(absl::ToChronoTime(deadline_), [weak](bool fired) {
-      if (!fired) return;  // cancelled: the call ended first
-      if (auto call = weak.lock()) {
-        call->Abort(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                 "Deadline Exceeded"),
-                    /*tell_server=*/true);
-      }
-    });
+    absl::StatusOr<DeadlineTimer::Handle> timer =
+        DeadlineTimer::Process().Schedule(deadline_, [weak] {
+          if (auto call = weak.lock()) {
+            call->Abort(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                     "Deadline Exceeded"),
+                        /*tell_server=*/true);
+          }
+        });
+    if (!timer.ok()) {
+      Abort(ToGrpc(timer.status()), /*tell_server=*/true);
+      return;
+    }
+    deadline_timer_ = *timer;
   }
 }
 
@@ -1032,7 +1036,7 @@ void ClientCall::ReleaseAll(std::deque<InboundMessage>& messages) {
 }
 
 void ClientCall::Finish() {
-  if (alarm_) alarm_->Cancel();
+  if (deadline_timer_) DeadlineTimer::Process().Cancel(*deadline_timer_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& alarm : retry_alarms_) alarm->Cancel();

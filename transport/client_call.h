@@ -12,8 +12,8 @@
 //
 // A recv pass is held until what it needs has arrived (initial metadata, a
 // message or end of stream, status) and is completed, outside any lock, from
-// whichever thread made it ready. Deadlines are enforced with a grpc::Alarm
-// and forwarded to the server; TryCancel, a gone session, an oversize
+// whichever thread made it ready. Deadlines are enforced with the process's
+// DeadlineTimer and forwarded to the server; TryCancel, a gone session, an oversize
 // message all end the call with the matching status and tell the server.
 // Streaming calls are flow controlled (flow_window.h): a write batch that
 // finds the window full is parked, not waited for (the app's thread or
@@ -55,6 +55,7 @@
 #include "grpcpp/support/status.h"
 #include "shm/endpoint.h"
 #include "transport/client_core.h"
+#include "transport/deadline_timer.h"
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
 #include "transport/service_config.h"
@@ -162,7 +163,9 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   bool headers_sent_ = false;  // forward passes are not concurrent for sends
   // Serialized size of the first batch's message, computed by DecideHijack.
   std::optional<size_t> first_message_size_;
-  std::unique_ptr<grpc::Alarm> alarm_;
+  // The deadline's timer, once the headers are out (read by Finish, after
+  // every batch).
+  std::optional<DeadlineTimer::Handle> deadline_timer_;
   // Streaming calls only (null for unary): flow control both ways.
   std::unique_ptr<SendWindow> send_window_;
   std::unique_ptr<ReceiveWindow> receive_window_;

@@ -1,0 +1,170 @@
+// DeadlineTimer: callbacks run at their deadlines, in order; a cancelled one
+// never runs; callbacks may schedule and cancel; and a timer later than the
+// earliest one wakes nobody (the point of it: calls that end before their
+// deadline cost no wake-up).
+#include "transport/deadline_timer.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+
+namespace shmgrpc::transport {
+namespace {
+
+// Collects which callbacks ran, and when.
+class Fired {
+ public:
+  std::function<void()> Callback(int id) {
+    return [this, id] {
+      std::lock_guard<std::mutex> lock(mu_);
+      order_.push_back(id);
+      at_.push_back(absl::Now());
+      cv_.notify_all();
+    };
+  }
+  // Waits up to 5 s for `count` callbacks in all.
+  bool WaitFor(size_t count) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(5),
+                        [&] { return order_.size() >= count; });
+  }
+  std::vector<int> order() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return order_;
+  }
+  std::vector<absl::Time> at() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return at_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int> order_;
+  std::vector<absl::Time> at_;
+};
+
+TEST(DeadlineTimerTest, RunsEachAtItsDeadlineInOrder) {
+  DeadlineTimer timer;
+  Fired fired;
+  const absl::Time start = absl::Now();
+  // Scheduled latest first: each earlier one must wake the thread sooner.
+  ASSERT_TRUE(
+      timer.Schedule(start + absl::Milliseconds(90), fired.Callback(3)).ok());
+  ASSERT_TRUE(
+      timer.Schedule(start + absl::Milliseconds(60), fired.Callback(2)).ok());
+  ASSERT_TRUE(
+      timer.Schedule(start + absl::Milliseconds(30), fired.Callback(1)).ok());
+  ASSERT_TRUE(fired.WaitFor(3));
+  EXPECT_EQ(fired.order(), (std::vector<int>{1, 2, 3}));
+  const std::vector<absl::Time> at = fired.at();
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time due = start + absl::Milliseconds(30 * (i + 1));
+    EXPECT_GE(at[i], due) << "early: " << i;
+    EXPECT_LT(at[i], due + absl::Milliseconds(50)) << "late: " << i;
+  }
+}
+
+TEST(DeadlineTimerTest, APassedDeadlineRunsAtOnce) {
+  DeadlineTimer timer;
+  Fired fired;
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(timer.Schedule(start - absl::Seconds(1), fired.Callback(1)).ok());
+  ASSERT_TRUE(fired.WaitFor(1));
+  EXPECT_LT(fired.at()[0] - start, absl::Milliseconds(50));
+}
+
+TEST(DeadlineTimerTest, CancelledBeforeItsDeadlineItNeverRuns) {
+  DeadlineTimer timer;
+  Fired fired;
+  absl::StatusOr<DeadlineTimer::Handle> cancelled =
+      timer.Schedule(absl::Now() + absl::Milliseconds(20), fired.Callback(1));
+  absl::StatusOr<DeadlineTimer::Handle> kept =
+      timer.Schedule(absl::Now() + absl::Milliseconds(60), fired.Callback(2));
+  ASSERT_TRUE(cancelled.ok());
+  ASSERT_TRUE(kept.ok());
+  EXPECT_TRUE(timer.Cancel(*cancelled));
+  EXPECT_FALSE(timer.Cancel(*cancelled)) << "once only";
+  ASSERT_TRUE(fired.WaitFor(1));
+  absl::SleepFor(absl::Milliseconds(30));
+  EXPECT_EQ(fired.order(), (std::vector<int>{2}));
+  EXPECT_FALSE(timer.Cancel(*kept)) << "it ran already";
+}
+
+TEST(DeadlineTimerTest, CallbacksMayScheduleAndCancel) {
+  DeadlineTimer timer;
+  Fired fired;
+  absl::StatusOr<DeadlineTimer::Handle> victim =
+      timer.Schedule(absl::Now() + absl::Seconds(10), fired.Callback(99));
+  ASSERT_TRUE(victim.ok());
+  ASSERT_TRUE(
+      timer
+          .Schedule(absl::Now(),
+                    [&] {
+                      EXPECT_TRUE(timer.Cancel(*victim));
+                      EXPECT_TRUE(
+                          timer.Schedule(absl::Now(), fired.Callback(2)).ok());
+                    })
+          .ok());
+  ASSERT_TRUE(fired.WaitFor(1));
+  EXPECT_EQ(fired.order(), (std::vector<int>{2}));
+}
+
+// A sequential caller: every call schedules a deadline 10 s ahead and
+// cancels it when it ends, 100 us later. With the thread asleep until an
+// earlier timer (5 s ahead), each of 300 such calls is later than that and
+// wakes nobody; a notify on every Schedule woke it for nearly every call.
+TEST(DeadlineTimerTest, LaterDeadlinesWakeNobody) {
+  DeadlineTimer timer;
+  absl::StatusOr<DeadlineTimer::Handle> earlier =
+      timer.Schedule(absl::Now() + absl::Seconds(5), [] {});
+  ASSERT_TRUE(earlier.ok());
+  absl::SleepFor(absl::Milliseconds(100));  // the thread is asleep now
+  const uint64_t before = timer.wake_ups();
+  for (int i = 0; i < 300; ++i) {
+    absl::StatusOr<DeadlineTimer::Handle> handle =
+        timer.Schedule(absl::Now() + absl::Seconds(10), [] {
+          ADD_FAILURE() << "a cancelled timer ran";
+        });
+    ASSERT_TRUE(handle.ok());
+    absl::SleepFor(absl::Microseconds(100));  // the call
+    ASSERT_TRUE(timer.Cancel(*handle));
+  }
+  EXPECT_EQ(timer.wake_ups() - before, 0u);
+  EXPECT_TRUE(timer.Cancel(*earlier));
+}
+
+TEST(DeadlineTimerTest, ManyThreadsSchedulingAndCancelling) {
+  DeadlineTimer timer;
+  std::atomic<int> ran{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2000; ++i) {
+        // Every other one runs (a deadline now), the rest are cancelled.
+        const bool expire = i % 2 == 0;
+        absl::StatusOr<DeadlineTimer::Handle> handle = timer.Schedule(
+            absl::Now() + (expire ? absl::ZeroDuration() : absl::Seconds(5)),
+            [&ran] { ran.fetch_add(1); });
+        ASSERT_TRUE(handle.ok());
+        if (!expire) {
+          EXPECT_TRUE(timer.Cancel(*handle)) << t << "/" << i;
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (ran.load() < 4000 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(ran.load(), 4000);
+}
+
+}  // namespace
+}  // namespace shmgrpc::transport

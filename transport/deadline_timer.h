@@ -1,0 +1,79 @@
+// DeadlineTimer: runs a callback at a deadline unless cancelled first; one
+// thread serves every timer of the process.
+//
+// For the client's call deadlines, which it must enforce itself (a server
+// that stopped reading never answers). grpc::Alarm did this before, one per
+// call, but a callback alarm cancelled in time — every call that ends
+// before its deadline — still runs its callback, on a gRPC executor thread
+// it wakes for it: with a deadline on every call, as production calls
+// carry, that cost ~4 context switches and ~30 us of CPU per call here
+// (`ab_bench --deadline_ms`, 4 KiB unary, 64 callers: 17.6k vs 25.5k
+// calls/s). Here a cancel only erases an entry, and the thread sleeps until
+// the earliest deadline it knows; a timer later than that wakes nobody, so
+// calls with the usual long deadlines cost no wake-up at all.
+//
+// Callbacks run on the timer thread, one at a time, without the timer's
+// lock: they may schedule and cancel timers; they must not block for long
+// (later deadlines wait for them).
+// Thread-safe.
+#ifndef SHMGRPC_TRANSPORT_DEADLINE_TIMER_H_
+#define SHMGRPC_TRANSPORT_DEADLINE_TIMER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "shm/thread.h"
+
+namespace shmgrpc::transport {
+
+class DeadlineTimer {
+ public:
+  // Names one scheduled callback, for Cancel.
+  using Handle = std::pair<absl::Time, uint64_t>;
+
+  // The process's timer (never destroyed: its thread may outlive main).
+  static DeadlineTimer& Process();
+
+  DeadlineTimer() = default;
+  // Stops the thread; callbacks not yet run never run.
+  ~DeadlineTimer();
+  DeadlineTimer(const DeadlineTimer&) = delete;
+  DeadlineTimer& operator=(const DeadlineTimer&) = delete;
+
+  // Runs `fire` once at `deadline` (at once if it has passed) unless
+  // Cancel(handle) comes first. ResourceExhausted when the timer thread
+  // cannot be started (tried again at the next call).
+  absl::StatusOr<Handle> Schedule(absl::Time deadline,
+                                  std::function<void()> fire);
+  // True when `fire` will not run; false when it has run, is running, or
+  // was cancelled before.
+  bool Cancel(const Handle& handle);
+
+  // How many times the thread woke (for tests: a timer later than the
+  // earliest one must not wake it).
+  uint64_t wake_ups() const;
+
+ private:
+  void Run();
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::map<Handle, std::function<void()>> timers_;
+  uint64_t next_id_ = 1;
+  // When the thread wakes next without being notified (InfiniteFuture:
+  // only when notified).
+  absl::Time thread_wakes_at_ = absl::InfiniteFuture();
+  uint64_t wake_ups_ = 0;
+  bool stopping_ = false;
+  shm::Thread thread_;
+};
+
+}  // namespace shmgrpc::transport
+
+#endif  // SHMGRPC_TRANSPORT_DEADLINE_TIMER_H_
