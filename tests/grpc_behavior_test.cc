@@ -786,6 +786,43 @@ TEST_F(BehaviorTest, ChannelChurnFromManyThreadsSharesSafely) {
               static_cast<unsigned long>(stats.sessions_accepted()));
 }
 
+// An app that makes a channel per request finds the session of its last
+// channel still open (Options::session_linger, 1 s): 20 such channels in a
+// row cost one handshake, every call goes over shm, and once the linger
+// has passed the session closes and this process holds no shared memory.
+// (Before, each channel opened and closed a session of its own: 37-41 ms
+// per channel and call instead of 0.7-1.4 ms, plain gRPC 1.1-2.2 ms.) With
+// a linger of 0 a session closes with its channel.
+TEST_F(BehaviorTest, AChannelPerRequestReusesTheLingeringSession) {
+  stub_.reset();
+  channel_.reset();
+  const std::string target = server_->target();
+  auto sessions_open = [&] { return FetchServerStats(target).sessions_open(); };
+  ASSERT_TRUE(WaitFor([&] { return sessions_open() == 0; }, absl::Seconds(5)))
+      << "the fixture's session did not close after its linger";
+  uint64_t accepted = FetchServerStats(target).sessions_accepted();
+  for (int i = 0; i < 20; ++i) {
+    ExpectEchoOver(CreateChannel(target), true, absl::StrCat("channel ", i));
+  }
+  EXPECT_EQ(FetchServerStats(target).sessions_accepted() - accepted, 1u);
+  EXPECT_EQ(sessions_open(), 1u) << "closed at once with its last channel";
+  EXPECT_TRUE(WaitFor([&] { return sessions_open() == 0; }, absl::Seconds(5)))
+      << "still open well after the linger";
+  ExpectNoShmHeldBy(getpid(), "the client, after the linger");
+
+  Options no_linger;
+  no_linger.session_linger = absl::ZeroDuration();
+  accepted = FetchServerStats(target).sessions_accepted();
+  for (int i = 0; i < 3; ++i) {
+    ExpectEchoOver(CreateChannel(target, no_linger), true,
+                   absl::StrCat("channel without linger ", i));
+    EXPECT_TRUE(
+        WaitFor([&] { return sessions_open() == 0; }, absl::Milliseconds(500)))
+        << "a session without linger outlived its channel";
+  }
+  EXPECT_EQ(FetchServerStats(target).sessions_accepted() - accepted, 3u);
+}
+
 // A GenericStub Unary echo of a 100-byte payload (never hijacked: not a
 // protobuf call, so it travels the channel's plain path).
 grpc::Status GenericUnaryEcho(const std::shared_ptr<grpc::Channel>& channel,

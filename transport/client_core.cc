@@ -13,6 +13,10 @@ ClientCore::ClientCore(const std::string& shm_path, Options options,
                 : SessionLink::Get(shm_path, options_, share_session)),
       make_plain_channel_(std::move(make_plain_channel)) {}
 
+ClientCore::~ClientCore() {
+  if (link_ != nullptr) SessionLink::Release(link_);
+}
+
 std::shared_ptr<grpc::Channel> ClientCore::PlainAttemptChannel() {
   std::lock_guard<std::mutex> lock(plain_channel_mu_);
   if (plain_channel_ == nullptr) plain_channel_ = make_plain_channel_();

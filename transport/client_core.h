@@ -104,6 +104,9 @@ class ClientCore {
   ClientCore(const std::string& shm_path, Options options,
              ChannelSettings settings, bool share_session,
              PlainChannelFactory make_plain_channel);
+  // Lets go of the session link (SessionLink::Release: a shared one
+  // lingers).
+  ~ClientCore();
 
   // The live session, or nullptr.
   std::shared_ptr<Session> session() {

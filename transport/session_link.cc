@@ -9,6 +9,7 @@
 #include "codec/frame_type.h"
 #include "shm/thread_name.h"
 #include "transport/client_call.h"
+#include "transport/deadline_timer.h"
 #include "transport/handshake.h"
 #include "transport/log.h"
 #include "transport/weak_registry.h"
@@ -59,8 +60,10 @@ std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
     link = Registry().FindOrAdd(
         SessionKey(shm_path, options),
         [&] {
-          return std::shared_ptr<SessionLink>(
-              new SessionLink(shm_path, options));
+          auto made_link =
+              std::shared_ptr<SessionLink>(new SessionLink(shm_path, options));
+          made_link->shared_ = true;  // before another channel can find it
+          return made_link;
         },
         &made);
   }
@@ -68,6 +71,59 @@ std::shared_ptr<SessionLink> SessionLink::Get(const std::string& shm_path,
   link->StartOnce();
   if (!made) link->Connect().IgnoreError();  // no-op while the session is up
   return link;
+}
+
+void SessionLink::Release(std::shared_ptr<SessionLink> link) {
+  if (!link->shared_ || link->options_.session_linger <= absl::ZeroDuration()) {
+    return;  // the caller's reference goes now
+  }
+  {
+    std::lock_guard<std::mutex> lock(link->linger_mu_);
+    link->linger_until_ = absl::Now() + link->options_.session_linger;
+    if (link->linger_held_) return;  // the hold under way lasts until then
+    link->linger_held_ = true;
+  }
+  SessionLink* raw = link.get();
+  raw->HoldUntilLingerEnds(std::move(link));
+}
+
+void SessionLink::HoldUntilLingerEnds(std::shared_ptr<SessionLink> self) {
+  absl::Time until;
+  {
+    std::lock_guard<std::mutex> lock(linger_mu_);
+    until = linger_until_;
+  }
+  absl::StatusOr<DeadlineTimer::Handle> held =
+      DeadlineTimer::Process().Schedule(until, [self]() mutable {
+        SessionLink* raw = self.get();
+        raw->OnLingerEnd(std::move(self));
+      });
+  if (!held.ok()) {
+    // No timer thread: no linger; `self` goes when this returns.
+    std::lock_guard<std::mutex> lock(linger_mu_);
+    linger_held_ = false;
+  }
+}
+
+void SessionLink::OnLingerEnd(std::shared_ptr<SessionLink> self) {
+  bool extended;
+  {
+    std::lock_guard<std::mutex> lock(linger_mu_);
+    extended = linger_until_ > absl::Now();  // released again meanwhile
+    if (!extended) linger_held_ = false;
+  }
+  if (extended) {
+    HoldUntilLingerEnds(std::move(self));
+    return;
+  }
+  // Usually the last reference: the destructor closes the session and
+  // joins threads, which the timer thread must not wait for.
+  absl::StatusOr<shm::Thread> closer =
+      shm::Thread::Start([self = std::move(self)]() mutable {
+        shm::NameThisThread("shm-linger-end");
+        self.reset();
+      });
+  if (closer.ok()) closer->detach();  // else `self` went inside Start
 }
 
 SessionLink::SessionLink(std::string shm_path, Options options)

@@ -11,7 +11,8 @@
 // (kGoAway): the link then starts no new call on that session (new calls go
 // plain until a new session opens), lets its calls finish, and closes it
 // after the last one, as a gRPC client drains a connection after GOAWAY.
-// The session closes when the last channel using the link lets go of it.
+// The session closes when the last channel using the link lets go of it,
+// or, for a shared link, Options::session_linger later (Release).
 // Thread-safe.
 #ifndef SHMGRPC_TRANSPORT_SESSION_LINK_H_
 #define SHMGRPC_TRANSPORT_SESSION_LINK_H_
@@ -44,8 +45,8 @@ struct LinkStats {
   uint64_t blocks_reclaimed = 0;        // our blocks the gone peer still held
   SendPathStats send_paths;             // messages chained or sent inline
   bool session_alive = false;
-  uint64_t busy_calls = 0;  // on the current session
-  shm::EndpointStats session;          // the current session's; zero when none
+  uint64_t busy_calls = 0;     // on the current session
+  shm::EndpointStats session;  // the current session's; zero when none
 };
 
 class SessionLink : public std::enable_shared_from_this<SessionLink> {
@@ -59,6 +60,12 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   // background.
   static std::shared_ptr<SessionLink> Get(const std::string& shm_path,
                                           const Options& options, bool shared);
+  // A channel lets go of `link`. A shared link is held, and so its session
+  // kept open, until Options::session_linger has passed since the last
+  // Release (a channel made meanwhile joins it); then the hold ends, and
+  // with the last reference the link closes its session, on a thread of
+  // its own (not the timer's: closing joins threads). Any thread.
+  static void Release(std::shared_ptr<SessionLink> link);
   ~SessionLink();
   SessionLink(const SessionLink&) = delete;
   SessionLink& operator=(const SessionLink&) = delete;
@@ -81,6 +88,10 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   static std::string SessionKey(const std::string& shm_path,
                                 const Options& options);
   void StartOnce();
+  // Holds `self` until linger_until_ (the process's DeadlineTimer keeps
+  // it), then lets go of it.
+  void HoldUntilLingerEnds(std::shared_ptr<SessionLink> self);
+  void OnLingerEnd(std::shared_ptr<SessionLink> self);
   // session_mu_ held, not stopping_: starts the reconnect thread, or logs
   // why not and sets when to try again.
   void StartReconnectThreadLocked();
@@ -104,8 +115,13 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
 
   const std::string shm_path_;
   const Options options_;
+  bool shared_ = false;  // in the registry (set before it is listed there)
   std::once_flag started_;
-  std::mutex connect_mu_;  // held through Connect()
+
+  std::mutex linger_mu_;
+  absl::Time linger_until_;   // guarded by linger_mu_
+  bool linger_held_ = false;  // a hold is scheduled (guarded by linger_mu_)
+  std::mutex connect_mu_;     // held through Connect()
 
   std::mutex session_mu_;
   std::shared_ptr<Session> session_;
