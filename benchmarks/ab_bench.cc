@@ -448,10 +448,7 @@ bool RunSlot(const TransportSpec& transport, const Cell& cell,
   if (transport.shm) {
     const ClientStats stats = *GetChannelStats(channel.get());
     into->fallbacks +=
-        stats.calls_plain_no_session + stats.calls_plain_not_protobuf +
-        stats.calls_plain_too_large + stats.calls_plain_arena_full +
-        stats.calls_plain_large_metadata + stats.inline_arena_full +
-        stats.inline_too_large;
+        stats.calls_plain() + stats.inline_arena_full + stats.inline_too_large;
   }
   return true;
 }

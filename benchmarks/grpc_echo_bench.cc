@@ -138,9 +138,7 @@ int Main(int argc, char** argv) {
       absl::FormatDuration(Options().wait.max_spin).c_str(),
       absl::FormatDuration(Options().wait.spin_per_mib).c_str(),
       static_cast<unsigned long>(stats.calls_on_shm),
-      static_cast<unsigned long>(stats.calls_plain_no_session +
-                                 stats.calls_plain_not_protobuf +
-                                 stats.calls_plain_too_large));
+      static_cast<unsigned long>(stats.calls_plain()));
   std::printf("%-8s %-8s %10s %10s %12s %12s\n", "size", "transport", "p50_us",
               "p99_us", "p50/uds", "p50/inproc");
   for (size_t s = 0; s < flags.sizes.size(); ++s) {

@@ -97,6 +97,7 @@ TEST_F(StreamLimitTest, StreamsPastTheLimitGoPlain) {
   StartServer(4);
   EXPECT_EQ(OpenStreamsAndCountShm(6), 4);
   EXPECT_EQ(Stats().calls_plain_stream_limit, 2u);
+  EXPECT_EQ(Stats().calls_plain(), 2u) << "the total counts every reason";
   EXPECT_EQ(OpenStreamsAndCountShm(4), 4) << "slots not returned";
   EXPECT_EQ(Stats().calls_plain_stream_limit, 2u);
   EXPECT_EQ(FetchServerStats(server_->target()).streams_over_limit(), 0u);

@@ -40,6 +40,13 @@ struct ClientStats {
   // The session had as many streams open as its server allows
   // (Options::max_concurrent_streams).
   uint64_t calls_plain_stream_limit = 0;
+  // New calls sent over plain gRPC, for any of the reasons above.
+  uint64_t calls_plain() const {
+    return calls_plain_no_session + calls_plain_not_protobuf +
+           calls_plain_too_large + calls_plain_arena_full +
+           calls_plain_large_metadata + calls_plain_retry_policy +
+           calls_plain_stream_limit;
+  }
   // Attempts after the first of unary shm calls, as their method's retry
   // policy asked (service_config.h).
   uint64_t shm_retries = 0;
