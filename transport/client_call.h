@@ -13,10 +13,10 @@
 // A recv pass is held until what it needs has arrived (initial metadata, a
 // message or end of stream, status) and is completed, outside any lock, from
 // whichever thread made it ready. Deadlines are enforced with the process's
-// DeadlineTimer and forwarded to the server; TryCancel, a gone session, an oversize
-// message all end the call with the matching status and tell the server.
-// Streaming calls are flow controlled (flow_window.h): a write batch that
-// finds the window full is parked, not waited for (the app's thread or
+// DeadlineTimer and forwarded to the server; TryCancel, a gone session, an
+// oversize message all end the call with the matching status and tell the
+// server. Streaming calls are flow controlled (flow_window.h): a write batch
+// that finds the window full is parked, not waited for (the app's thread or
 // gRPC's callback thread is never blocked in here; a sync Write still blocks
 // in gRPC until the batch completes), and resumed when credit comes; credit
 // for what this side consumed goes back without ever waiting on the session
