@@ -15,6 +15,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -239,9 +240,12 @@ template <typename Base>
 class EchoFixtureBase : public Base {
  protected:
   virtual std::string ServerStyle() = 0;
+  // Further echo_server flags.
+  virtual std::vector<std::string> ServerArgs() { return {}; }
 
   void SetUp() override {
-    server_ = std::make_unique<testing::ServerProcess>(ServerStyle());
+    server_ =
+        std::make_unique<testing::ServerProcess>(ServerStyle(), ServerArgs());
     ASSERT_TRUE(server_->status().ok()) << server_->status();
     channel_ = CreateChannel(server_->target());
     stub_ = EchoService::NewStub(channel_);

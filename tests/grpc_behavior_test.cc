@@ -1079,6 +1079,47 @@ TEST(CredentialsTest, ChannelCredentialsAreThePlainPaths) {
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
+// Call credentials (ClientContext::set_credentials) are applied by gRPC's
+// core as it sends a call, which a hijacked call never is: such a call goes
+// plain, and the handler sees the credentials' metadata as it would without
+// shm (over shm the token was dropped: no "authorization" reached the
+// handler). Calls without them on the same channel still take shm.
+TEST(CredentialsTest, CallsWithCallCredentialsGoPlainAndCarryThem) {
+  ServerProcess server("sync", {"--local_credentials"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  std::shared_ptr<grpc::Channel> channel = shmgrpc::CreateChannel(
+      server.target(), grpc::experimental::LocalCredentials(UDS));
+  auto stub = EchoService::NewStub(channel);
+  EchoRequest request;
+  FillRequest(&request, 256, 1);
+  request.set_add_metadata(true);  // the handler echoes what it was sent
+  EchoResponse response;
+  grpc::ClientContext with_token;
+  with_token.set_deadline(In(absl::Seconds(10)));
+  with_token.set_credentials(grpc::AccessTokenCredentials("token-1234"));
+  grpc::Status status = stub->Unary(&with_token, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.request_metadata().count("authorization"), 1u)
+      << "the token did not reach the handler";
+  if (response.request_metadata().count("authorization") == 1) {
+    EXPECT_EQ(response.request_metadata().at("authorization"),
+              "Bearer token-1234");
+  }
+  EXPECT_EQ(response.peer_pid(), "") << "went over shm";
+
+  grpc::ClientContext without;
+  without.set_deadline(In(absl::Seconds(10)));
+  status = stub->Unary(&without, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_NE(response.peer_pid(), "") << "a call without them went plain";
+  const ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_plain_call_credentials, 1u);
+  EXPECT_EQ(stats.calls_on_shm, 1u);
+  stub.reset();
+  channel.reset();
+  EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
+}
+
 // Raw connections to the handshake socket of a live server.
 int RawConnect(const std::string& path) {
   absl::StatusOr<int> sock = transport::ConnectUnix(path);

@@ -10,7 +10,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -18,12 +17,9 @@
 #include "tests/echo.grpc.pb.h"
 #include "tests/echo_fixture.h"
 #include "tests/echo_logic.h"
-#include "tests/server_process.h"
 
 namespace shmgrpc::test {
 namespace {
-
-using testing::ServerProcess;
 
 // A bidi stream left open after one echo, and whether that echo came over
 // shm (the server-verified peer pid comes only with shm).
@@ -54,24 +50,12 @@ void CloseBidi(OpenBidi& bidi) {
   EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
-class StreamLimitTest : public ::testing::Test {
+// A server allowing two streams per session.
+class StreamLimitTest : public EchoTest {
  protected:
-  void StartServer(int max_concurrent_streams) {
-    server_ = std::make_unique<ServerProcess>(
-        "sync", std::vector<std::string>{absl::StrCat(
-                    "--max_concurrent_streams=", max_concurrent_streams)});
-    ASSERT_TRUE(server_->status().ok()) << server_->status();
-    channel_ = CreateChannel(server_->target());
-    stub_ = EchoService::NewStub(channel_);
+  std::vector<std::string> ServerArgs() override {
+    return {"--max_concurrent_streams=2"};
   }
-  void TearDown() override {
-    stub_.reset();
-    channel_.reset();
-    if (server_ != nullptr && server_->status().ok()) {
-      EXPECT_EQ(server_->Stop(), 0) << "echo_server did not exit cleanly";
-    }
-  }
-  ClientStats Stats() { return *GetChannelStats(channel_.get()); }
 
   // Opens `count` bidi streams at once; returns how many went over shm.
   int OpenStreamsAndCountShm(int count) {
@@ -84,22 +68,17 @@ class StreamLimitTest : public ::testing::Test {
     for (OpenBidi& bidi : streams) CloseBidi(bidi);
     return on_shm;
   }
-
-  std::unique_ptr<ServerProcess> server_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<EchoService::Stub> stub_;
 };
 
-// Six streams open at once against a limit of four: four on shm, two plain,
-// all served; once they are closed, four fit on shm again (every slot came
-// back).
+// Five streams open at once against a limit of two: two on shm, three
+// plain, all served; once they are closed, two fit on shm again (every slot
+// came back).
 TEST_F(StreamLimitTest, StreamsPastTheLimitGoPlain) {
-  StartServer(4);
-  EXPECT_EQ(OpenStreamsAndCountShm(6), 4);
-  EXPECT_EQ(Stats().calls_plain_stream_limit, 2u);
-  EXPECT_EQ(Stats().calls_plain(), 2u) << "the total counts every reason";
-  EXPECT_EQ(OpenStreamsAndCountShm(4), 4) << "slots not returned";
-  EXPECT_EQ(Stats().calls_plain_stream_limit, 2u);
+  EXPECT_EQ(OpenStreamsAndCountShm(5), 2);
+  EXPECT_EQ(Stats().calls_plain_stream_limit, 3u);
+  EXPECT_EQ(Stats().calls_plain(), 3u) << "the total counts every reason";
+  EXPECT_EQ(OpenStreamsAndCountShm(2), 2) << "slots not returned";
+  EXPECT_EQ(Stats().calls_plain_stream_limit, 3u);
   EXPECT_EQ(FetchServerStats(server_->target()).streams_over_limit(), 0u);
 }
 
@@ -109,7 +88,6 @@ TEST_F(StreamLimitTest, StreamsPastTheLimitGoPlain) {
 // it), and the server never sees the channel past it. Afterwards both
 // slots are free again.
 TEST_F(StreamLimitTest, CallsEndingEveryWayNeverPassTheServersCount) {
-  StartServer(2);
   constexpr int kThreads = 8;
   constexpr int kCallsPerThread = 40;
   std::atomic<int> wrong{0};

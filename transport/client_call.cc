@@ -227,6 +227,13 @@ bool ClientCall::DecideHijack(Batch* m) {
     core_->CountPlain(ClientCore::PlainReason::kNotProtobuf);
     return false;
   }
+  if (info_->client_context()->credentials() != nullptr) {
+    // gRPC's core applies call credentials (their metadata, and the check
+    // that the channel is secure enough for them) as the call is sent,
+    // which a hijacked call never is: over shm they would be dropped.
+    core_->CountPlain(ClientCore::PlainReason::kCallCredentials);
+    return false;
+  }
   const bool unary =
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY;
   if (const auto& config = core_->settings().service_config) {

@@ -46,6 +46,9 @@ void ClientCore::CountPlain(PlainReason reason) {
     case PlainReason::kStreamLimit:
       plain_stream_limit_.fetch_add(1, std::memory_order_relaxed);
       break;
+    case PlainReason::kCallCredentials:
+      plain_call_credentials_.fetch_add(1, std::memory_order_relaxed);
+      break;
   }
 }
 
@@ -66,6 +69,8 @@ ClientStats ClientCore::Stats() {
       plain_retry_policy_.load(std::memory_order_relaxed);
   stats.calls_plain_stream_limit =
       plain_stream_limit_.load(std::memory_order_relaxed);
+  stats.calls_plain_call_credentials =
+      plain_call_credentials_.load(std::memory_order_relaxed);
   stats.shm_retries = retries_.load(std::memory_order_relaxed);
   stats.shm_retries_over_plain =
       retries_over_plain_.load(std::memory_order_relaxed);

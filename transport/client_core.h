@@ -40,12 +40,15 @@ struct ClientStats {
   // The session had as many streams open as its server allows
   // (Options::max_concurrent_streams).
   uint64_t calls_plain_stream_limit = 0;
+  // The call has call credentials (ClientContext::set_credentials), which
+  // gRPC applies as it sends a call: only a plain call carries them.
+  uint64_t calls_plain_call_credentials = 0;
   // New calls sent over plain gRPC, for any of the reasons above.
   uint64_t calls_plain() const {
     return calls_plain_no_session + calls_plain_not_protobuf +
            calls_plain_too_large + calls_plain_arena_full +
            calls_plain_large_metadata + calls_plain_retry_policy +
-           calls_plain_stream_limit;
+           calls_plain_stream_limit + calls_plain_call_credentials;
   }
   // Attempts after the first of unary shm calls, as their method's retry
   // policy asked (service_config.h).
@@ -141,6 +144,7 @@ class ClientCore {
     kLargeMetadata,
     kRetryPolicy,
     kStreamLimit,
+    kCallCredentials,
   };
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
@@ -165,7 +169,7 @@ class ClientCore {
   std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
       plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
       plain_large_metadata_{0}, plain_retry_policy_{0}, plain_stream_limit_{0},
-      retries_{0}, retries_over_plain_{0};
+      plain_call_credentials_{0}, retries_{0}, retries_over_plain_{0};
 
   const PlainChannelFactory make_plain_channel_;
   std::mutex plain_channel_mu_;
