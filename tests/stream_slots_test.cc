@@ -55,6 +55,20 @@ TEST(StreamSlotsTest, MovesCarryTheSlotAndAbandonKeepsItCounted) {
   EXPECT_EQ(slots.open(), 1u) << "an abandoned slot stays counted";
 }
 
+// A client call's slot may outlive its session's count (a retry moves the
+// call to the next session after the last one is gone): releasing it then
+// is safe. (It was a use-after-free, caught by ASan in the retry tests.)
+TEST(StreamSlotsTest, ASlotMayOutliveItsSlots) {
+  StreamSlot slot;
+  {
+    StreamSlots slots(1);
+    slot = slots.TryOpen();
+    ASSERT_TRUE(slot.held());
+  }
+  slot.Release();
+  EXPECT_FALSE(slot.held());
+}
+
 // Threads racing at the limit never hold more than it together, and a
 // failed attempt never makes another fail while a slot is free: with 4
 // threads and a limit of 4, every attempt succeeds.

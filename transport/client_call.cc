@@ -547,6 +547,7 @@ void ClientCall::OnSessionClosed(std::atomic<uint64_t>* aborted_count) {
   bool retrying = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    stream_slot_.Release();  // the session, and its count, are gone
     // As gRPC retries an attempt whose connection broke.
     if (!finished_ && retry_policy_ != nullptr) {
       retrying = ScheduleRetryLocked(closed);
@@ -594,9 +595,9 @@ void ClientCall::StartNextAttempt() {
         // Every reader of session_ and stream_id_ past the first attempt
         // takes mu_ first (or has finished_ set, and then this is not
         // reached).
+        stream_slot_ = std::move(slot);  // the last attempt's goes
         session_ = session;
         stream_id_ = id;
-        stream_slot_ = std::move(slot);
         CountBusyLocked(session);
       }
     }

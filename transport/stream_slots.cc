@@ -7,27 +7,29 @@ namespace shmgrpc::transport {
 StreamSlot& StreamSlot::operator=(StreamSlot&& other) noexcept {
   if (this != &other) {
     Release();
-    slots_ = std::exchange(other.slots_, nullptr);
+    count_ = std::move(other.count_);
   }
   return *this;
 }
 
 void StreamSlot::Release() {
-  if (slots_ == nullptr) return;
-  slots_->open_.fetch_sub(1, std::memory_order_release);
-  slots_ = nullptr;
+  if (count_ == nullptr) return;
+  count_->open.fetch_sub(1, std::memory_order_release);
+  count_ = nullptr;
 }
 
 StreamSlot StreamSlots::TryOpen() {
   // Exact under concurrency (a failed attempt never shows others a count it
   // did not have), so a client at its limit minus one is never sent plain
   // for nothing.
-  uint64_t open = open_.load(std::memory_order_acquire);
+  std::atomic<uint64_t>& open = count_->open;
+  uint64_t now_open = open.load(std::memory_order_acquire);
   do {
-    if (limit_ != 0 && open >= limit_) return StreamSlot();
-  } while (!open_.compare_exchange_weak(
-      open, open + 1, std::memory_order_acq_rel, std::memory_order_acquire));
-  return StreamSlot(this);
+    if (count_->limit != 0 && now_open >= count_->limit) return StreamSlot();
+  } while (!open.compare_exchange_weak(now_open, now_open + 1,
+                                       std::memory_order_acq_rel,
+                                       std::memory_order_acquire));
+  return StreamSlot(count_);
 }
 
 }  // namespace shmgrpc::transport

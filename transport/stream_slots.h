@@ -16,17 +16,26 @@
 // (RESOURCE_EXHAUSTED) knowing that only a client ignoring the limit sends
 // one. A client with no slot left sends its new call over plain gRPC.
 //
-// Thread-safe. A StreamSlots must outlive its slots (the session owns it,
-// and every holder of a slot holds the session).
+// Thread-safe. A slot may outlive its StreamSlots (the count they share
+// lives as long as either): a client call moves from session to session
+// across retries, and a slot of a session already gone is still released.
 #ifndef SHMGRPC_TRANSPORT_STREAM_SLOTS_H_
 #define SHMGRPC_TRANSPORT_STREAM_SLOTS_H_
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <utility>
 
 namespace shmgrpc::transport {
 
-class StreamSlots;
+namespace stream_slots_internal {
+struct Count {
+  explicit Count(uint64_t limit) : limit(limit) {}
+  const uint64_t limit;
+  std::atomic<uint64_t> open{0};
+};
+}  // namespace stream_slots_internal
 
 // One open stream's place in its session's count; returns it when released
 // or destroyed. Movable; a default-constructed or moved-from slot holds
@@ -34,40 +43,38 @@ class StreamSlots;
 class StreamSlot {
  public:
   StreamSlot() = default;
-  StreamSlot(StreamSlot&& other) noexcept : slots_(other.slots_) {
-    other.slots_ = nullptr;
-  }
+  StreamSlot(StreamSlot&& other) noexcept = default;
   StreamSlot& operator=(StreamSlot&& other) noexcept;
   ~StreamSlot() { Release(); }
 
-  bool held() const { return slots_ != nullptr; }
+  bool held() const { return count_ != nullptr; }
   void Release();
   // Never returns the slot: for a stream whose end the peer may never have
   // seen (its kCancel could not be sent), which the peer may count forever.
-  void Abandon() { slots_ = nullptr; }
+  void Abandon() { count_ = nullptr; }
 
  private:
   friend class StreamSlots;
-  explicit StreamSlot(StreamSlots* slots) : slots_(slots) {}
-  StreamSlots* slots_ = nullptr;
+  explicit StreamSlot(std::shared_ptr<stream_slots_internal::Count> count)
+      : count_(std::move(count)) {}
+  std::shared_ptr<stream_slots_internal::Count> count_;
 };
 
 class StreamSlots {
  public:
   // At most `limit` streams open at once; 0: no limit.
-  explicit StreamSlots(uint64_t limit) : limit_(limit) {}
+  explicit StreamSlots(uint64_t limit)
+      : count_(std::make_shared<stream_slots_internal::Count>(limit)) {}
   StreamSlots(const StreamSlots&) = delete;
   StreamSlots& operator=(const StreamSlots&) = delete;
 
   // A slot, or one that holds nothing when `limit` streams are open.
   StreamSlot TryOpen();
-  uint64_t limit() const { return limit_; }
-  uint64_t open() const { return open_.load(std::memory_order_relaxed); }
+  uint64_t limit() const { return count_->limit; }
+  uint64_t open() const { return count_->open.load(std::memory_order_relaxed); }
 
  private:
-  friend class StreamSlot;
-  const uint64_t limit_;
-  std::atomic<uint64_t> open_{0};
+  const std::shared_ptr<stream_slots_internal::Count> count_;
 };
 
 }  // namespace shmgrpc::transport
