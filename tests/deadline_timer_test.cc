@@ -52,22 +52,26 @@ class Fired {
 TEST(DeadlineTimerTest, RunsEachAtItsDeadlineInOrder) {
   DeadlineTimer timer;
   Fired fired;
+  // The thread asleep until a far timer; then each timer scheduled is
+  // earlier than the one it sleeps until and must wake it (else it runs
+  // late: at 10 s, or 370 ms late).
+  absl::StatusOr<DeadlineTimer::Handle> far =
+      timer.Schedule(absl::Now() + absl::Seconds(10), [] {});
+  ASSERT_TRUE(far.ok());
+  absl::SleepFor(absl::Milliseconds(50));
   const absl::Time start = absl::Now();
-  // Scheduled latest first: each earlier one must wake the thread sooner.
   ASSERT_TRUE(
-      timer.Schedule(start + absl::Milliseconds(90), fired.Callback(3)).ok());
-  ASSERT_TRUE(
-      timer.Schedule(start + absl::Milliseconds(60), fired.Callback(2)).ok());
+      timer.Schedule(start + absl::Milliseconds(400), fired.Callback(2)).ok());
   ASSERT_TRUE(
       timer.Schedule(start + absl::Milliseconds(30), fired.Callback(1)).ok());
-  ASSERT_TRUE(fired.WaitFor(3));
-  EXPECT_EQ(fired.order(), (std::vector<int>{1, 2, 3}));
+  ASSERT_TRUE(fired.WaitFor(2));
+  EXPECT_EQ(fired.order(), (std::vector<int>{1, 2}));
   const std::vector<absl::Time> at = fired.at();
-  for (int i = 0; i < 3; ++i) {
-    const absl::Time due = start + absl::Milliseconds(30 * (i + 1));
-    EXPECT_GE(at[i], due) << "early: " << i;
-    EXPECT_LT(at[i], due + absl::Milliseconds(50)) << "late: " << i;
-  }
+  EXPECT_GE(at[0], start + absl::Milliseconds(30)) << "early";
+  EXPECT_LT(at[0], start + absl::Milliseconds(330)) << "slept past it";
+  EXPECT_GE(at[1], start + absl::Milliseconds(400)) << "early";
+  EXPECT_LT(at[1], start + absl::Milliseconds(700)) << "slept past it";
+  EXPECT_TRUE(timer.Cancel(*far));
 }
 
 TEST(DeadlineTimerTest, APassedDeadlineRunsAtOnce) {
@@ -118,7 +122,7 @@ TEST(DeadlineTimerTest, CallbacksMayScheduleAndCancel) {
 // A sequential caller: every call schedules a deadline 10 s ahead and
 // cancels it when it ends, 100 us later. With the thread asleep until an
 // earlier timer (5 s ahead), each of 300 such calls is later than that and
-// wakes nobody; a notify on every Schedule woke it for nearly every call.
+// wakes nobody; a notify on every Schedule woke it 300 times.
 TEST(DeadlineTimerTest, LaterDeadlinesWakeNobody) {
   DeadlineTimer timer;
   absl::StatusOr<DeadlineTimer::Handle> earlier =
@@ -128,14 +132,14 @@ TEST(DeadlineTimerTest, LaterDeadlinesWakeNobody) {
   const uint64_t before = timer.wake_ups();
   for (int i = 0; i < 300; ++i) {
     absl::StatusOr<DeadlineTimer::Handle> handle =
-        timer.Schedule(absl::Now() + absl::Seconds(10), [] {
-          ADD_FAILURE() << "a cancelled timer ran";
-        });
+        timer.Schedule(absl::Now() + absl::Seconds(10),
+                       [] { ADD_FAILURE() << "a cancelled timer ran"; });
     ASSERT_TRUE(handle.ok());
     absl::SleepFor(absl::Microseconds(100));  // the call
     ASSERT_TRUE(timer.Cancel(*handle));
   }
-  EXPECT_EQ(timer.wake_ups() - before, 0u);
+  // (A spurious wake-up or two may happen; one per call may not.)
+  EXPECT_LE(timer.wake_ups() - before, 2u);
   EXPECT_TRUE(timer.Cancel(*earlier));
 }
 
