@@ -24,53 +24,23 @@ std::shared_ptr<grpc::Channel> ClientCore::PlainAttemptChannel() {
 }
 
 void ClientCore::CountPlain(PlainReason reason) {
-  switch (reason) {
-    case PlainReason::kNoSession:
-      plain_no_session_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kNotProtobuf:
-      plain_not_protobuf_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kTooLarge:
-      plain_too_large_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kArenaFull:
-      plain_arena_full_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kLargeMetadata:
-      plain_large_metadata_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kRetryPolicy:
-      plain_retry_policy_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kStreamLimit:
-      plain_stream_limit_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case PlainReason::kCallCredentials:
-      plain_call_credentials_.fetch_add(1, std::memory_order_relaxed);
-      break;
-  }
+  plain_[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
 }
 
 ClientStats ClientCore::Stats() {
   ClientStats stats;
   stats.calls_on_shm = calls_on_shm_.load(std::memory_order_relaxed);
-  stats.calls_plain_no_session =
-      plain_no_session_.load(std::memory_order_relaxed);
-  stats.calls_plain_not_protobuf =
-      plain_not_protobuf_.load(std::memory_order_relaxed);
-  stats.calls_plain_too_large =
-      plain_too_large_.load(std::memory_order_relaxed);
-  stats.calls_plain_arena_full =
-      plain_arena_full_.load(std::memory_order_relaxed);
-  stats.calls_plain_large_metadata =
-      plain_large_metadata_.load(std::memory_order_relaxed);
-  stats.calls_plain_retry_policy =
-      plain_retry_policy_.load(std::memory_order_relaxed);
-  stats.calls_plain_stream_limit =
-      plain_stream_limit_.load(std::memory_order_relaxed);
-  stats.calls_plain_call_credentials =
-      plain_call_credentials_.load(std::memory_order_relaxed);
+  auto plain = [&](PlainReason reason) {
+    return plain_[static_cast<size_t>(reason)].load(std::memory_order_relaxed);
+  };
+  stats.calls_plain_no_session = plain(PlainReason::kNoSession);
+  stats.calls_plain_not_protobuf = plain(PlainReason::kNotProtobuf);
+  stats.calls_plain_too_large = plain(PlainReason::kTooLarge);
+  stats.calls_plain_arena_full = plain(PlainReason::kArenaFull);
+  stats.calls_plain_large_metadata = plain(PlainReason::kLargeMetadata);
+  stats.calls_plain_retry_policy = plain(PlainReason::kRetryPolicy);
+  stats.calls_plain_stream_limit = plain(PlainReason::kStreamLimit);
+  stats.calls_plain_call_credentials = plain(PlainReason::kCallCredentials);
   stats.shm_retries = retries_.load(std::memory_order_relaxed);
   stats.shm_retries_over_plain =
       retries_over_plain_.load(std::memory_order_relaxed);

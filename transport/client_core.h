@@ -8,6 +8,7 @@
 #ifndef SHMGRPC_TRANSPORT_CLIENT_CORE_H_
 #define SHMGRPC_TRANSPORT_CLIENT_CORE_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -145,6 +146,7 @@ class ClientCore {
     kRetryPolicy,
     kStreamLimit,
     kCallCredentials,
+    kCount,  // not a reason: how many there are
   };
   void CountPlain(PlainReason reason);
   void CountShm() { calls_on_shm_.fetch_add(1, std::memory_order_relaxed); }
@@ -166,10 +168,10 @@ class ClientCore {
   ProtobufMethods protobuf_methods_;
   const std::shared_ptr<SessionLink> link_;  // null: no unix target
 
-  std::atomic<uint64_t> calls_on_shm_{0}, plain_no_session_{0},
-      plain_not_protobuf_{0}, plain_too_large_{0}, plain_arena_full_{0},
-      plain_large_metadata_{0}, plain_retry_policy_{0}, plain_stream_limit_{0},
-      plain_call_credentials_{0}, retries_{0}, retries_over_plain_{0};
+  std::atomic<uint64_t> calls_on_shm_{0}, retries_{0}, retries_over_plain_{0};
+  // By PlainReason.
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(PlainReason::kCount)>
+      plain_{};
 
   const PlainChannelFactory make_plain_channel_;
   std::mutex plain_channel_mu_;
