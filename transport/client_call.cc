@@ -516,26 +516,26 @@ bool ClientCall::ScheduleRetryLocked(const codec::CallStatus& status) {
     next_backoff_ = std::min(next_backoff_ * retry_policy_->backoff_multiplier,
                              retry_policy_->max_backoff);
   }
+  std::weak_ptr<ClientCall> weak = weak_from_this();
+  absl::StatusOr<DeadlineTimer::Handle> timer =
+      DeadlineTimer::Process().Schedule(absl::Now() + delay, [weak] {
+        // Not on the timer thread: sending may wait for ring space.
+        if (auto call = weak.lock()) {
+          absl::StatusOr<shm::Thread> attempt =
+              shm::Thread::Start([call] { call->StartNextAttempt(); });
+          if (attempt.ok()) {
+            attempt->detach();
+          } else {
+            call->EndWithoutRetry();  // no thread for the next attempt
+          }
+        }
+      });
+  if (!timer.ok()) return false;  // no timer thread: this attempt is final
   ++attempts_;
   // Should no further attempt start, this one's end is the call's.
   status_ = grpc::Status(code, status.message, status.details);
   trailing_metadata_ = status.trailing_metadata;
-  std::weak_ptr<ClientCall> weak = weak_from_this();
-  auto alarm = std::make_unique<grpc::Alarm>();
-  alarm->Set(absl::ToChronoTime(absl::Now() + delay), [weak](bool fired) {
-    if (!fired) return;  // the call ended first
-    // Not on gRPC's callback thread: sending may wait for ring space.
-    if (auto call = weak.lock()) {
-      absl::StatusOr<shm::Thread> attempt =
-          shm::Thread::Start([call] { call->StartNextAttempt(); });
-      if (attempt.ok()) {
-        attempt->detach();
-      } else {
-        call->EndWithoutRetry();  // no thread for the next attempt
-      }
-    }
-  });
-  retry_alarms_.push_back(std::move(alarm));
+  retry_timers_.push_back(*timer);
   return true;
 }
 
@@ -1047,7 +1047,9 @@ void ClientCall::Finish() {
   if (deadline_timer_) DeadlineTimer::Process().Cancel(*deadline_timer_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& alarm : retry_alarms_) alarm->Cancel();
+    for (const DeadlineTimer::Handle& timer : retry_timers_) {
+      DeadlineTimer::Process().Cancel(timer);
+    }
   }
   if (!hijacked_.load(std::memory_order_acquire)) return;
   std::deque<InboundMessage> unread;

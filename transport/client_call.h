@@ -48,7 +48,6 @@
 
 #include "absl/time/time.h"
 #include "codec/call_frames.h"
-#include "grpcpp/alarm.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/support/client_interceptor.h"
 #include "grpcpp/support/interceptor.h"
@@ -197,7 +196,8 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   bool request_sent_ = false;    // the first attempt's (guarded by mu_)
   int attempts_ = 1;             // guarded by mu_
   absl::Duration next_backoff_;  // guarded by mu_
-  std::vector<std::unique_ptr<grpc::Alarm>> retry_alarms_;  // guarded by mu_
+  // Backoffs before the next attempt (guarded by mu_).
+  std::vector<DeadlineTimer::Handle> retry_timers_;
   std::shared_ptr<PlainAttempt> plain_attempt_;  // under way; guarded by mu_
   std::shared_ptr<Session> busy_on_;  // see CountBusyLocked; guarded by mu_
   // This attempt's stream among its session's open streams

@@ -2,7 +2,7 @@
 // thread serves every timer of the process.
 //
 // For the client's call deadlines, which it must enforce itself (a server
-// that stopped reading never answers). grpc::Alarm did this before, one per
+// that stopped reading never answers), and its retry backoffs. grpc::Alarm did this before, one per
 // call, but a callback alarm cancelled in time (every call that ends
 // before its deadline) still runs its callback, handed to a gRPC executor
 // thread that is woken for it (gRPC's src/cpp/common/alarm.cc): with a
