@@ -2,10 +2,10 @@
 // thread serves every timer of the process.
 //
 // For the client's call deadlines, which it must enforce itself (a server
-// that stopped reading never answers), and its retry backoffs. grpc::Alarm did this before, one per
-// call, but a callback alarm cancelled in time (every call that ends
-// before its deadline) still runs its callback, handed to a gRPC executor
-// thread that is woken for it (gRPC's src/cpp/common/alarm.cc): with a
+// that stopped reading never answers), and its retry backoffs. grpc::Alarm did
+// this before, one per call, but a callback alarm cancelled in time (every call
+// that ends before its deadline) still runs its callback, handed to a gRPC
+// executor thread that is woken for it (gRPC's src/cpp/common/alarm.cc): with a
 // deadline on every call, as production calls carry, that cost 1.5-3
 // context switches and 20-35 us of CPU per call here (`ab_bench
 // --deadline_ms`, 4 KiB unary, 64 callers: 14.9k-17.7k calls/s against
