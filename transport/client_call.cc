@@ -16,6 +16,7 @@
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "shm/thread.h"
+#include "transport/call_propagation.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -232,6 +233,10 @@ bool ClientCall::DecideHijack(Batch* m) {
     // that the channel is secure enough for them) as the call is sent,
     // which a hijacked call never is: over shm they would be dropped.
     core_->CountPlain(ClientCore::PlainReason::kCallCredentials);
+    return false;
+  }
+  if (InheritsFromServerCall(*info_->client_context())) {
+    core_->CountPlain(ClientCore::PlainReason::kInheritsServerCall);
     return false;
   }
   const bool unary =

@@ -41,6 +41,8 @@ ClientStats ClientCore::Stats() {
   stats.calls_plain_retry_policy = plain(PlainReason::kRetryPolicy);
   stats.calls_plain_stream_limit = plain(PlainReason::kStreamLimit);
   stats.calls_plain_call_credentials = plain(PlainReason::kCallCredentials);
+  stats.calls_plain_inherits_server_call =
+      plain(PlainReason::kInheritsServerCall);
   stats.shm_retries = retries_.load(std::memory_order_relaxed);
   stats.shm_retries_over_plain =
       retries_over_plain_.load(std::memory_order_relaxed);

@@ -44,12 +44,17 @@ struct ClientStats {
   // The call has call credentials (ClientContext::set_credentials), which
   // gRPC applies as it sends a call: only a plain call carries them.
   uint64_t calls_plain_call_credentials = 0;
+  // The call's context was made from a server call
+  // (ClientContext::FromServerContext) to inherit its deadline or
+  // cancellation, which gRPC's core ties to the call as it sends it.
+  uint64_t calls_plain_inherits_server_call = 0;
   // New calls sent over plain gRPC, for any of the reasons above.
   uint64_t calls_plain() const {
     return calls_plain_no_session + calls_plain_not_protobuf +
            calls_plain_too_large + calls_plain_arena_full +
            calls_plain_large_metadata + calls_plain_retry_policy +
-           calls_plain_stream_limit + calls_plain_call_credentials;
+           calls_plain_stream_limit + calls_plain_call_credentials +
+           calls_plain_inherits_server_call;
   }
   // Attempts after the first of unary shm calls, as their method's retry
   // policy asked (service_config.h).
@@ -146,6 +151,7 @@ class ClientCore {
     kRetryPolicy,
     kStreamLimit,
     kCallCredentials,
+    kInheritsServerCall,
     kCount,  // not a reason: how many there are
   };
   void CountPlain(PlainReason reason);
