@@ -84,6 +84,8 @@ EchoResponse ReplyFor(grpc::ServerContextBase* context,
     }
   }
   response.set_peer(context->peer());
+  const grpc::string_ref authority = context->ExperimentalGetAuthority();
+  response.set_authority(std::string(authority.data(), authority.size()));
   const auto deadline = context->deadline();
   response.set_deadline_remaining_ms(
       deadline == std::chrono::system_clock::time_point::max()

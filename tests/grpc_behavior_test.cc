@@ -521,6 +521,50 @@ TEST_F(BehaviorTest, PeerIdentityCannotBeForged) {
             std::to_string(getuid()));
 }
 
+// A per-call :authority (ClientContext::set_authority) reaches the handler
+// over shm as over plain gRPC, and without one both handlers see the same
+// default: gRPC's for unix targets, or the channel's
+// GRPC_ARG_DEFAULT_AUTHORITY.
+TEST_F(BehaviorTest, PerCallAuthorityReachesTheHandler) {
+  grpc::ChannelArguments with_default;
+  with_default.SetString(GRPC_ARG_DEFAULT_AUTHORITY, "default.example.com");
+  std::unique_ptr<EchoService::Stub> stubs[2][2] = {
+      {FreshPlainStub(server_->target()),
+       EchoService::NewStub(grpc::CreateCustomChannel(
+           server_->target(), grpc::InsecureChannelCredentials(),
+           with_default))},
+      {EchoService::NewStub(channel_),
+       EchoService::NewStub(
+           CreateChannel(server_->target(), Options(), with_default))}};
+  std::string default_authority[2][2];
+  for (int shm : {0, 1}) {
+    for (int arg : {0, 1}) {
+      EchoService::Stub* stub = stubs[shm][arg].get();
+      EchoRequest request;
+      FillRequest(&request, 100, 1);
+      EchoResponse response;
+      grpc::ClientContext with_authority;
+      with_authority.set_deadline(In(absl::Seconds(10)));
+      with_authority.set_authority("echo.example.com:8443");
+      grpc::Status status = stub->Unary(&with_authority, request, &response);
+      ASSERT_TRUE(status.ok())
+          << "shm=" << shm << ": " << status.error_message();
+      EXPECT_EQ(response.peer_pid() != "", shm == 1);
+      EXPECT_EQ(response.authority(), "echo.example.com:8443") << "shm=" << shm;
+      grpc::ClientContext without;
+      without.set_deadline(In(absl::Seconds(10)));
+      status = stub->Unary(&without, request, &response);
+      ASSERT_TRUE(status.ok())
+          << "shm=" << shm << ": " << status.error_message();
+      default_authority[shm][arg] = response.authority();
+    }
+  }
+  EXPECT_EQ(default_authority[0][0], "localhost");
+  EXPECT_EQ(default_authority[1][0], default_authority[0][0]);
+  EXPECT_EQ(default_authority[0][1], "default.example.com");
+  EXPECT_EQ(default_authority[1][1], default_authority[0][1]);
+}
+
 TEST_F(BehaviorTest, ErrorStatusWithDetails) {
   EchoRequest request;
   request.set_error_code(grpc::StatusCode::FAILED_PRECONDITION);

@@ -95,8 +95,8 @@ class SyncRelay final : public EchoService::Service {
 // incoming call's reactor.
 class CallbackRelay final : public EchoService::CallbackService {
  public:
-  CallbackRelay(EchoService::Stub* onward,
-                grpc::PropagationOptions propagation, OnwardCall* record)
+  CallbackRelay(EchoService::Stub* onward, grpc::PropagationOptions propagation,
+                OnwardCall* record)
       : onward_(onward), propagation_(propagation), record_(record) {}
 
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context,
@@ -104,8 +104,7 @@ class CallbackRelay final : public EchoService::CallbackService {
                                   EchoResponse* response) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     std::shared_ptr<grpc::ClientContext> onward_context =
-        grpc::ClientContext::FromCallbackServerContext(*context,
-                                                       propagation_);
+        grpc::ClientContext::FromCallbackServerContext(*context, propagation_);
     record_->Started(onward_context.get());
     onward_->async()->Unary(
         onward_context.get(), request, response,
@@ -163,8 +162,8 @@ class PropagationTest : public ::testing::TestWithParam<Setup> {
     builder.RegisterService(relay_service_.get());
     relay_ = builder.BuildAndStart();
     ASSERT_NE(relay_, nullptr);
-    relay_stub_ =
-        EchoService::NewStub(relay_->InProcessChannel(grpc::ChannelArguments()));
+    relay_stub_ = EchoService::NewStub(
+        relay_->InProcessChannel(grpc::ChannelArguments()));
   }
 
   void TearDown() override {

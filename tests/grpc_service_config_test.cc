@@ -408,6 +408,59 @@ TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
   EXPECT_EQ(stats.calls_aborted_by_close, 0u) << "ended by the policy";
 }
 
+// A call with wait_for_ready whose server is killed mid-call: its retries
+// wait for a server instead of failing at once, and the successor, up a
+// second later, answers. Over shm the retry finds no session, so it is made
+// over plain gRPC, with the call's wait_for_ready (without it, all three
+// attempts failed UNAVAILABLE within ~0.3 s).
+TEST(RetryRestartTest, WaitForReadyRetriesWaitForTheSuccessor) {
+  constexpr char kQuickRetries[] = R"({"methodConfig": [{
+    "name": [{"service": "shmgrpc.test.EchoService"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s",
+                    "maxBackoff": "0.1s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+  auto server = std::make_unique<testing::ServerProcess>("sync");
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  const std::string socket_path = server->socket_path();
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(kQuickRetries);
+  auto shm_channel = CreateChannel(server->target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server->target(), grpc::InsecureChannelCredentials(), args);
+  grpc::Status statuses[2];
+  auto call = [](const std::shared_ptr<grpc::Channel>& channel,
+                 grpc::Status* status) {
+    EchoRequest request;
+    FillRequest(&request, 100, 1);
+    request.set_delay_ms(500);  // in its handler when the server dies
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(20)));
+    context.set_wait_for_ready(true);
+    *status =
+        EchoService::NewStub(channel)->Unary(&context, request, &response);
+  };
+  std::thread shm_caller(call, shm_channel, &statuses[1]);
+  std::thread plain_caller(call, plain_channel, &statuses[0]);
+  absl::SleepFor(absl::Milliseconds(200));
+  server->Kill();
+  server.reset();  // removes its socket files
+  absl::SleepFor(absl::Seconds(1));
+  server = std::make_unique<testing::ServerProcess>(
+      "sync", std::vector<std::string>{}, socket_path);
+  ASSERT_TRUE(server->status().ok()) << server->status();
+  shm_caller.join();
+  plain_caller.join();
+  for (int shm : {0, 1}) {
+    EXPECT_TRUE(statuses[shm].ok())
+        << "shm=" << shm << ": " << statuses[shm].error_message();
+  }
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_EQ(stats.shm_retries_over_plain, 1u);
+  shm_channel.reset();
+  plain_channel.reset();
+}
+
 // True once the server has one call under way over shm.
 bool FirstAttemptInItsHandler(const std::string& target) {
   return WaitFor([&] { return FetchServerStats(target).calls_active() == 1; },

@@ -16,7 +16,7 @@
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "shm/thread.h"
-#include "transport/call_propagation.h"
+#include "transport/client_context_internals.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -352,8 +352,10 @@ void ClientCall::SendPass(Batch* m) {
 void ClientCall::SendHeaders(Batch* m) {
   codec::CallHeaders headers;
   headers.method = info_->method();
-  // ClientContext::authority() is private in gRPC 1.51, so a per-call
-  // authority override is not forwarded; the server sees its own default.
+  headers.authority = AuthorityOverride(*info_->client_context());
+  if (headers.authority.empty()) {
+    headers.authority = core_->settings().default_authority;
+  }
   if (deadline_ != absl::InfiniteFuture()) {
     headers.deadline_unix_nanos = absl::ToUnixNanos(deadline_);
   }
@@ -652,6 +654,14 @@ void ClientCall::StartPlainAttempt() {
       // gRPC's transport sends its own user-agent; the rest are the app's,
       // already checked against gRPC's rules by the first attempt.
       if (key != "user-agent") attempt->context.AddMetadata(key, value);
+    }
+    if (!retry_headers_.authority.empty()) {
+      attempt->context.set_authority(retry_headers_.authority);
+    }
+    // The app's context outlives its call, so it is still there to ask.
+    if (const std::optional<bool> wait_for_ready =
+            ExplicitWaitForReady(*info_->client_context())) {
+      attempt->context.set_wait_for_ready(*wait_for_ready);
     }
     if (retry_request_.has_value()) {
       grpc::Slice request(*retry_request_);

@@ -98,6 +98,10 @@ struct ChannelSettings {
   // Sent with every call as gRPC sends it (with "shmgrpc" as the transport),
   // including the channel's user-agent prefix and suffix arguments.
   std::string user_agent;
+  // The :authority of calls without their own (ClientContext::set_authority),
+  // as gRPC picks it: GRPC_ARG_DEFAULT_AUTHORITY, else the unix resolvers'
+  // "localhost".
+  std::string default_authority = "localhost";
   // The channel's service config (GRPC_ARG_SERVICE_CONFIG; null when it has
   // no methodConfig) for per-method limits and retry policies, and its retry
   // throttle (null unless it sets retryThrottling). With

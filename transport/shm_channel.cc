@@ -120,6 +120,10 @@ transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
     settings.max_received_metadata_bytes = static_cast<size_t>(*metadata);
   }
   settings.user_agent = UserAgentOf(args);
+  if (std::string authority = StringArg(args, GRPC_ARG_DEFAULT_AUTHORITY);
+      !authority.empty()) {
+    settings.default_authority = std::move(authority);
+  }
   // gRPC applies these in its core, which a hijacked call never reaches:
   // shm calls apply them themselves (client_call.h).
   settings.retries_enabled =
