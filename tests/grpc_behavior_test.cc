@@ -641,6 +641,60 @@ TEST_F(BehaviorTest, TryCancelReachesTheHandler) {
   EXPECT_EQ(seen, before.cancellations_seen() + 1);
 }
 
+// A call cancelled, or past its deadline, before it starts ends so at once,
+// over shm as over plain gRPC, and reaches no handler.
+TEST_F(BehaviorTest, CallsCancelledOrExpiredBeforeTheyStartEndAtOnce) {
+  auto plain_stub = FreshPlainStub(server_->target());
+  const uint64_t injected_before =
+      FetchServerStats(server_->target()).calls_injected();
+  for (int shm : {0, 1}) {
+    EchoService::Stub* stub = shm ? stub_.get() : plain_stub.get();
+    for (bool cancelled : {true, false}) {
+      const std::string what =
+          absl::StrCat("shm=", shm, cancelled ? " cancelled" : " expired");
+      const grpc::StatusCode expected =
+          cancelled ? grpc::StatusCode::CANCELLED
+                    : grpc::StatusCode::DEADLINE_EXCEEDED;
+      auto prepare = [&](grpc::ClientContext* context) {
+        if (cancelled) {
+          context->set_deadline(In(absl::Seconds(10)));
+          context->TryCancel();
+        } else {
+          context->set_deadline(In(absl::Milliseconds(-5)));
+        }
+      };
+      EchoRequest request;
+      FillRequest(&request, 100, 1);
+      EchoResponse response;
+      {
+        grpc::ClientContext context;
+        prepare(&context);
+        const absl::Time start = absl::Now();
+        const grpc::Status status = stub->Unary(&context, request, &response);
+        EXPECT_EQ(status.error_code(), expected)
+            << what << " unary: " << status.error_message();
+        EXPECT_LT(absl::Now() - start, absl::Milliseconds(500)) << what;
+      }
+      {
+        grpc::ClientContext context;
+        prepare(&context);
+        auto stream = stub->Bidi(&context);
+        stream->Write(request);
+        EXPECT_FALSE(stream->Read(&response)) << what;
+        stream->WritesDone();
+        const grpc::Status status = stream->Finish();
+        EXPECT_EQ(status.error_code(), expected)
+            << what << " bidi: " << status.error_message();
+      }
+    }
+  }
+  EXPECT_EQ(FetchServerStats(server_->target()).calls_injected(),
+            injected_before)
+      << "a call that had ended reached the server over shm";
+  EXPECT_EQ(Stats().calls_plain_ended_before_start, 4u);
+  EXPECT_EQ(Stats().calls_on_shm, 0u);
+}
+
 TEST_F(BehaviorTest, OversizeMessageIsResourceExhausted) {
   // A 5 MiB request is over the shm send limit, so it goes plain and gRPC
   // judges it: this server takes it, and its 5 MiB echo is over the client's

@@ -219,6 +219,15 @@ void ClientCall::SendParked() {
 }
 
 bool ClientCall::DecideHijack(Batch* m) {
+  const auto deadline = info_->client_context()->deadline();
+  if (Has(m, Hook::PRE_SEND_CANCEL) ||
+      deadline <= std::chrono::system_clock::now()) {
+    // Cancelled (its first batch is the cancel) or expired before it
+    // started: gRPC's core ends it without sending it, as a plain channel
+    // does; over shm its handler would have run.
+    core_->CountPlain(ClientCore::PlainReason::kEndedBeforeStart);
+    return false;
+  }
   std::shared_ptr<Session> session = core_->session();
   if (!session) {
     core_->CountPlain(ClientCore::PlainReason::kNoSession);
@@ -297,7 +306,6 @@ bool ClientCall::DecideHijack(Batch* m) {
   }
   // Everything Abort() may touch is set before Register() publishes the
   // call to the session thread.
-  const auto deadline = info_->client_context()->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     deadline_ = absl::FromChrono(deadline);
   }

@@ -43,6 +43,7 @@ ClientStats ClientCore::Stats() {
   stats.calls_plain_call_credentials = plain(PlainReason::kCallCredentials);
   stats.calls_plain_inherits_server_call =
       plain(PlainReason::kInheritsServerCall);
+  stats.calls_plain_ended_before_start = plain(PlainReason::kEndedBeforeStart);
   stats.shm_retries = retries_.load(std::memory_order_relaxed);
   stats.shm_retries_over_plain =
       retries_over_plain_.load(std::memory_order_relaxed);

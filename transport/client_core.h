@@ -48,13 +48,16 @@ struct ClientStats {
   // (ClientContext::FromServerContext) to inherit its deadline or
   // cancellation, which gRPC's core ties to the call as it sends it.
   uint64_t calls_plain_inherits_server_call = 0;
+  // Cancelled (TryCancel) or past its deadline before it started: gRPC's
+  // core ends it without sending it.
+  uint64_t calls_plain_ended_before_start = 0;
   // New calls sent over plain gRPC, for any of the reasons above.
   uint64_t calls_plain() const {
     return calls_plain_no_session + calls_plain_not_protobuf +
            calls_plain_too_large + calls_plain_arena_full +
            calls_plain_large_metadata + calls_plain_retry_policy +
            calls_plain_stream_limit + calls_plain_call_credentials +
-           calls_plain_inherits_server_call;
+           calls_plain_inherits_server_call + calls_plain_ended_before_start;
   }
   // Attempts after the first of unary shm calls, as their method's retry
   // policy asked (service_config.h).
@@ -156,6 +159,7 @@ class ClientCore {
     kStreamLimit,
     kCallCredentials,
     kInheritsServerCall,
+    kEndedBeforeStart,
     kCount,  // not a reason: how many there are
   };
   void CountPlain(PlainReason reason);
