@@ -1,7 +1,7 @@
 // DeadlineTimer: callbacks run at their deadlines, in order; a cancelled one
-// never runs; callbacks may schedule and cancel; and a timer later than the
+// never runs; callbacks may schedule and cancel; a timer later than the
 // earliest one wakes nobody (the point of it: calls that end before their
-// deadline cost no wake-up).
+// deadline cost no wake-up); and a step of the wall clock moves no timer.
 #include "transport/deadline_timer.h"
 
 #include <atomic>
@@ -168,6 +168,72 @@ TEST(DeadlineTimerTest, ManyThreadsSchedulingAndCancelling) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   EXPECT_EQ(ran.load(), 4000);
+}
+
+// A wall clock the test can step, as NTP, a resumed VM or an admin's `date`
+// steps the machine's (which a test must not touch).
+class SteppedWallClock {
+ public:
+  absl::Time Now() const {
+    return absl::Now() + absl::Nanoseconds(offset_ns_.load());
+  }
+  void Step(absl::Duration by) {
+    offset_ns_.fetch_add(absl::ToInt64Nanoseconds(by));
+  }
+
+ private:
+  std::atomic<int64_t> offset_ns_{0};
+};
+
+TEST(DeadlineTimerTest, AWallClockStepBackDelaysNoTimer) {
+  SteppedWallClock clock;
+  DeadlineTimer timer([&clock] { return clock.Now(); });
+  Fired fired;
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(
+      timer.Schedule(clock.Now() + absl::Milliseconds(300), fired.Callback(1))
+          .ok());
+  clock.Step(-absl::Hours(1));
+  ASSERT_TRUE(fired.WaitFor(1)) << "the step back delayed it";
+  EXPECT_GE(fired.at()[0] - start, absl::Milliseconds(300));
+}
+
+TEST(DeadlineTimerTest, AWallClockStepForwardFiresNoTimerEarly) {
+  SteppedWallClock clock;
+  DeadlineTimer timer([&clock] { return clock.Now(); });
+  Fired fired;
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(
+      timer.Schedule(clock.Now() + absl::Milliseconds(400), fired.Callback(1))
+          .ok());
+  clock.Step(absl::Hours(1));
+  // A timer scheduled after the step, with the stepped clock's deadlines,
+  // keeps its place before the first.
+  ASSERT_TRUE(
+      timer.Schedule(clock.Now() + absl::Milliseconds(200), fired.Callback(2))
+          .ok());
+  ASSERT_TRUE(fired.WaitFor(2));
+  EXPECT_EQ(fired.order(), (std::vector<int>{2, 1}));
+  EXPECT_GE(fired.at()[0] - start, absl::Milliseconds(200));
+  EXPECT_GE(fired.at()[1] - start, absl::Milliseconds(400)) << "fired early";
+}
+
+// Deadlines beyond what the monotonic clock can hold (InfiniteFuture, or
+// years away) do not overflow into the past.
+TEST(DeadlineTimerTest, FarDeadlinesNeverFire) {
+  DeadlineTimer timer;
+  Fired fired;
+  ASSERT_TRUE(timer.Schedule(absl::InfiniteFuture(), fired.Callback(1)).ok());
+  ASSERT_TRUE(timer
+                  .Schedule(absl::Now() + absl::Hours(24 * 365 * 1000),
+                            fired.Callback(2))
+                  .ok());
+  ASSERT_TRUE(
+      timer.Schedule(absl::Now() + absl::Milliseconds(50), fired.Callback(3))
+          .ok());
+  ASSERT_TRUE(fired.WaitFor(1));
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(fired.order(), (std::vector<int>{3}));
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "transport/deadline_timer.h"
 
+#include <algorithm>
+
 #include "absl/time/clock.h"
 #include "shm/thread_name.h"
 
@@ -20,7 +22,17 @@ DeadlineTimer::~DeadlineTimer() {
 }
 
 absl::StatusOr<DeadlineTimer::Handle> DeadlineTimer::Schedule(
-    absl::Time deadline, std::function<void()> fire) {
+    absl::Time wall_deadline, std::function<void()> fire) {
+  // Time left now, on the monotonic clock; saturated so that far (or
+  // infinite) deadlines cannot overflow it.
+  const absl::Duration left = wall_deadline - wall_clock_();
+  const Clock::time_point now = Clock::now();
+  const Clock::time_point deadline =
+      left >= absl::FromChrono(Clock::time_point::max() - now)
+          ? Clock::time_point::max()
+          : now + std::chrono::duration_cast<Clock::duration>(
+                      absl::ToChronoNanoseconds(
+                          std::max(left, absl::ZeroDuration())));
   std::lock_guard<std::mutex> lock(mu_);
   if (!thread_.joinable()) {
     absl::StatusOr<shm::Thread> thread = shm::Thread::Start([this] { Run(); });
@@ -50,7 +62,7 @@ void DeadlineTimer::Run() {
   shm::NameThisThread("shm-deadlines");
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    const absl::Time now = absl::Now();
+    const Clock::time_point now = Clock::now();
     auto first = timers_.begin();
     if (first != timers_.end() && first->first.first <= now) {
       std::function<void()> fire = std::move(first->second);
@@ -62,11 +74,11 @@ void DeadlineTimer::Run() {
       continue;
     }
     thread_wakes_at_ =
-        first == timers_.end() ? absl::InfiniteFuture() : first->first.first;
-    if (thread_wakes_at_ == absl::InfiniteFuture()) {
+        first == timers_.end() ? Clock::time_point::max() : first->first.first;
+    if (thread_wakes_at_ == Clock::time_point::max()) {
       changed_.wait(lock);
     } else {
-      changed_.wait_until(lock, absl::ToChronoTime(thread_wakes_at_));
+      changed_.wait_until(lock, thread_wakes_at_);
     }
     ++wake_ups_;
   }

@@ -14,6 +14,11 @@
 // timer later than that wakes nobody, so calls with the usual long
 // deadlines cost no wake-up at all.
 //
+// Deadlines are wall-clock times, as gRPC's are, but like gRPC's core the
+// timer turns each into time left on the monotonic clock when it is
+// scheduled: a step of the wall clock afterwards (NTP, a resumed VM, an
+// admin's `date`) neither delays a timer nor fires it early.
+//
 // Callbacks run on the timer thread, one at a time, without the timer's
 // lock: they may schedule and cancel timers; they must not block for long
 // (later deadlines wait for them).
@@ -21,6 +26,7 @@
 #ifndef SHMGRPC_TRANSPORT_DEADLINE_TIMER_H_
 #define SHMGRPC_TRANSPORT_DEADLINE_TIMER_H_
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -36,13 +42,17 @@ namespace shmgrpc::transport {
 
 class DeadlineTimer {
  public:
+  using Clock = std::chrono::steady_clock;
   // Names one scheduled callback, for Cancel.
-  using Handle = std::pair<absl::Time, uint64_t>;
+  using Handle = std::pair<Clock::time_point, uint64_t>;
 
   // The process's timer (never destroyed: its thread may outlive main).
   static DeadlineTimer& Process();
 
-  DeadlineTimer() = default;
+  // `wall_clock` says what time it is, for turning deadlines into time
+  // left (tests step a clock of their own; the machine's cannot be).
+  explicit DeadlineTimer(std::function<absl::Time()> wall_clock = absl::Now)
+      : wall_clock_(std::move(wall_clock)) {}
   // Stops the thread; callbacks not yet run never run.
   ~DeadlineTimer();
   DeadlineTimer(const DeadlineTimer&) = delete;
@@ -64,13 +74,14 @@ class DeadlineTimer {
  private:
   void Run();
 
+  const std::function<absl::Time()> wall_clock_;
   mutable std::mutex mu_;
   std::condition_variable changed_;
   std::map<Handle, std::function<void()>> timers_;
   uint64_t next_id_ = 1;
-  // When the thread wakes next without being notified (InfiniteFuture:
-  // only when notified).
-  absl::Time thread_wakes_at_ = absl::InfiniteFuture();
+  // When the thread wakes next without being notified (max: only when
+  // notified).
+  Clock::time_point thread_wakes_at_ = Clock::time_point::max();
   uint64_t wake_ups_ = 0;
   bool stopping_ = false;
   shm::Thread thread_;
