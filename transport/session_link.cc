@@ -79,7 +79,9 @@ void SessionLink::Release(std::shared_ptr<SessionLink> link) {
   }
   {
     std::lock_guard<std::mutex> lock(link->linger_mu_);
-    link->linger_until_ = absl::Now() + link->options_.session_linger;
+    link->linger_until_ =
+        std::chrono::steady_clock::now() +
+        absl::ToChronoNanoseconds(link->options_.session_linger);
     if (link->linger_held_) return;  // the hold under way lasts until then
     link->linger_held_ = true;
   }
@@ -88,13 +90,13 @@ void SessionLink::Release(std::shared_ptr<SessionLink> link) {
 }
 
 void SessionLink::HoldUntilLingerEnds(std::shared_ptr<SessionLink> self) {
-  absl::Time until;
+  absl::Duration left;
   {
     std::lock_guard<std::mutex> lock(linger_mu_);
-    until = linger_until_;
+    left = absl::FromChrono(linger_until_ - std::chrono::steady_clock::now());
   }
   absl::StatusOr<DeadlineTimer::Handle> held =
-      DeadlineTimer::Process().Schedule(until, [self]() mutable {
+      DeadlineTimer::Process().Schedule(absl::Now() + left, [self]() mutable {
         SessionLink* raw = self.get();
         raw->OnLingerEnd(std::move(self));
       });
@@ -109,7 +111,8 @@ void SessionLink::OnLingerEnd(std::shared_ptr<SessionLink> self) {
   bool extended;
   {
     std::lock_guard<std::mutex> lock(linger_mu_);
-    extended = linger_until_ > absl::Now();  // released again meanwhile
+    // Released again meanwhile?
+    extended = linger_until_ > std::chrono::steady_clock::now();
     if (!extended) linger_held_ = false;
   }
   if (extended) {

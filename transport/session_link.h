@@ -18,6 +18,7 @@
 #define SHMGRPC_TRANSPORT_SESSION_LINK_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -119,7 +120,8 @@ class SessionLink : public std::enable_shared_from_this<SessionLink> {
   std::once_flag started_;
 
   std::mutex linger_mu_;
-  absl::Time linger_until_;   // guarded by linger_mu_
+  // Monotonic, so that a step of the wall clock cannot stretch a linger.
+  std::chrono::steady_clock::time_point linger_until_;  // guarded by linger_mu_
   bool linger_held_ = false;  // a hold is scheduled (guarded by linger_mu_)
   std::mutex connect_mu_;     // held through Connect()
 
