@@ -108,8 +108,14 @@ class CallbackRelay final : public EchoService::CallbackService {
     record_->Started(onward_context.get());
     onward_->async()->Unary(
         onward_context.get(), request, response,
-        [this, reactor, onward_context](grpc::Status status) {
+        [this, reactor, onward_context](grpc::Status status) mutable {
           record_->Ended(status);
+          // The context (which holds a reference to the onward channel)
+          // goes before the incoming call ends: once it has ended, the test
+          // may drop its own references, and in gRPC 1.51 a channel whose
+          // last reference drops on a callback thread crashes the process
+          // (grpc/grpc#32584; seen here as "assertion failed: prior > 0").
+          onward_context.reset();
           reactor->Finish(status);
         });
     return reactor;
