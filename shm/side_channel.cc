@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -118,7 +119,8 @@ absl::Status SideChannel::WriteRecord(const std::string& bytes) {
   iovec iov[2] = {{header, sizeof(header)},
                   {const_cast<char*>(bytes.data()), bytes.size()}};
   int iov_first = 0;
-  absl::Time last_progress = absl::Now();
+  // Monotonic: a step of the wall clock is no stall.
+  auto last_progress = std::chrono::steady_clock::now();
   while (iov_first < 2) {
     msghdr msg{};
     msg.msg_iov = iov + iov_first;
@@ -133,7 +135,8 @@ absl::Status SideChannel::WriteRecord(const std::string& bytes) {
         std::lock_guard<std::mutex> lock(write_mu_);
         if (stopping_) return absl::CancelledError("side channel stopping");
       }
-      if (absl::Now() - last_progress > kStallTimeout) {
+      if (std::chrono::steady_clock::now() - last_progress >
+          absl::ToChronoNanoseconds(kStallTimeout)) {
         return absl::DeadlineExceededError(
             "peer read nothing of an inline record within the stall timeout");
       }
@@ -145,7 +148,7 @@ absl::Status SideChannel::WriteRecord(const std::string& bytes) {
       }
       continue;
     }
-    last_progress = absl::Now();
+    last_progress = std::chrono::steady_clock::now();
     size_t sent = static_cast<size_t>(n);
     while (iov_first < 2 && sent >= iov[iov_first].iov_len) {
       sent -= iov[iov_first].iov_len;
@@ -258,9 +261,9 @@ absl::StatusOr<std::shared_ptr<const std::string>> SideChannel::TakeRecord(
   records_.pop_front();
   buffered_bytes_ -= record->size();
   if (record->size() != expected_bytes) {
-    return absl::DataLossError(absl::StrCat(
-        "inline record of ", record->size(), " bytes where the descriptor said ",
-        expected_bytes));
+    return absl::DataLossError(absl::StrCat("inline record of ", record->size(),
+                                            " bytes where the descriptor said ",
+                                            expected_bytes));
   }
   return record;
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -14,8 +15,8 @@ namespace {
 
 absl::Status SocketError(absl::string_view what, int err) {
   if (err == EPIPE || err == ECONNRESET || err == ENOTCONN) {
-    return absl::UnavailableError(absl::StrCat(what, ": peer closed (",
-                                               strerror(err), ")"));
+    return absl::UnavailableError(
+        absl::StrCat(what, ": peer closed (", strerror(err), ")"));
   }
   return absl::InternalError(absl::StrCat(what, ": ", strerror(err)));
 }
@@ -68,16 +69,25 @@ absl::Status SendWithFd(int sock, const void* data, size_t len, int fd) {
 absl::Status RecvWithFd(int sock, void* data, size_t len, int* fd,
                         absl::Duration timeout) {
   *fd = -1;
-  const absl::Time deadline = absl::Now() + timeout;
+  // Monotonic: a step of the wall clock must not stretch or cut the wait.
+  // (Over a year is forever, and cannot overflow the clock.)
+  const bool forever = timeout > absl::Hours(24 * 365);
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      absl::ToChronoNanoseconds(forever ? absl::ZeroDuration() : timeout);
   size_t received = 0;
   absl::Status status;
   while (received < len) {
     pollfd pfd{sock, POLLIN, 0};
-    const int ready = poll(&pfd, 1, MillisCeil(deadline - absl::Now()));
+    const int ready =
+        poll(&pfd, 1,
+             forever ? -1
+                     : MillisCeil(absl::FromChrono(
+                           deadline - std::chrono::steady_clock::now())));
     if (ready < 0 && errno == EINTR) continue;
     if (ready == 0) {
-      status = absl::DeadlineExceededError(absl::StrCat(
-          "timed out after ", received, " of ", len, " bytes"));
+      status = absl::DeadlineExceededError(
+          absl::StrCat("timed out after ", received, " of ", len, " bytes"));
       break;
     }
     iovec iov{static_cast<char*>(data) + received, len - received};
@@ -100,8 +110,7 @@ absl::Status RecvWithFd(int sock, void* data, size_t len, int* fd,
       const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       for (size_t i = 0; i < count; ++i) {
         int received_fd;
-        std::memcpy(&received_fd, CMSG_DATA(c) + i * sizeof(int),
-                    sizeof(int));
+        std::memcpy(&received_fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
         if (*fd < 0) {
           *fd = received_fd;
         } else {
@@ -119,8 +128,8 @@ absl::Status RecvWithFd(int sock, void* data, size_t len, int* fd,
       break;
     }
     if (n == 0) {
-      status = absl::UnavailableError(absl::StrCat(
-          "peer closed after ", received, " of ", len, " bytes"));
+      status = absl::UnavailableError(
+          absl::StrCat("peer closed after ", received, " of ", len, " bytes"));
       break;
     }
     received += static_cast<size_t>(n);

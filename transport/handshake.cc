@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 
@@ -53,8 +54,18 @@ absl::Status CheckPolicy(const PeerCredentials& peer, const Options& options) {
       ", not this process's (", getuid(), "), root or an allowed uid"));
 }
 
-absl::Duration Remaining(absl::Time deadline) {
-  return std::max(absl::ZeroDuration(), deadline - absl::Now());
+// Handshake deadlines are monotonic: a step of the wall clock must not
+// stretch or cut a handshake.
+using Deadline = std::chrono::steady_clock::time_point;
+
+Deadline DeadlineAfter(absl::Duration timeout) {
+  return std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+}
+
+absl::Duration Remaining(Deadline deadline) {
+  return std::max(
+      absl::ZeroDuration(),
+      absl::FromChrono(deadline - std::chrono::steady_clock::now()));
 }
 
 // Builds this side's segment from the options.
@@ -203,7 +214,7 @@ absl::Status RefusalStatus(uint16_t result) {
 }
 
 absl::StatusOr<Handshaken> ExchangeSegments(
-    int sock, const Options& options, absl::Time deadline,
+    int sock, const Options& options, Deadline deadline,
     std::pair<std::unique_ptr<shm::Arena>, shm::SegmentLayout> local) {
   const Hello hello{kHandshakeMagic,         kMinProtocolVersion,
                     kMaxProtocolVersion,     0,
@@ -278,7 +289,7 @@ absl::StatusOr<Handshaken> ExchangeSegments(
 
 absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
                                            const Options& options) {
-  const absl::Time deadline = absl::Now() + options.handshake_timeout;
+  const Deadline deadline = DeadlineAfter(options.handshake_timeout);
   // Two cheap checks before the segment's 64 MiB fallocate: that this
   // process has room for it (else it would only trouble the server), and
   // that the server has an shm socket at all (else, the plain-server case,
@@ -313,7 +324,7 @@ void RefuseHandshake(int sock, HandshakeRefusal reason) {
 absl::StatusOr<Handshaken> ServerHandshake(
     int sock, const Options& options,
     absl::FunctionRef<absl::Status()> before_welcome) {
-  const absl::Time deadline = absl::Now() + options.handshake_timeout;
+  const Deadline deadline = DeadlineAfter(options.handshake_timeout);
   auto refuse = [&](HandshakeRefusal reason, absl::Status why) {
     RefuseHandshake(sock, reason);
     return why;
