@@ -412,7 +412,7 @@ TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
 // wait for a server instead of failing at once, and the successor, up a
 // second later, answers. Over shm the retry finds no session, so it is made
 // over plain gRPC, with the call's wait_for_ready (without it, all three
-// attempts failed UNAVAILABLE within ~0.3 s).
+// attempts failed UNAVAILABLE within ~0.3 s) and its :authority.
 TEST(RetryRestartTest, WaitForReadyRetriesWaitForTheSuccessor) {
   constexpr char kQuickRetries[] = R"({"methodConfig": [{
     "name": [{"service": "shmgrpc.test.EchoService"}],
@@ -428,20 +428,20 @@ TEST(RetryRestartTest, WaitForReadyRetriesWaitForTheSuccessor) {
   auto plain_channel = grpc::CreateCustomChannel(
       server->target(), grpc::InsecureChannelCredentials(), args);
   grpc::Status statuses[2];
+  EchoResponse responses[2];
   auto call = [](const std::shared_ptr<grpc::Channel>& channel,
-                 grpc::Status* status) {
+                 grpc::Status* status, EchoResponse* response) {
     EchoRequest request;
     FillRequest(&request, 100, 1);
     request.set_delay_ms(500);  // in its handler when the server dies
-    EchoResponse response;
     grpc::ClientContext context;
     context.set_deadline(In(absl::Seconds(20)));
     context.set_wait_for_ready(true);
-    *status =
-        EchoService::NewStub(channel)->Unary(&context, request, &response);
+    context.set_authority("retried.example.com");
+    *status = EchoService::NewStub(channel)->Unary(&context, request, response);
   };
-  std::thread shm_caller(call, shm_channel, &statuses[1]);
-  std::thread plain_caller(call, plain_channel, &statuses[0]);
+  std::thread shm_caller(call, shm_channel, &statuses[1], &responses[1]);
+  std::thread plain_caller(call, plain_channel, &statuses[0], &responses[0]);
   absl::SleepFor(absl::Milliseconds(200));
   server->Kill();
   server.reset();  // removes its socket files
@@ -454,6 +454,8 @@ TEST(RetryRestartTest, WaitForReadyRetriesWaitForTheSuccessor) {
   for (int shm : {0, 1}) {
     EXPECT_TRUE(statuses[shm].ok())
         << "shm=" << shm << ": " << statuses[shm].error_message();
+    EXPECT_EQ(responses[shm].authority(), "retried.example.com")
+        << "shm=" << shm;
   }
   const ClientStats stats = *GetChannelStats(shm_channel.get());
   EXPECT_EQ(stats.shm_retries_over_plain, 1u);

@@ -220,8 +220,10 @@ void ClientCall::SendParked() {
 
 bool ClientCall::DecideHijack(Batch* m) {
   const auto deadline = info_->client_context()->deadline();
+  const bool has_deadline =
+      deadline != std::chrono::system_clock::time_point::max();
   if (Has(m, Hook::PRE_SEND_CANCEL) ||
-      deadline <= std::chrono::system_clock::now()) {
+      (has_deadline && deadline <= std::chrono::system_clock::now())) {
     // Cancelled (its first batch is the cancel) or expired before it
     // started: gRPC's core ends it without sending it, as a plain channel
     // does; over shm its handler would have run.
@@ -306,9 +308,7 @@ bool ClientCall::DecideHijack(Batch* m) {
   }
   // Everything Abort() may touch is set before Register() publishes the
   // call to the session thread.
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    deadline_ = absl::FromChrono(deadline);
-  }
+  if (has_deadline) deadline_ = absl::FromChrono(deadline);
   if (!unary) {
     const Options& options = core_->options();
     const WindowLimits own = OwnWindowLimits(options.stream_window_bytes,
@@ -663,12 +663,15 @@ void ClientCall::StartPlainAttempt() {
       // already checked against gRPC's rules by the first attempt.
       if (key != "user-agent") attempt->context.AddMetadata(key, value);
     }
-    if (!retry_headers_.authority.empty()) {
-      attempt->context.set_authority(retry_headers_.authority);
+    // What the app set on its context, which outlives its call; the
+    // channel's own defaults apply to the attempt as they would to the call.
+    const grpc::ClientContext& app_context = *info_->client_context();
+    if (const std::string& authority = AuthorityOverride(app_context);
+        !authority.empty()) {
+      attempt->context.set_authority(authority);
     }
-    // The app's context outlives its call, so it is still there to ask.
     if (const std::optional<bool> wait_for_ready =
-            ExplicitWaitForReady(*info_->client_context())) {
+            ExplicitWaitForReady(app_context)) {
       attempt->context.set_wait_for_ready(*wait_for_ready);
     }
     if (retry_request_.has_value()) {
