@@ -17,6 +17,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "shm/thread.h"
 #include "transport/client_context_internals.h"
+#include "transport/protobuf_methods.h"
 
 namespace shmgrpc::transport {
 namespace {
@@ -78,7 +79,17 @@ ClientCall::ClientCall(std::shared_ptr<ClientCore> core,
     : core_(std::move(core)),
       info_(info),
       max_send_bytes_(core_->settings().max_send_message_bytes),
-      max_receive_bytes_(core_->settings().max_receive_message_bytes) {}
+      max_receive_bytes_(core_->settings().max_receive_message_bytes) {
+  // A GenericStub names its method with a std::string that the app may let
+  // go of once the call is made (a temporary among PrepareCall's
+  // arguments), and gRPC keeps only the pointer: such a name is copied now.
+  // Generated names are static.
+  if (core_->options().carry_generic_stub_calls &&
+      !core_->IsProtobufMethod(info->method()) &&
+      NamedAtRunTime(info->method())) {
+    generic_method_ = info->method();
+  }
+}
 
 void ClientCall::Intercept(Batch* m) {
   if (tls_recv_pass_of == this) {
@@ -235,9 +246,13 @@ bool ClientCall::DecideHijack(Batch* m) {
     core_->CountPlain(ClientCore::PlainReason::kNoSession);
     return false;
   }
+  // (Only the name's address is looked at: a GenericStub's may be gone.)
   if (!core_->IsProtobufMethod(info_->method())) {
-    core_->CountPlain(ClientCore::PlainReason::kNotProtobuf);
-    return false;
+    if (!generic_method_.has_value()) {
+      core_->CountPlain(ClientCore::PlainReason::kNotProtobuf);
+      return false;
+    }
+    byte_buffer_messages_ = true;
   }
   if (info_->client_context()->credentials() != nullptr) {
     // gRPC's core applies call credentials (their metadata, and the check
@@ -253,7 +268,7 @@ bool ClientCall::DecideHijack(Batch* m) {
   const bool unary =
       info_->type() == grpc::experimental::ClientRpcInfo::Type::UNARY;
   if (const auto& config = core_->settings().service_config) {
-    const MethodConfig method = config->For(info_->method());
+    const MethodConfig method = config->For(MethodName());
     const RetryPolicy* retry =
         core_->settings().retries_enabled ? method.retry : nullptr;
     if ((method.hedged && core_->settings().retries_enabled) ||
@@ -281,7 +296,8 @@ bool ClientCall::DecideHijack(Batch* m) {
   }
   if (Has(m, Hook::PRE_SEND_MESSAGE)) {
     size_t size;
-    if (const void* message = m->GetSendMessage(); message != nullptr) {
+    if (const void* message = m->GetSendMessage();
+        message != nullptr && !byte_buffer_messages_) {
       size = codec::SerializedSize(
           *static_cast<const google::protobuf::MessageLite*>(message));
       first_message_size_ = size;  // SendMessage reuses it
@@ -359,7 +375,7 @@ void ClientCall::SendPass(Batch* m) {
 
 void ClientCall::SendHeaders(Batch* m) {
   codec::CallHeaders headers;
-  headers.method = info_->method();
+  headers.method = MethodName();
   headers.authority = AuthorityOverride(*info_->client_context());
   if (headers.authority.empty()) {
     headers.authority = core_->settings().default_authority;
@@ -453,9 +469,12 @@ void ClientCall::SendMessage(Batch* m) {
     if (send_window_ && busy_on_ == nullptr) CountBusyLocked(session_);
   }
   // Sync and callback calls offer the message itself (serialized in place
-  // below); CQ-async calls only its serialized bytes.
-  const auto* message =
-      static_cast<const google::protobuf::MessageLite*>(m->GetSendMessage());
+  // below); CQ-async calls only its serialized bytes, as a GenericStub's
+  // ByteBuffers are taken.
+  const auto* message = byte_buffer_messages_
+                            ? nullptr
+                            : static_cast<const google::protobuf::MessageLite*>(
+                                  m->GetSendMessage());
   const grpc::ByteBuffer* buffer =
       message == nullptr ? m->GetSerializedSendMessage() : nullptr;
   const size_t size = message == nullptr ? buffer->Length()
@@ -817,9 +836,21 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
     grpc::Status parse_error;
     if (c.recv.message) {
       if (c.have_message) {
-        auto* out =
-            static_cast<google::protobuf::MessageLite*>(m->GetRecvMessage());
-        absl::Status parsed = codec::ParseFrom(c.message.Chunks(), out);
+        absl::Status parsed;
+        if (byte_buffer_messages_) {
+          // Copied out: the app may keep a ByteBuffer as long as it likes,
+          // and the block goes back to the server now.
+          std::vector<grpc::Slice> slices;
+          for (const codec::InChunk& chunk : c.message.Chunks()) {
+            slices.emplace_back(chunk.data, chunk.size);
+          }
+          *static_cast<grpc::ByteBuffer*>(m->GetRecvMessage()) =
+              grpc::ByteBuffer(slices.data(), slices.size());
+        } else {
+          parsed = codec::ParseFrom(
+              c.message.Chunks(),
+              static_cast<google::protobuf::MessageLite*>(m->GetRecvMessage()));
+        }
         session_->Release(c.message);
         if (receive_window_) {
           if (std::optional<Credit> credit = receive_window_->OnConsumed(

@@ -44,6 +44,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -111,6 +112,12 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   bool CanResumeLocked();
   void SendPass(Batch* methods);
   void SendHeaders(Batch* methods);
+  // The method's name ("/package.Service/Method"), readable for the whole
+  // call.
+  const char* MethodName() const {
+    return generic_method_.has_value() ? generic_method_->c_str()
+                                       : info_->method();
+  }
   void SendMessage(Batch* methods);
   // An attempt ended with `status` before the call committed (mu_ held):
   // true when the retry policy sends it again (then scheduled; `status` is
@@ -162,6 +169,12 @@ class ClientCall : public std::enable_shared_from_this<ClientCall> {
   bool headers_sent_ = false;  // forward passes are not concurrent for sends
   // Serialized size of the first batch's message, computed by DecideHijack.
   std::optional<size_t> first_message_size_;
+  // A GenericStub's method name, copied when the call was made
+  // (Options::carry_generic_stub_calls).
+  std::optional<std::string> generic_method_;
+  // The call's messages are grpc::ByteBuffers (a GenericStub's call), not
+  // protobuf messages. Set by DecideHijack.
+  bool byte_buffer_messages_ = false;
   // The deadline's timer, once the headers are out (read by Finish, after
   // every batch).
   std::optional<DeadlineTimer::Handle> deadline_timer_;

@@ -65,6 +65,15 @@ struct Options {
   // (which pass protobuf messages) are affected; calls of other methods that
   // the pool does not know, and every GenericStub call, go plain.
   std::vector<std::string> protobuf_methods;
+  // Client: also carry over shm the calls this channel's application makes
+  // through grpc::GenericStub, whose messages are grpc::ByteBuffers (a
+  // proxy's or sidecar's forwarding leg). gRPC shows an interceptor neither
+  // a message's type nor whether a call came from a GenericStub, only that
+  // its method name was made at run time: set this only if every such call
+  // on the channel passes ByteBuffers (a TemplatedGenericStub of any other
+  // type would be handed ByteBuffers: undefined behaviour). Off: such calls
+  // go plain.
+  bool carry_generic_stub_calls = false;
   // Streaming calls, per stream and direction: at most this many messages
   // or bytes sent and not yet consumed by the receiving application; a
   // writer beyond that waits (bounded by the call's deadline), as gRPC's own

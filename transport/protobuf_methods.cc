@@ -16,6 +16,8 @@ bool InLoadedImage(const char* name) {
 
 }  // namespace
 
+bool NamedAtRunTime(const char* method) { return !InLoadedImage(method); }
+
 bool ProtobufMethods::Contains(const char* method) {
   {
     std::lock_guard<std::mutex> lock(mu_);

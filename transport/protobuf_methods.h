@@ -40,6 +40,10 @@ class ProtobufMethods {
   std::unordered_map<const char*, bool> known_;  // by the name's address
 };
 
+// True when `method` (as ClientRpcInfo::method() gives it) was named at run
+// time, i.e. lives outside every loaded image: a GenericStub's call.
+bool NamedAtRunTime(const char* method);
+
 }  // namespace shmgrpc::transport
 
 #endif  // SHMGRPC_TRANSPORT_PROTOBUF_METHODS_H_
