@@ -93,6 +93,18 @@ bool WaitFor(Condition condition, absl::Duration timeout) {
   return true;
 }
 
+// A thread that cancels `context` once echo_server at `target` holds one
+// hanging call (waiting up to 5 s): a call cancelled before any handler
+// took it never reaches one. Join it after the call returns.
+inline std::thread CancelOnceAHandlerHangs(grpc::ClientContext* context,
+                                           const std::string& target) {
+  return std::thread([context, target] {
+    WaitFor([&] { return FetchServerStats(target).handlers_hanging() == 1; },
+            absl::Seconds(5));
+    context->TryCancel();
+  });
+}
+
 // Waits (up to 5 s) until the server has no shm session, no call, no block
 // in use and no handshake or completion thread left (finished ones are
 // joined at once, not at the next connection), failing the test otherwise;

@@ -618,14 +618,7 @@ TEST_F(BehaviorTest, TryCancelReachesTheHandler) {
   EchoRequest request;
   request.set_hang(true);
   EchoResponse response;
-  // Cancel once the handler holds the call: a call cancelled before any
-  // handler took it never reaches one.
-  const std::string target = server_->target();
-  std::thread canceller([&context, target] {
-    WaitFor([&] { return FetchServerStats(target).handlers_hanging() == 1; },
-            absl::Seconds(5));
-    context.TryCancel();
-  });
+  std::thread canceller = CancelOnceAHandlerHangs(&context, server_->target());
   grpc::Status status = stub_->Unary(&context, request, &response);
   canceller.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);

@@ -41,6 +41,23 @@ EchoResponse Parsed(grpc::ByteBuffer* bytes) {
   return response;
 }
 
+// The next event of `cq` (within 15 s): whether it succeeded.
+bool NextEventOk(grpc::CompletionQueue* cq) {
+  void* tag;
+  bool ok = false;
+  EXPECT_EQ(cq->AsyncNext(&tag, &ok, In(absl::Seconds(15))),
+            grpc::CompletionQueue::GOT_EVENT);
+  return ok;
+}
+
+void ShutDownAndDrain(grpc::CompletionQueue* cq) {
+  cq->Shutdown();
+  void* tag;
+  bool ok;
+  while (cq->Next(&tag, &ok)) {
+  }
+}
+
 class GenericStubTest : public EchoTest {
  protected:
   void SetUp() override {
@@ -99,20 +116,13 @@ TEST_F(GenericStubTest, CompletionQueueUnaryCallsGoOverShm) {
     grpc::ByteBuffer reply_bytes;
     grpc::Status status;
     reader->Finish(&reply_bytes, &status, reinterpret_cast<void*>(1));
-    void* tag;
-    bool ok;
-    ASSERT_EQ(cq.AsyncNext(&tag, &ok, In(absl::Seconds(15))),
-              grpc::CompletionQueue::GOT_EVENT);
+    ASSERT_TRUE(NextEventOk(&cq));
     ASSERT_TRUE(status.ok()) << size << ": " << status.error_message();
     const EchoResponse response = Parsed(&reply_bytes);
     EXPECT_TRUE(PayloadIntact(response)) << size;
     EXPECT_NE(response.peer_pid(), "") << size << ": went plain";
   }
-  cq.Shutdown();
-  void* tag;
-  bool ok;
-  while (cq.Next(&tag, &ok)) {
-  }
+  ShutDownAndDrain(&cq);
   EXPECT_EQ(GetChannelStats(generic_channel_.get())->calls_on_shm, 2u);
 }
 
@@ -123,41 +133,30 @@ TEST_F(GenericStubTest, BidiStreamGoesOverShmInOrder) {
   grpc::CompletionQueue cq;
   grpc::ClientContext context;
   context.set_deadline(In(absl::Seconds(20)));
-  auto next = [&cq]() {
-    void* tag;
-    bool ok = false;
-    EXPECT_EQ(cq.AsyncNext(&tag, &ok, In(absl::Seconds(15))),
-              grpc::CompletionQueue::GOT_EVENT);
-    return ok;
-  };
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream =
       generic.PrepareCall(&context, kBidiMethod, &cq);
   stream->StartCall(nullptr);
-  ASSERT_TRUE(next());
+  ASSERT_TRUE(NextEventOk(&cq));
   for (int64_t seq = 1; seq <= 50; ++seq) {
     EchoRequest request;
     FillRequest(&request, seq % 2 ? 300 : 70000, seq);
     stream->Write(Serialized(request), nullptr);
-    ASSERT_TRUE(next()) << seq;
+    ASSERT_TRUE(NextEventOk(&cq)) << seq;
     grpc::ByteBuffer reply_bytes;
     stream->Read(&reply_bytes, nullptr);
-    ASSERT_TRUE(next()) << seq;
+    ASSERT_TRUE(NextEventOk(&cq)) << seq;
     const EchoResponse response = Parsed(&reply_bytes);
     EXPECT_EQ(response.seq(), seq);
     EXPECT_TRUE(PayloadIntact(response)) << seq;
     if (seq == 1) EXPECT_NE(response.peer_pid(), "") << "went plain";
   }
   stream->WritesDone(nullptr);
-  ASSERT_TRUE(next());
+  ASSERT_TRUE(NextEventOk(&cq));
   grpc::Status status;
   stream->Finish(&status, nullptr);
-  ASSERT_TRUE(next());
+  ASSERT_TRUE(NextEventOk(&cq));
   EXPECT_TRUE(status.ok()) << status.error_message();
-  cq.Shutdown();
-  void* tag;
-  bool ok;
-  while (cq.Next(&tag, &ok)) {
-  }
+  ShutDownAndDrain(&cq);
   EXPECT_EQ(GetChannelStats(generic_channel_.get())->calls_on_shm, 1u);
 }
 

@@ -252,12 +252,8 @@ TEST_P(PropagationTest, CancellingTheIncomingCallCancelsTheOnwardCall) {
   request.set_hang(true);
   EchoResponse response;
   const std::string target = echo_server_->target();
-  std::thread canceller([&context, target] {
-    // Once echo_server holds the onward call.
-    WaitFor([&] { return FetchServerStats(target).handlers_hanging() == 1; },
-            absl::Seconds(5));
-    context.TryCancel();
-  });
+  // Once echo_server holds the onward call.
+  std::thread canceller = CancelOnceAHandlerHangs(&context, target);
   const grpc::Status status = relay_stub_->Unary(&context, request, &response);
   canceller.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);

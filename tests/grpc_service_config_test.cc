@@ -30,6 +30,28 @@ constexpr char kUnaryRetries[] = R"({"methodConfig": [{
                   "maxBackoff": "0.05s", "backoffMultiplier": 2,
                   "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"]}}]})";
 
+// Any EchoService method retried on UNAVAILABLE, 3 attempts, quickly.
+constexpr char kQuickRetries[] = R"({"methodConfig": [{
+  "name": [{"service": "shmgrpc.test.EchoService"}],
+  "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s",
+                  "maxBackoff": "0.1s", "backoffMultiplier": 2,
+                  "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
+
+// A shm channel and a plain one to `target`, with the same service config,
+// for tests that compare the two.
+struct ChannelPair {
+  std::shared_ptr<grpc::Channel> shm;
+  std::shared_ptr<grpc::Channel> plain;
+};
+ChannelPair ChannelsWithServiceConfig(const std::string& target,
+                                      const char* service_config) {
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(service_config);
+  return {CreateChannel(target, Options(), args),
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+                                    args)};
+}
+
 // A unary call by each client API: "sync", "callback" or "cq" (a CQ-async
 // call, whose request the interceptor gets as a ByteBuffer).
 grpc::Status UnaryBy(const std::string& api, EchoService::Stub* stub,
@@ -316,11 +338,8 @@ TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
   auto server = std::make_unique<testing::ServerProcess>("sync");
   ASSERT_TRUE(server->status().ok()) << server->status();
   const std::string socket_path = server->socket_path();
-  grpc::ChannelArguments args;
-  args.SetServiceConfigJSON(kRetryUnavailable);
-  auto shm_channel = CreateChannel(server->target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server->target(), grpc::InsecureChannelCredentials(), args);
+  auto [shm_channel, plain_channel] =
+      ChannelsWithServiceConfig(server->target(), kRetryUnavailable);
   struct Result {
     grpc::Status status;
     EchoResponse response;
@@ -366,18 +385,10 @@ TEST(RetryRestartTest, CallsInFlightWhenTheServerIsKilledAreRetried) {
 // over plain gRPC, where (as on the plain channel) it finds no server; the
 // call ends UNAVAILABLE after maxAttempts, promptly, both ways.
 TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
-  constexpr char kQuickRetries[] = R"({"methodConfig": [{
-    "name": [{"service": "shmgrpc.test.EchoService"}],
-    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s",
-                    "maxBackoff": "0.1s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
   testing::ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
-  grpc::ChannelArguments args;
-  args.SetServiceConfigJSON(kQuickRetries);
-  auto shm_channel = CreateChannel(server.target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server.target(), grpc::InsecureChannelCredentials(), args);
+  auto [shm_channel, plain_channel] =
+      ChannelsWithServiceConfig(server.target(), kQuickRetries);
   grpc::Status statuses[2];
   auto call = [](const std::shared_ptr<grpc::Channel>& channel,
                  grpc::Status* status) {
@@ -414,19 +425,11 @@ TEST(RetryRestartTest, RetriesWithoutAServerEndUnavailable) {
 // over plain gRPC, with the call's wait_for_ready (without it, all three
 // attempts failed UNAVAILABLE within ~0.3 s) and its :authority.
 TEST(RetryRestartTest, WaitForReadyRetriesWaitForTheSuccessor) {
-  constexpr char kQuickRetries[] = R"({"methodConfig": [{
-    "name": [{"service": "shmgrpc.test.EchoService"}],
-    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s",
-                    "maxBackoff": "0.1s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})";
   auto server = std::make_unique<testing::ServerProcess>("sync");
   ASSERT_TRUE(server->status().ok()) << server->status();
   const std::string socket_path = server->socket_path();
-  grpc::ChannelArguments args;
-  args.SetServiceConfigJSON(kQuickRetries);
-  auto shm_channel = CreateChannel(server->target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server->target(), grpc::InsecureChannelCredentials(), args);
+  auto [shm_channel, plain_channel] =
+      ChannelsWithServiceConfig(server->target(), kQuickRetries);
   grpc::Status statuses[2];
   EchoResponse responses[2];
   auto call = [](const std::shared_ptr<grpc::Channel>& channel,
