@@ -58,7 +58,10 @@ absl::Status CheckPolicy(const PeerCredentials& peer, const Options& options) {
 // stretch or cut a handshake.
 using Deadline = std::chrono::steady_clock::time_point;
 
+// A timeout of a year or more (InfiniteDuration included) is none at all,
+// and cannot overflow the clock.
 Deadline DeadlineAfter(absl::Duration timeout) {
+  if (timeout >= absl::Hours(24 * 365)) return Deadline::max();
   return std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
 }
 
