@@ -148,7 +148,9 @@ TEST_F(GenericStubTest, BidiStreamGoesOverShmInOrder) {
     const EchoResponse response = Parsed(&reply_bytes);
     EXPECT_EQ(response.seq(), seq);
     EXPECT_TRUE(PayloadIntact(response)) << seq;
-    if (seq == 1) EXPECT_NE(response.peer_pid(), "") << "went plain";
+    if (seq == 1) {
+      EXPECT_NE(response.peer_pid(), "") << "went plain";
+    }
   }
   stream->WritesDone(nullptr);
   ASSERT_TRUE(NextEventOk(&cq));
