@@ -565,6 +565,15 @@ TEST_F(BehaviorTest, PerCallAuthorityReachesTheHandler) {
   EXPECT_EQ(default_authority[1][1], default_authority[0][1]);
 }
 
+// A handshake timeout of InfiniteDuration means none (handshake deadlines
+// are on the monotonic clock, which it must not overflow).
+TEST_F(BehaviorTest, AnInfiniteHandshakeTimeoutIsNone) {
+  Options options;
+  options.handshake_timeout = absl::InfiniteDuration();
+  ExpectEchoOver(CreateChannelWithOwnSession(server_->target(), options),
+                 /*over_shm=*/true, "infinite handshake timeout");
+}
+
 TEST_F(BehaviorTest, ErrorStatusWithDetails) {
   EchoRequest request;
   request.set_error_code(grpc::StatusCode::FAILED_PRECONDITION);
