@@ -218,6 +218,19 @@ TEST(DeadlineTimerTest, AWallClockStepForwardFiresNoTimerEarly) {
   EXPECT_GE(fired.at()[1] - start, absl::Milliseconds(400)) << "fired early";
 }
 
+// A delay from now, as backoffs and lingers are, ignores the wall clock.
+TEST(DeadlineTimerTest, ScheduleAfterRunsAfterTheDelay) {
+  SteppedWallClock clock;
+  DeadlineTimer timer([&clock] { return clock.Now(); });
+  Fired fired;
+  const absl::Time start = absl::Now();
+  clock.Step(-absl::Hours(1));
+  ASSERT_TRUE(
+      timer.ScheduleAfter(absl::Milliseconds(150), fired.Callback(1)).ok());
+  ASSERT_TRUE(fired.WaitFor(1));
+  EXPECT_GE(fired.at()[0] - start, absl::Milliseconds(150));
+}
+
 // Deadlines beyond what the monotonic clock can hold (InfiniteFuture, or
 // years away) do not overflow into the past.
 TEST(DeadlineTimerTest, FarDeadlinesNeverFire) {

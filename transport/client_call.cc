@@ -553,7 +553,7 @@ bool ClientCall::ScheduleRetryLocked(const codec::CallStatus& status) {
   }
   std::weak_ptr<ClientCall> weak = weak_from_this();
   absl::StatusOr<DeadlineTimer::Handle> timer =
-      DeadlineTimer::Process().Schedule(absl::Now() + delay, [weak] {
+      DeadlineTimer::Process().ScheduleAfter(delay, [weak] {
         // Not on the timer thread: sending may wait for ring space.
         if (auto call = weak.lock()) {
           absl::StatusOr<shm::Thread> attempt =

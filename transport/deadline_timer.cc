@@ -23,16 +23,20 @@ DeadlineTimer::~DeadlineTimer() {
 
 absl::StatusOr<DeadlineTimer::Handle> DeadlineTimer::Schedule(
     absl::Time wall_deadline, std::function<void()> fire) {
-  // Time left now, on the monotonic clock; saturated so that far (or
-  // infinite) deadlines cannot overflow it.
-  const absl::Duration left = wall_deadline - wall_clock_();
+  return ScheduleAfter(wall_deadline - wall_clock_(), std::move(fire));
+}
+
+absl::StatusOr<DeadlineTimer::Handle> DeadlineTimer::ScheduleAfter(
+    absl::Duration delay, std::function<void()> fire) {
+  // On the monotonic clock; saturated so that far (or infinite) deadlines
+  // cannot overflow it.
   const Clock::time_point now = Clock::now();
   const Clock::time_point deadline =
-      left >= absl::FromChrono(Clock::time_point::max() - now)
+      delay >= absl::FromChrono(Clock::time_point::max() - now)
           ? Clock::time_point::max()
           : now + std::chrono::duration_cast<Clock::duration>(
                       absl::ToChronoNanoseconds(
-                          std::max(left, absl::ZeroDuration())));
+                          std::max(delay, absl::ZeroDuration())));
   std::lock_guard<std::mutex> lock(mu_);
   if (!thread_.joinable()) {
     absl::StatusOr<shm::Thread> thread = shm::Thread::Start([this] { Run(); });

@@ -63,6 +63,10 @@ class DeadlineTimer {
   // cannot be started (tried again at the next call).
   absl::StatusOr<Handle> Schedule(absl::Time deadline,
                                   std::function<void()> fire);
+  // The same `delay` from now, for timers that are a duration rather than
+  // a wall-clock time (backoffs, lingers).
+  absl::StatusOr<Handle> ScheduleAfter(absl::Duration delay,
+                                       std::function<void()> fire);
   // True when `fire` will not run; false when it has run, is running, or
   // was cancelled before.
   bool Cancel(const Handle& handle);

@@ -96,7 +96,7 @@ void SessionLink::HoldUntilLingerEnds(std::shared_ptr<SessionLink> self) {
     left = absl::FromChrono(linger_until_ - std::chrono::steady_clock::now());
   }
   absl::StatusOr<DeadlineTimer::Handle> held =
-      DeadlineTimer::Process().Schedule(absl::Now() + left, [self]() mutable {
+      DeadlineTimer::Process().ScheduleAfter(left, [self]() mutable {
         SessionLink* raw = self.get();
         raw->OnLingerEnd(std::move(self));
       });
