@@ -7,6 +7,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
@@ -840,7 +841,7 @@ void ClientCall::Complete(std::vector<Completion>& ready) {
         if (byte_buffer_messages_) {
           // Copied out: the app may keep a ByteBuffer as long as it likes,
           // and the block goes back to the server now.
-          std::vector<grpc::Slice> slices;
+          absl::InlinedVector<grpc::Slice, 1> slices;  // one chunk, usually
           for (const codec::InChunk& chunk : c.message.Chunks()) {
             slices.emplace_back(chunk.data, chunk.size);
           }
