@@ -463,6 +463,44 @@ TEST_F(BehaviorTest, ChannelArgumentMessageLimitsApplyOverShm) {
   EXPECT_EQ(stats.calls_plain_too_large, 1u);
 }
 
+// A stream message over the send limit after the first (which alone decides
+// whether a call goes over shm) fails its write, and the call ends
+// RESOURCE_EXHAUSTED with gRPC's message, as on a plain channel; the
+// channel's next call is unharmed.
+TEST_F(BehaviorTest, LaterStreamMessageOverTheSendLimitEndsTheCallAsOverPlain) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(1 << 20);
+  auto shm_channel = CreateChannel(server_->target(), Options(), args);
+  auto plain_channel = grpc::CreateCustomChannel(
+      server_->target(), grpc::InsecureChannelCredentials(), args);
+  for (const auto& channel : {shm_channel, plain_channel}) {
+    const char* which = channel == shm_channel ? "shm" : "plain";
+    auto stub = EchoService::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(10)));
+    auto stream = stub->Bidi(&context);
+    EchoRequest message;
+    FillRequest(&message, 512 << 10, 1);
+    ASSERT_TRUE(stream->Write(message)) << which;
+    EchoResponse response;
+    ASSERT_TRUE(stream->Read(&response)) << which;
+    EXPECT_TRUE(PayloadIntact(response)) << which;
+    FillRequest(&message, 2 << 20, 2);
+    EXPECT_FALSE(stream->Write(message)) << which;
+    EXPECT_FALSE(stream->Read(&response)) << which;
+    const grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << which << ": " << status.error_message();
+    EXPECT_TRUE(absl::StrContains(status.error_message(),
+                                  "Sent message larger than max"))
+        << which << ": " << status.error_message();
+    ASSERT_TRUE(UnaryEcho(stub.get(), 100, 3, &response).ok()) << which;
+  }
+  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  EXPECT_EQ(stats.calls_on_shm, 2u);
+  plain_channel.reset();  // else gRPC's shutdown waits 2 s for it
+}
+
 // A server that gzips its replies (and a client asking for gzip) works over
 // shm as over plain: the injector's in-process call hands it the reply
 // decompressed, so what goes into the arena is the plain message.

@@ -233,6 +233,49 @@ TEST(FallbackTest, UnaryThatCannotFitGoesPlainAndSucceeds) {
   EXPECT_EQ(stats.calls_on_shm, 0u);
 }
 
+// A unary request the arena could hold, but not what is free of it now (a
+// stalled stream's message holds the rest), goes plain and succeeds; once
+// the stream has drained, the same request goes over shm again.
+TEST(FallbackTest, UnaryThatFindsTheArenaFullGoesPlainThenBackToShm) {
+  ServerProcess server("sync", {"--arena_bytes=" + std::to_string(kTinyArena)});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  auto channel = CreateChannel(server.target(), TinyArenaOptions());
+  auto stub = EchoService::NewStub(channel);
+  constexpr size_t kLarge = 160 << 10;  // fits 256 KiB once, not twice
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(30)));
+  auto stream = stub->Bidi(&context);
+  EchoRequest message;
+  FillRequest(&message, 64, 1);
+  message.set_delay_ms(1500);  // the handler stalls on it...
+  ASSERT_TRUE(stream->Write(message));
+  FillRequest(&message, kLarge, 2);  // ...so this one stays in the arena
+  ASSERT_TRUE(stream->Write(message));
+
+  EchoResponse response;
+  grpc::Status status = UnaryEcho(stub.get(), kLarge, 3, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(PayloadIntact(response));
+  ClientStats stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_plain_arena_full, 1u);
+  EXPECT_EQ(stats.calls_on_shm, 1u);  // the stream
+
+  stream->WritesDone();
+  for (int64_t seq : {1, 2}) {
+    ASSERT_TRUE(stream->Read(&response)) << seq;
+    EXPECT_EQ(response.seq(), seq);
+    EXPECT_TRUE(PayloadIntact(response));
+  }
+  status = stream->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  status = UnaryEcho(stub.get(), kLarge, 4, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(PayloadIntact(response));
+  stats = *GetChannelStats(channel.get());
+  EXPECT_EQ(stats.calls_plain_arena_full, 1u);
+  EXPECT_EQ(stats.calls_on_shm, 2u);
+}
+
 // A server at Options::max_sessions refuses further clients: their calls go
 // plain and succeed, and such a client gets shm once a session closes (its
 // reconnect backoff retries the handshake).
