@@ -261,6 +261,36 @@ TEST_F(RetryTest, ThrottledRetriesStopAlike) {
   }
 }
 
+// gRPC keeps one throttle per server for the whole process, so channels to
+// one server (here a new channel per call) share its tokens. Three tokens,
+// retries while more than 1.5 are left: the first call's two failed
+// attempts leave one token, so the next call's failure, on another channel,
+// is not retried. Successes then earn tokens back (tokenRatio 1 each), as
+// gRFC A6 says: after three, a failed attempt is retried again over shm.
+// (gRPC 1.51's own channel never earned any back in this sequence, not even
+// after 13 successes; shm calls keep to the gRFC.)
+TEST_F(RetryTest, ThrottleTokensAreSharedByChannelsToOneServer) {
+  constexpr char kThrottled[] = R"({"methodConfig": [{
+    "name": [{}],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}],
+    "retryThrottling": {"maxTokens": 3, "tokenRatio": 1}})";
+  for (int fail : {5, 1}) {
+    const Outcome shm = ExpectAlike(kThrottled, EchoRequest(), fail,
+                                    absl::StrCat(fail, " failing attempts"));
+    EXPECT_EQ(shm.code, grpc::StatusCode::UNAVAILABLE);
+  }
+  for (int call = 0; call < 3; ++call) {
+    EXPECT_EQ(Call(ChannelWith(true, kThrottled), EchoRequest(), 0).code,
+              grpc::StatusCode::OK);
+  }
+  const Outcome retried = Call(ChannelWith(true, kThrottled), EchoRequest(), 1);
+  EXPECT_EQ(retried.code, grpc::StatusCode::OK) << retried.message;
+  EXPECT_EQ(retried.attempts_seen, 2);
+  EXPECT_TRUE(retried.over_shm);
+}
+
 TEST_F(RetryTest, PerMethodMessageLimitsApplyAlike) {
   // Lower than the channel's (4 MiB) for Unary: the lower one holds.
   constexpr char kLimits[] = R"({"methodConfig": [{

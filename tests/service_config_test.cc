@@ -71,11 +71,6 @@ TEST(ServiceConfigTest, ThrottlingIsRead) {
   EXPECT_EQ(policies->throttling()->first, 10);
   EXPECT_EQ(policies->throttling()->second, 0.5);
   EXPECT_TRUE(policies->empty());
-  RetryThrottle throttle(4, 0.5);
-  EXPECT_TRUE(throttle.RecordFailure());   // 3 left
-  EXPECT_FALSE(throttle.RecordFailure());  // 2: not more than half
-  throttle.RecordSuccess();                // 2.5
-  EXPECT_FALSE(throttle.RecordFailure());  // 1.5
 }
 
 TEST(ServiceConfigTest, InvalidConfigsAreRefusedWithAReason) {

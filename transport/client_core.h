@@ -19,6 +19,7 @@
 #include "grpcpp/channel.h"
 #include "transport/options.h"
 #include "transport/protobuf_methods.h"
+#include "transport/retry_throttle.h"
 #include "transport/service_config.h"
 #include "transport/session.h"
 #include "transport/session_link.h"

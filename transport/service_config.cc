@@ -147,17 +147,6 @@ absl::StatusOr<RetryPolicy> ParseRetryPolicy(const Struct& json) {
 
 }  // namespace
 
-bool RetryThrottle::RecordFailure() {
-  std::lock_guard<std::mutex> lock(mu_);
-  tokens_ = std::max(0.0, tokens_ - 1);
-  return tokens_ > max_tokens_ / 2;
-}
-
-void RetryThrottle::RecordSuccess() {
-  std::lock_guard<std::mutex> lock(mu_);
-  tokens_ = std::min(max_tokens_, tokens_ + token_ratio_);
-}
-
 absl::StatusOr<ServiceConfig> ServiceConfig::Parse(absl::string_view json) {
   Struct root;
   const auto json_status =

@@ -12,17 +12,16 @@
 // A method with a "hedgingPolicy" is reported as such (the caller sends it
 // plain). maxRequestMessageBytes / maxResponseMessageBytes: numbers (or
 // numeric strings). Also "retryThrottling" {maxTokens, tokenRatio}
-// (RetryThrottle). Other fields ("timeout", "waitForReady") are not read:
-// gRPC 1.51 itself expired a method's timeout early here (a 1 s timeout
-// failed a plain call after 1 ms, 2 s let a 0.5 s call through; upstream
-// grpc/grpc#34547: such timeouts fire about a second early), so there is no
-// behavior to match.
+// (made into a RetryThrottle by the channel, retry_throttle.h). Other fields
+// ("timeout", "waitForReady") are not read: gRPC 1.51 itself expired a method's
+// timeout early here (a 1 s timeout failed a plain call after 1 ms, 2 s let a
+// 0.5 s call through; upstream grpc/grpc#34547: such timeouts fire about a
+// second early), so there is no behavior to match.
 #ifndef SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
 #define SHMGRPC_TRANSPORT_SERVICE_CONFIG_H_
 
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 
@@ -51,26 +50,6 @@ struct MethodConfig {
   bool hedged = false;                       // a hedgingPolicy applies
   std::optional<size_t> max_request_bytes;   // unset: the channel's limit
   std::optional<size_t> max_response_bytes;  // (the lower of both applies)
-};
-
-// gRPC's retry throttle: `max_tokens` tokens to start; a failed attempt
-// takes one, a success gives back `token_ratio`; retries are allowed while
-// more than half are left.
-class RetryThrottle {
- public:
-  RetryThrottle(double max_tokens, double token_ratio)
-      : max_tokens_(max_tokens),
-        token_ratio_(token_ratio),
-        tokens_(max_tokens) {}
-  // An attempt ended with a retryable failure: true if a retry may follow.
-  bool RecordFailure();
-  void RecordSuccess();
-
- private:
-  const double max_tokens_;
-  const double token_ratio_;
-  std::mutex mu_;
-  double tokens_;  // guarded by mu_
 };
 
 class ServiceConfig {

@@ -99,9 +99,11 @@ std::string UserAgentOf(const grpc::ChannelArguments& args) {
 // and every endpoint takes inline payloads of 64 MiB (more when its
 // max_message_bytes is larger); negative, gRPC's "unlimited", means that
 // much. Without the argument, Options::max_message_bytes (gRPC's default
-// receive limit) applies.
+// receive limit) applies. `server` names the server for the retry throttle,
+// which channels to one server share.
 transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
-                                      const Options& options) {
+                                      const Options& options,
+                                      const std::string& server) {
   const size_t carried =
       std::max(options.max_message_bytes, shm::kDefaultMaxInlineBytes);
   auto message_limit = [&](absl::string_view key) {
@@ -137,8 +139,8 @@ transport::ChannelSettings SettingsOf(const grpc::ChannelArguments& args,
                         config.status().message());
     } else {
       if (config->throttling().has_value() && settings.retries_enabled) {
-        settings.retry_throttle = std::make_shared<transport::RetryThrottle>(
-            config->throttling()->first, config->throttling()->second);
+        settings.retry_throttle = transport::RetryThrottle::ForServer(
+            server, config->throttling()->first, config->throttling()->second);
       }
       if (!config->empty()) {
         settings.service_config =
@@ -201,7 +203,8 @@ std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
   const std::optional<int> local_pool =
       IntegerArg(args, GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL);
   auto core = std::make_shared<transport::ClientCore>(
-      path.empty() ? "" : path + ".shm", options, SettingsOf(args, options),
+      path.empty() ? "" : path + ".shm", options,
+      SettingsOf(args, options, path),
       /*share_session=*/!local_pool.has_value() || *local_pool == 0,
       [target, credentials, args] {
         // The attempt is one of the shm call's, counted by its retry
