@@ -249,8 +249,16 @@ TEST(FallbackTest, UnaryThatFindsTheArenaFullGoesPlainThenBackToShm) {
   FillRequest(&message, 64, 1);
   message.set_delay_ms(1500);  // the handler stalls on it...
   ASSERT_TRUE(stream->Write(message));
+  // (Once the server has released the small blocks so far: each size class
+  // of them holds a 64 KiB page of the 4, and the next message would not
+  // have found 3 pages in a row.)
+  auto blocks_in_use = [&] {
+    return GetChannelStats(channel.get())->session.arena.blocks_in_use;
+  };
+  ASSERT_TRUE(WaitFor([&] { return blocks_in_use() == 0; }, absl::Seconds(5)));
   FillRequest(&message, kLarge, 2);  // ...so this one stays in the arena
   ASSERT_TRUE(stream->Write(message));
+  ASSERT_EQ(blocks_in_use(), 1u);
 
   EchoResponse response;
   grpc::Status status = UnaryEcho(stub.get(), kLarge, 3, &response);
