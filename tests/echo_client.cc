@@ -2,7 +2,9 @@
 // that kill the client.
 //
 //   echo_client --target=unix:/path [--calls=N] [--size=BYTES] [--mode=M]
-//               [--expect=shm|plain]
+//               [--expect=shm|plain] [--deadline_ms=N] [--uid=N]
+//
+// --deadline_ms gives every call that deadline (default: none).
 //
 // Modes:
 //   unary        (default) N unary calls over shmgrpc::CreateChannel, every
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -35,19 +38,31 @@
 namespace shmgrpc::test {
 namespace {
 
+// A call's context: with a deadline `deadline_ms` from now, unless 0.
+class CallContext : public grpc::ClientContext {
+ public:
+  explicit CallContext(int deadline_ms) {
+    if (deadline_ms > 0) {
+      set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(deadline_ms));
+    }
+  }
+};
+
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
     "[--mode=unary|hang-unary|stream|server-stream] [--expect=shm|plain] "
-    "[--uid=N]\n"
+    "[--deadline_ms=N] [--uid=N]\n"
+    "  --deadline_ms=N: every call's deadline (default: none)\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
-             size_t size, bool expect_shm) {
+             size_t size, bool expect_shm, int deadline_ms) {
   for (int i = 0; i < calls; ++i) {
     EchoRequest request;
     FillRequest(&request, size, i);
     EchoResponse response;
-    grpc::ClientContext context;
+    CallContext context(deadline_ms);
     grpc::Status status = stub.Unary(&context, request, &response);
     if (!status.ok()) {
       std::fprintf(stderr, "call %d: %s\n", i, status.error_message().c_str());
@@ -72,19 +87,19 @@ int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
   return 0;
 }
 
-int RunHangingUnary(EchoService::Stub& stub) {
+int RunHangingUnary(EchoService::Stub& stub, int deadline_ms) {
   EchoRequest request;
   request.set_hang(true);
   EchoResponse response;
-  grpc::ClientContext context;
+  CallContext context(deadline_ms);
   std::printf("calling\n");
   std::fflush(stdout);
   stub.Unary(&context, request, &response);
   return 1;  // the test kills this process before the call ends
 }
 
-int RunStreamForever(EchoService::Stub& stub, size_t size) {
-  grpc::ClientContext context;
+int RunStreamForever(EchoService::Stub& stub, size_t size, int deadline_ms) {
+  CallContext context(deadline_ms);
   auto stream = stub.Bidi(&context);
   for (int64_t i = 0;; ++i) {
     EchoRequest request;
@@ -102,8 +117,9 @@ int RunStreamForever(EchoService::Stub& stub, size_t size) {
   }
 }
 
-int RunServerStreamForever(EchoService::Stub& stub, size_t size) {
-  grpc::ClientContext context;
+int RunServerStreamForever(EchoService::Stub& stub, size_t size,
+                           int deadline_ms) {
+  CallContext context(deadline_ms);
   EchoRequest request;
   request.set_reply_count(std::numeric_limits<int32_t>::max());
   request.set_reply_bytes(static_cast<uint32_t>(size));
@@ -127,6 +143,7 @@ int Main(int argc, char** argv) {
   size_t size = 1024;
   bool expect_shm = true;
   int uid = -1;
+  int deadline_ms = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     bool ok = true;
@@ -142,6 +159,8 @@ int Main(int argc, char** argv) {
            mode == "server-stream";
     } else if (arg == "--expect=shm" || arg == "--expect=plain") {
       expect_shm = arg == "--expect=shm";
+    } else if (absl::StartsWith(arg, "--deadline_ms=")) {
+      ok = absl::SimpleAtoi(arg.substr(14), &deadline_ms) && deadline_ms >= 0;
     } else if (absl::StartsWith(arg, "--uid=")) {
       ok = absl::SimpleAtoi(arg.substr(6), &uid);
     } else {
@@ -165,10 +184,12 @@ int Main(int argc, char** argv) {
   }
   auto channel = CreateChannel(target);
   auto stub = EchoService::NewStub(channel);
-  if (mode == "hang-unary") return RunHangingUnary(*stub);
-  if (mode == "stream") return RunStreamForever(*stub, size);
-  if (mode == "server-stream") return RunServerStreamForever(*stub, size);
-  return RunUnary(*stub, *channel, calls, size, expect_shm);
+  if (mode == "hang-unary") return RunHangingUnary(*stub, deadline_ms);
+  if (mode == "stream") return RunStreamForever(*stub, size, deadline_ms);
+  if (mode == "server-stream") {
+    return RunServerStreamForever(*stub, size, deadline_ms);
+  }
+  return RunUnary(*stub, *channel, calls, size, expect_shm, deadline_ms);
 }
 
 }  // namespace

@@ -11,10 +11,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "shmgrpc.h"
@@ -317,6 +325,73 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
   stopped.Kill();
   stub.reset();
   channel.reset();
+  ExpectServerIdle(server);
+  ExpectServerStillServesShm(server.target());
+}
+
+// A stopped client's calls still end at the server while it stays stopped:
+// a send that finds the client's ring full waits until the call's deadline,
+// or 5 s for a call without one, and then the server cancels that call (its
+// handler stops writing; its in-process call and blocks go). The status
+// waits for the client: once resumed, its call ends at once, CANCELLED,
+// instead of waiting forever for a status that was dropped.
+TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
+  ServerProcess server("sync", {"--ring_slots=8"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  const std::string stderr_path = ::testing::TempDir() + "/stopped_client.err";
+  auto server_streaming_client = [&](const std::string& deadline_ms,
+                                     const std::string& stderr_to) {
+    return std::make_unique<ChildProcess>(
+        std::vector<std::string>{RunfilePath("tests/echo_client"),
+                                 "--target=" + server.target(),
+                                 "--mode=server-stream", "--size=1024",
+                                 "--deadline_ms=" + deadline_ms},
+        "in-call", stderr_to);
+  };
+  auto with_deadline = server_streaming_client("1500", "");
+  auto without_deadline = server_streaming_client("0", stderr_path);
+  ASSERT_TRUE(with_deadline->status().ok()) << with_deadline->status();
+  ASSERT_TRUE(without_deadline->status().ok()) << without_deadline->status();
+  // Both calls began before their "in-call" (100 replies read): at most
+  // a few ms before this.
+  const absl::Time stopped = absl::Now();
+  for (const auto* client : {with_deadline.get(), without_deadline.get()}) {
+    ASSERT_EQ(kill(client->pid(), SIGSTOP), 0) << strerror(errno);
+  }
+  absl::Cleanup resume = [&] {
+    kill(with_deadline->pid(), SIGCONT);
+    kill(without_deadline->pid(), SIGCONT);
+  };
+  ASSERT_EQ(FetchServerStats(server.target()).calls_active(), 2u);
+
+  std::optional<absl::Duration> one_left, none_left;
+  while (!none_left.has_value() && absl::Now() - stopped < absl::Seconds(10)) {
+    const uint64_t active = FetchServerStats(server.target()).calls_active();
+    const absl::Duration since_stop = absl::Now() - stopped;
+    if (active <= 1 && !one_left.has_value()) one_left = since_stop;
+    if (active == 0) none_left = since_stop;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(one_left.has_value()) << "the call with a deadline never ended";
+  ASSERT_TRUE(none_left.has_value()) << "the call without one never ended";
+  EXPECT_LT(*one_left, absl::Milliseconds(1500 + 1000));
+  EXPECT_GE(*none_left, absl::Seconds(4));
+  EXPECT_LT(*none_left, absl::Seconds(5 + 2));
+  std::printf(
+      "server ended the stopped client's calls %s (deadline 1.5 s) "
+      "and %s (none) after the stop\n",
+      absl::FormatDuration(*one_left).c_str(),
+      absl::FormatDuration(*none_left).c_str());
+
+  // echo_client's server-stream mode exits 1 when its stream ends.
+  std::move(resume).Invoke();
+  EXPECT_EQ(with_deadline->WaitFor(absl::Seconds(3)), 1);
+  EXPECT_EQ(without_deadline->WaitFor(absl::Seconds(3)), 1)
+      << "the resumed client's call did not end";
+  std::ifstream errors(stderr_path);
+  const std::string said((std::istreambuf_iterator<char>(errors)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(said, "stream ended: CANCELLED")) << said;
   ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());
 }

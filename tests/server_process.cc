@@ -140,6 +140,24 @@ int ChildProcess::Wait() {
   return code;
 }
 
+std::optional<int> ChildProcess::WaitFor(absl::Duration timeout) {
+  if (pid_ <= 0) return std::nullopt;
+  const absl::Time give_up = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t reaped = waitpid(pid_, &status, WNOHANG);
+    if (reaped == pid_) {
+      pid_ = -1;
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+      return -1;
+    }
+    if (reaped < 0 && errno != EINTR) return std::nullopt;
+    if (absl::Now() >= give_up) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
 ServerProcess::ServerProcess(const std::string& style,
                              std::vector<std::string> extra_args,
                              std::string socket_path,

@@ -10,10 +10,12 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 
 namespace shmgrpc::testing {
 
@@ -36,6 +38,8 @@ class ChildProcess {
   int Stop();
   // Waits for it to exit on its own; returns its exit code.
   int Wait();
+  // The same, for at most `timeout`: nullopt if it still runs then.
+  std::optional<int> WaitFor(absl::Duration timeout);
 
  private:
   pid_t pid_ = -1;

@@ -340,6 +340,9 @@ void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
       session_->SendByteBuffer(stream_id_, *response, SendDeadline(), flags);
   response->Clear();
   if (!sent.ok()) {
+    if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
+      client_stalled_ = true;
+    }
     session_->LogPeerError(
         "response not sent",
         absl::StrCat("stream ", stream_id_,
@@ -466,6 +469,9 @@ void InjectedCall::SendUnaryReplyLocked() {
     absl::Status sent =
         session_->SendByteBuffer(stream_id_, response_, SendDeadline());
     if (!sent.ok()) {
+      if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
+        client_stalled_ = true;
+      }
       status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                              std::string(sent.message()));
     }
@@ -482,15 +488,28 @@ void InjectedCall::SendStatusAndFinish() {
     status.trailing_metadata =
         codec::CopyMetadata(context_.GetServerTrailingMetadata());
   }
+  bool client_stalled;
   {
     // Returned before the client can see the status (stream_slots.h).
     std::lock_guard<std::mutex> lock(mu_);
     stream_slot_.Release();
+    client_stalled = client_stalled_;
   }
-  session_
-      ->SendFrame(codec::FrameType::kStatus, stream_id_,
-                  codec::EncodeCallStatus(status), SendDeadline())
-      .IgnoreError();                  // a gone client needs no status
+  // A client that stopped reading (SIGSTOP, a frozen cgroup) gets its status
+  // once it reads again, without this call waiting for it: the call ends
+  // here now, and the client's call does not wait forever for a status
+  // that was dropped. (Not sent within kStalledStatusWait, the session is
+  // closed instead, which ends the client's calls.) A gone client needs no
+  // status.
+  constexpr absl::Duration kStalledStatusWait = absl::Seconds(30);
+  const std::string encoded = codec::EncodeCallStatus(status);
+  if (client_stalled ||
+      session_->SendFrame(codec::FrameType::kStatus, stream_id_, encoded,
+                          SendDeadline())
+              .code() == absl::StatusCode::kDeadlineExceeded) {
+    session_->PostFrame(codec::FrameType::kStatus, stream_id_, encoded,
+                        absl::Now() + kStalledStatusWait);
+  }
   std::shared_ptr<InjectedCall> done;  // released after the lock
   {
     std::lock_guard<std::mutex> lock(mu_);

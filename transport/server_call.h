@@ -174,6 +174,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::unique_ptr<grpc::Alarm> resume_alarm_;
   std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
   bool cancelled_ = false;
+  // A send to the client waited until SendDeadline() for ring space (the
+  // client stopped reading): the status is posted, not waited for again.
+  bool client_stalled_ = false;
   // The status a stream ends with instead of gRPC's (applied when Finish
   // completes), once this side refused a request (larger than
   // Session::max_received_message_bytes).

@@ -253,20 +253,56 @@ absl::Status Session::SendControl(codec::FrameType type, uint64_t stream,
 
 void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                           absl::Time deadline, StreamSlot slot) {
+  Post({ControlFrame(type, stream, aux), std::nullopt, deadline,
+        std::move(slot), /*close_if_unsent=*/false});
+}
+
+void Session::PostFrame(codec::FrameType type, uint64_t stream,
+                        absl::string_view bytes, absl::Time deadline) {
   if (!alive()) return;
-  const shm::Descriptor frame = ControlFrame(type, stream, aux);
-  std::lock_guard<std::mutex> lock(posted_mu_);
-  if (posted_.empty() && endpoint_->TrySend(frame).code() !=
-                             absl::StatusCode::kResourceExhausted) {
-    return;  // sent, or the session is gone (`slot` is returned either way)
+  shm::Descriptor frame = ControlFrame(type, stream, 0);
+  std::optional<shm::Block> block;
+  if (!bytes.empty()) {
+    absl::StatusOr<shm::Block> allocated =
+        endpoint_->Allocate(bytes.size(), stream);
+    if (!allocated.ok()) {
+      ShmLog("session with pid ", peer_.pid, ": closed: no shared memory for ",
+             "a frame its peer waits for (stream ", stream,
+             "): ", allocated.status().message());
+      Close();
+      return;
+    }
+    std::memcpy(allocated->data, bytes.data(), bytes.size());
+    frame.offset = allocated->offset;
+    frame.length = static_cast<uint32_t>(bytes.size());
+    block = *allocated;
   }
-  posted_.push_back({frame, deadline, std::move(slot)});
+  Post({frame, block, deadline, StreamSlot(), /*close_if_unsent=*/true});
+}
+
+void Session::Post(PostedFrame posted) {
+  if (!alive()) {
+    if (posted.block) endpoint_->FreeUnsent(*posted.block).IgnoreError();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(posted_mu_);
+  if (posted_.empty()) {
+    const absl::Status sent = endpoint_->TrySend(posted.frame);
+    if (sent.code() != absl::StatusCode::kResourceExhausted) {
+      // Sent, or the session is gone (`slot` is returned either way).
+      if (!sent.ok() && posted.block) {
+        endpoint_->FreeUnsent(*posted.block).IgnoreError();
+      }
+      return;
+    }
+  }
+  posted_.push_back(std::move(posted));
   if (poster_running_) return;  // it sends this too
   absl::StatusOr<shm::Thread> poster =
       shm::Thread::Start([self = shared_from_this()] {
         shm::NameThisThread("shm-poster");
         for (;;) {
-          PostedControl next;
+          PostedFrame next;
           {
             std::lock_guard<std::mutex> lock(self->posted_mu_);
             if (self->posted_.empty()) {
@@ -276,11 +312,19 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
             next = std::move(self->posted_.front());
             self->posted_.pop_front();
           }
-          if (!self->endpoint_->Send(next.frame, next.deadline).ok() &&
-              self->alive()) {
-            // Not sent while the session goes on: the peer may count the
-            // stream forever, so this side does too.
-            next.slot.Abandon();
+          if (self->endpoint_->Send(next.frame, next.deadline).ok()) continue;
+          if (next.block)
+            self->endpoint_->FreeUnsent(*next.block).IgnoreError();
+          if (!self->alive()) continue;
+          // Not sent while the session goes on: the peer may count the
+          // stream forever, so this side does too.
+          next.slot.Abandon();
+          if (next.close_if_unsent) {
+            ShmLog("session with pid ", self->peer_.pid,
+                   ": closed: its peer read nothing until the deadline of a "
+                   "frame it waits for (stream ",
+                   next.frame.tag, ")");
+            self->Close();
           }
         }
       });
@@ -288,6 +332,9 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
     poster_running_ = true;
     poster->detach();
     return;
+  }
+  for (const PostedFrame& dropped : posted_) {
+    if (dropped.block) endpoint_->FreeUnsent(*dropped.block).IgnoreError();
   }
   posted_.clear();
   ShmLog("session with pid ", peer_.pid,

@@ -134,6 +134,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // or the session is gone; if it could not be sent meanwhile, never.
   void PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                    absl::Time deadline, StreamSlot slot = StreamSlot());
+  // A frame whose payload is `bytes` (copied into a block now), posted the
+  // same way, for a frame the peer waits for (a call's status) that could
+  // not be sent because the peer stopped reading: it goes out, in order,
+  // once the peer reads again. Should the peer read nothing until
+  // `deadline`, or should no block be had, the session is closed instead,
+  // which ends the peer's calls on it (so none waits forever).
+  void PostFrame(codec::FrameType type, uint64_t stream,
+                 absl::string_view bytes, absl::Time deadline);
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
@@ -260,13 +268,16 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<uint64_t> chained_{0}, inline_arena_full_{0},
       inline_too_large_{0}, blocks_reclaimed_{0};
   shm::Thread thread_;
-  struct PostedControl {
+  struct PostedFrame {
     shm::Descriptor frame;
+    std::optional<shm::Block> block;  // its payload's, freed if not sent
     absl::Time deadline;
-    StreamSlot slot;  // see PostControl
+    StreamSlot slot;               // see PostControl
+    bool close_if_unsent = false;  // see PostFrame
   };
+  void Post(PostedFrame posted);
   std::mutex posted_mu_;
-  std::deque<PostedControl> posted_;  // waiting for the poster thread
+  std::deque<PostedFrame> posted_;  // waiting for the poster thread
   bool poster_running_ = false;
 };
 
