@@ -339,16 +339,21 @@ void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
   absl::Status sent =
       session_->SendByteBuffer(stream_id_, *response, SendDeadline(), flags);
   response->Clear();
-  if (!sent.ok()) {
-    if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
-      client_stalled_ = true;
-    }
-    session_->LogPeerError(
-        "response not sent",
-        absl::StrCat("stream ", stream_id_,
-                     ": response not sent: ", sent.message()));
-    CancelLocked();
+  OnSendLocked("response", sent);
+}
+
+void InjectedCall::OnSendLocked(absl::string_view what,
+                                const absl::Status& sent) {
+  if (sent.ok()) return;
+  // Dropped, the frame would leave the client's stream silently short of
+  // it (a credit its writer waits for, its metadata): the call ends.
+  if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
+    client_stalled_ = true;
   }
+  session_->LogPeerError(absl::StrCat(what, " not sent"),
+                         absl::StrCat("stream ", stream_id_, ": ", what,
+                                      " not sent: ", sent.message()));
+  CancelLocked();
 }
 
 void InjectedCall::OnCompletion(Op op, bool ok) {
@@ -371,12 +376,12 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         break;
       case Op::kInitialMetadata: {
         if (ok) {
-          session_
-              ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
-                          codec::EncodeMetadata(codec::CopyMetadata(
-                              context_.GetServerInitialMetadata())),
-                          SendDeadline())
-              .IgnoreError();  // a gone session cancels the call anyway
+          OnSendLocked("initial metadata",
+                       session_->SendFrame(
+                           codec::FrameType::kInitialMetadata, stream_id_,
+                           codec::EncodeMetadata(codec::CopyMetadata(
+                               context_.GetServerInitialMetadata())),
+                           SendDeadline()));
         }
         if (ok) {
           ReadNextResponseLocked();
@@ -414,10 +419,10 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           // The handler's side took the request: credit the client.
           if (std::optional<Credit> credit = receive_window_.OnConsumed(
                   writing_bytes_, writing_sender_waits_)) {
-            session_
-                ->SendControl(codec::FrameType::kWindowUpdate, stream_id_,
-                              EncodeCredit(*credit), SendDeadline())
-                .IgnoreError();  // a gone client needs no credit
+            OnSendLocked("credit",
+                         session_->SendControl(
+                             codec::FrameType::kWindowUpdate, stream_id_,
+                             EncodeCredit(*credit), SendDeadline()));
           }
         }
         if (write_failed_) {
@@ -459,22 +464,21 @@ void InjectedCall::SendUnaryReplyLocked() {
   // its status then, and a failure without initial metadata or reply is,
   // as gRPC's trailers-only response is, one its client may retry. (A
   // handler that sent empty initial metadata explicitly is not told apart.)
+  absl::Status sent;
   if (!metadata.empty()) {
-    session_
-        ->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
-                    codec::EncodeMetadata(metadata), SendDeadline())
-        .IgnoreError();  // a gone client needs no reply
+    sent = session_->SendFrame(codec::FrameType::kInitialMetadata, stream_id_,
+                               codec::EncodeMetadata(metadata), SendDeadline());
   }
-  if (status_.ok()) {
-    absl::Status sent =
-        session_->SendByteBuffer(stream_id_, response_, SendDeadline());
-    if (!sent.ok()) {
-      if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
-        client_stalled_ = true;
-      }
-      status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                             std::string(sent.message()));
+  if (sent.ok() && status_.ok()) {
+    sent = session_->SendByteBuffer(stream_id_, response_, SendDeadline());
+  }
+  if (!sent.ok()) {
+    // Neither the reply nor its metadata alone: the status says why.
+    if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
+      client_stalled_ = true;
     }
+    status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                           std::string(sent.message()));
   }
   response_.Clear();
 }

@@ -35,6 +35,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/alarm.h"
 #include "grpcpp/client_context.h"
@@ -106,6 +108,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // kWindowUpdate makes room or the call is cancelled.
   void ReadNextResponseLocked();
   void SendResponseLocked(grpc::ByteBuffer* response);
+  // After a frame to the client (`what`, for the log) was sent: a frame that
+  // was not ends the call (cancelled; marked stalled if the client's ring
+  // stayed full, see client_stalled_).
+  void OnSendLocked(absl::string_view what, const absl::Status& sent);
   void CancelLocked();
   // Ends the call because its client broke a limit (logged as `kind`, rate
   // limited): a stream is cancelled and ends with `status`; a unary call,
