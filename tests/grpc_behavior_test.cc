@@ -53,6 +53,23 @@ std::unique_ptr<EchoService::Stub> FreshPlainStub(const std::string& target) {
       target, grpc::InsecureChannelCredentials(), args));
 }
 
+// An shm channel and a plain one with the same arguments, for the cases
+// run side by side on both.
+struct ChannelPair {
+  std::shared_ptr<grpc::Channel> shm;
+  std::shared_ptr<grpc::Channel> plain;
+  const char* NameOf(const std::shared_ptr<grpc::Channel>& channel) const {
+    return channel == shm ? "shm" : "plain";
+  }
+};
+
+ChannelPair ShmAndPlainChannels(const std::string& target,
+                                const grpc::ChannelArguments& args) {
+  return {CreateChannel(target, Options(), args),
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+                                    args)};
+}
+
 TEST_F(BehaviorTest, MetadataRoundTripsBothWaysTextAndBinary) {
   EchoRequest request;
   FillRequest(&request, 10, 1);
@@ -148,12 +165,10 @@ TEST_F(BehaviorTest, UserAgentNamesTheClientAndShm) {
   grpc::ChannelArguments args;
   args.SetUserAgentPrefix("myapp/1.0");
   args.SetString(GRPC_ARG_SECONDARY_USER_AGENT_STRING, "build/7");
-  auto shm_channel = CreateChannel(server_->target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server_->target(), grpc::InsecureChannelCredentials(), args);
+  ChannelPair channels = ShmAndPlainChannels(server_->target(), args);
   std::string user_agents[2];
   for (int i = 0; i < 2; ++i) {
-    auto stub = EchoService::NewStub(i == 0 ? shm_channel : plain_channel);
+    auto stub = EchoService::NewStub(i == 0 ? channels.shm : channels.plain);
     EchoRequest request;
     FillRequest(&request, 10, 1);
     request.set_add_metadata(true);
@@ -380,11 +395,9 @@ TEST(ServerLimitTest, RaisedChannelLimitsHoldOverShmAsOverPlain) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kLimit);
   args.SetMaxSendMessageSize(kLimit);
-  auto shm_channel = CreateChannel(server.target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server.target(), grpc::InsecureChannelCredentials(), args);
-  for (const auto& channel : {shm_channel, plain_channel}) {
-    const char* which = channel == shm_channel ? "shm" : "plain";
+  ChannelPair channels = ShmAndPlainChannels(server.target(), args);
+  for (const auto& channel : {channels.shm, channels.plain}) {
+    const char* which = channels.NameOf(channel);
     auto stub = EchoService::NewStub(channel);
     EchoRequest request;
     FillRequest(&request, 10, 1);
@@ -417,10 +430,10 @@ TEST(ServerLimitTest, RaisedChannelLimitsHoldOverShmAsOverPlain) {
     status = stream->Finish();
     EXPECT_TRUE(status.ok()) << which << " stream: " << status.error_message();
   }
-  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  const ClientStats stats = *GetChannelStats(channels.shm.get());
   EXPECT_EQ(stats.calls_on_shm, 3u);
   EXPECT_EQ(stats.calls_plain_too_large, 0u);
-  plain_channel.reset();  // else gRPC's shutdown waits 2 s for it
+  channels.plain.reset();  // else gRPC's shutdown waits 2 s for it
   EXPECT_EQ(server.Stop(), 0) << "echo_server did not exit cleanly";
 }
 
@@ -432,11 +445,9 @@ TEST_F(BehaviorTest, ChannelArgumentMessageLimitsApplyOverShm) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(1 << 20);
   args.SetMaxSendMessageSize(1 << 20);
-  auto shm_channel = CreateChannel(server_->target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server_->target(), grpc::InsecureChannelCredentials(), args);
-  for (const auto& channel : {shm_channel, plain_channel}) {
-    const char* which = channel == shm_channel ? "shm" : "plain";
+  ChannelPair channels = ShmAndPlainChannels(server_->target(), args);
+  for (const auto& channel : {channels.shm, channels.plain}) {
+    const char* which = channels.NameOf(channel);
     auto stub = EchoService::NewStub(channel);
     for (uint32_t reply : {512u << 10, 2u << 20}) {
       EchoRequest request;
@@ -458,7 +469,7 @@ TEST_F(BehaviorTest, ChannelArgumentMessageLimitsApplyOverShm) {
           << which << " request " << size;
     }
   }
-  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  const ClientStats stats = *GetChannelStats(channels.shm.get());
   EXPECT_EQ(stats.calls_on_shm, 3u);  // the 2 MiB request went plain
   EXPECT_EQ(stats.calls_plain_too_large, 1u);
 }
@@ -470,11 +481,9 @@ TEST_F(BehaviorTest, ChannelArgumentMessageLimitsApplyOverShm) {
 TEST_F(BehaviorTest, LaterStreamMessageOverTheSendLimitEndsTheCallAsOverPlain) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(1 << 20);
-  auto shm_channel = CreateChannel(server_->target(), Options(), args);
-  auto plain_channel = grpc::CreateCustomChannel(
-      server_->target(), grpc::InsecureChannelCredentials(), args);
-  for (const auto& channel : {shm_channel, plain_channel}) {
-    const char* which = channel == shm_channel ? "shm" : "plain";
+  ChannelPair channels = ShmAndPlainChannels(server_->target(), args);
+  for (const auto& channel : {channels.shm, channels.plain}) {
+    const char* which = channels.NameOf(channel);
     auto stub = EchoService::NewStub(channel);
     grpc::ClientContext context;
     context.set_deadline(In(absl::Seconds(10)));
@@ -496,9 +505,9 @@ TEST_F(BehaviorTest, LaterStreamMessageOverTheSendLimitEndsTheCallAsOverPlain) {
         << which << ": " << status.error_message();
     ASSERT_TRUE(UnaryEcho(stub.get(), 100, 3, &response).ok()) << which;
   }
-  const ClientStats stats = *GetChannelStats(shm_channel.get());
+  const ClientStats stats = *GetChannelStats(channels.shm.get());
   EXPECT_EQ(stats.calls_on_shm, 2u);
-  plain_channel.reset();  // else gRPC's shutdown waits 2 s for it
+  channels.plain.reset();  // else gRPC's shutdown waits 2 s for it
 }
 
 // A server that gzips its replies (and a client asking for gzip) works over

@@ -245,15 +245,23 @@ TEST_F(RetryTest, DeadlineEndsTheCallDuringBackoff) {
   }
 }
 
-TEST_F(RetryTest, ThrottledRetriesStopAlike) {
-  // Two tokens: the first failure leaves one, not more than half, so no
-  // call is retried.
-  constexpr char kThrottled[] = R"({"methodConfig": [{
+// Up to 4 attempts of every method on UNAVAILABLE (10-50 ms backoffs), and
+// retryThrottling with these numbers (JSON).
+std::string ThrottledRetryConfig(absl::string_view max_tokens,
+                                 absl::string_view token_ratio) {
+  return absl::StrCat(R"({"methodConfig": [{
     "name": [{}],
     "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s",
                     "maxBackoff": "0.05s", "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"]}}],
-    "retryThrottling": {"maxTokens": 2, "tokenRatio": 0.1}})";
+    "retryThrottling": {"maxTokens": )",
+                      max_tokens, R"(, "tokenRatio": )", token_ratio, "}}");
+}
+
+TEST_F(RetryTest, ThrottledRetriesStopAlike) {
+  // Two tokens: the first failure leaves one, not more than half, so no
+  // call is retried.
+  const std::string kThrottled = ThrottledRetryConfig("2", "0.1");
   for (int call = 0; call < 3; ++call) {
     const Outcome shm =
         ExpectAlike(kThrottled, EchoRequest(), 1, absl::StrCat("call ", call));
@@ -270,12 +278,7 @@ TEST_F(RetryTest, ThrottledRetriesStopAlike) {
 // (gRPC 1.51's own channel never earned any back in this sequence, not even
 // after 13 successes; shm calls keep to the gRFC.)
 TEST_F(RetryTest, ThrottleTokensAreSharedByChannelsToOneServer) {
-  constexpr char kThrottled[] = R"({"methodConfig": [{
-    "name": [{}],
-    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.01s",
-                    "maxBackoff": "0.05s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]}}],
-    "retryThrottling": {"maxTokens": 3, "tokenRatio": 1}})";
+  const std::string kThrottled = ThrottledRetryConfig("3", "1");
   for (int fail : {5, 1}) {
     const Outcome shm = ExpectAlike(kThrottled, EchoRequest(), fail,
                                     absl::StrCat(fail, " failing attempts"));
