@@ -473,12 +473,15 @@ void InjectedCall::SendUnaryReplyLocked() {
     sent = session_->SendByteBuffer(stream_id_, response_, SendDeadline());
   }
   if (!sent.ok()) {
-    // Neither the reply nor its metadata alone: the status says why.
+    // Neither the reply nor its metadata alone: the status says why (a
+    // handler's own error stays).
     if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
       client_stalled_ = true;
     }
-    status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                           std::string(sent.message()));
+    if (status_.ok()) {
+      status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             std::string(sent.message()));
+    }
   }
   response_.Clear();
 }

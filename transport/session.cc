@@ -313,8 +313,9 @@ void Session::Post(PostedFrame posted) {
             self->posted_.pop_front();
           }
           if (self->endpoint_->Send(next.frame, next.deadline).ok()) continue;
-          if (next.block)
+          if (next.block) {
             self->endpoint_->FreeUnsent(*next.block).IgnoreError();
+          }
           if (!self->alive()) continue;
           // Not sent while the session goes on: the peer may count the
           // stream forever, so this side does too.

@@ -204,7 +204,7 @@ std::shared_ptr<grpc::Channel> CreateCustomChannelWithInterceptors(
       IntegerArg(args, GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL);
   auto core = std::make_shared<transport::ClientCore>(
       path.empty() ? "" : path + ".shm", options,
-      SettingsOf(args, options, path),
+      SettingsOf(args, options, path.empty() ? target : path),
       /*share_session=*/!local_pool.has_value() || *local_pool == 0,
       [target, credentials, args] {
         // The attempt is one of the shm call's, counted by its retry
