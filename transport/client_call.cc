@@ -769,10 +769,11 @@ void ClientCall::OnPlainAttemptDone(PlainAttempt& attempt,
       frame.descriptor.length = static_cast<uint32_t>(bytes->size());
       frame.data = reinterpret_cast<const uint8_t*>(bytes->data());
       frame.inline_payload = std::move(bytes);
-      InboundMessage reply;
+      // Made in place: moving a local one made GCC 12 warn (a false
+      // -Wmaybe-uninitialized in absl's InlinedVector, sanitizer builds).
+      InboundMessage& reply = messages_.emplace_back();
       reply.bytes = frame.descriptor.length;
       reply.frames.push_back(std::move(frame));
-      messages_.push_back(std::move(reply));
       if (core_->settings().retry_throttle) {
         core_->settings().retry_throttle->RecordSuccess();
       }
