@@ -396,6 +396,58 @@ TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
   ExpectServerStillServesShm(server.target());
 }
 
+// The other way round: a client cancels a call while its server has stopped
+// reading (frozen; the client's ring to it full). The cancel waits for the
+// server: once resumed, it hears of it and the call's handler ends, instead
+// of running on (it was dropped after 1 s).
+TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  Options options;
+  options.ring_slots = 8;  // a few calls fill the client's ring to it
+  auto channel = CreateChannelWithOwnSession(server.target(), options);
+  auto stub = EchoService::NewStub(channel);
+  grpc::ClientContext hanging;  // no deadline: only a cancel ends it
+  grpc::Status hanging_status;
+  std::thread hanging_call([&] {
+    EchoRequest request;
+    request.set_hang(true);
+    EchoResponse response;
+    hanging_status = stub->Unary(&hanging, request, &response);
+  });
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).handlers_hanging() == 1; },
+      absl::Seconds(5)));
+  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(server.pid(), SIGCONT); };
+  // Calls that fill the ring and give up at their deadline.
+  for (int i = 0; i < 4; ++i) {
+    EchoRequest request;
+    FillRequest(&request, 64, i);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Milliseconds(300)));
+    EXPECT_EQ(stub->Unary(&context, request, &response).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  EXPECT_GT(GetChannelStats(channel.get())->session.ring_full_waits, 0u);
+  hanging.TryCancel();
+  hanging_call.join();
+  EXPECT_EQ(hanging_status.error_code(), grpc::StatusCode::CANCELLED);
+  absl::SleepFor(absl::Seconds(2));  // longer than the cancel waited before
+
+  std::move(resume).Invoke();
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).handlers_hanging() == 0; },
+      absl::Seconds(3)))
+      << "the cancelled call's handler runs on";
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).calls_active() == 0; },
+      absl::Seconds(3)));
+  EXPECT_EQ(GetChannelStats(channel.get())->session_alive, true);
+  ExpectEchoOver(channel, true, "after the server resumed");
+}
+
 // ---- orderly endings -------------------------------------------------------
 
 // A server shut down (SIGTERM: echo_server gives calls 2 s, as a rolling

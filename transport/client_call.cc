@@ -1070,9 +1070,13 @@ void ClientCall::TellServerCancelled() {
     slot = std::move(stream_slot_);
   }
   // May run on the session thread (a reply over the size limit ends the
-  // call there). Best effort: a gone session cancels the server side anyway.
-  session_->PostControl(codec::FrameType::kCancel, stream_id_, 0,
-                        absl::Now() + absl::Seconds(1), std::move(slot));
+  // call there), so posted. A server that stopped reading (frozen) gets it
+  // once it reads again, else its handler would run on; reading nothing for
+  // 30 s, it gets the session closed instead. A gone session cancels the
+  // server side anyway.
+  constexpr absl::Duration kCancelWait = absl::Seconds(30);
+  session_->PostFrame(codec::FrameType::kCancel, stream_id_, "",
+                      absl::Now() + kCancelWait, std::move(slot));
 }
 
 void ClientCall::CountBusyLocked(const std::shared_ptr<Session>& session) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -258,7 +259,8 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
 }
 
 void Session::PostFrame(codec::FrameType type, uint64_t stream,
-                        absl::string_view bytes, absl::Time deadline) {
+                        absl::string_view bytes, absl::Time deadline,
+                        StreamSlot slot) {
   if (!alive()) return;
   shm::Descriptor frame = ControlFrame(type, stream, 0);
   std::optional<shm::Block> block;
@@ -277,7 +279,7 @@ void Session::PostFrame(codec::FrameType type, uint64_t stream,
     frame.length = static_cast<uint32_t>(bytes.size());
     block = *allocated;
   }
-  Post({frame, block, deadline, StreamSlot(), /*close_if_unsent=*/true});
+  Post({frame, block, deadline, std::move(slot), /*close_if_unsent=*/true});
 }
 
 void Session::Post(PostedFrame posted) {
@@ -312,7 +314,8 @@ void Session::Post(PostedFrame posted) {
             next = std::move(self->posted_.front());
             self->posted_.pop_front();
           }
-          if (self->endpoint_->Send(next.frame, next.deadline).ok()) continue;
+          const absl::Status sent = self->SendPosted(next);
+          if (sent.ok()) continue;
           if (next.block) {
             self->endpoint_->FreeUnsent(*next.block).IgnoreError();
           }
@@ -322,9 +325,8 @@ void Session::Post(PostedFrame posted) {
           next.slot.Abandon();
           if (next.close_if_unsent) {
             ShmLog("session with pid ", self->peer_.pid,
-                   ": closed: its peer read nothing until the deadline of a "
-                   "frame it waits for (stream ",
-                   next.frame.tag, ")");
+                   ": closed: a frame its peer must not miss (stream ",
+                   next.frame.tag, ") was not sent: ", sent.message());
             self->Close();
           }
         }
@@ -342,6 +344,29 @@ void Session::Post(PostedFrame posted) {
          ": closed: no thread to send a control frame from: ",
          poster.status().message());
   Close();
+}
+
+absl::Status Session::SendPosted(const PostedFrame& posted) {
+  // Tried without waiting, and retried: a wait for room inside
+  // Endpoint::Send would hold the ring's send lock, and with it the
+  // session's other senders, however short their deadlines, for as long as
+  // this frame's (30 s for a status or a cancel, none for some credits).
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      absl::ToChronoNanoseconds(
+          std::max(posted.deadline - absl::Now(), absl::ZeroDuration()));
+  absl::Duration backoff = absl::Microseconds(1);
+  for (;;) {
+    const absl::Status sent = endpoint_->TrySend(posted.frame);
+    if (sent.code() != absl::StatusCode::kResourceExhausted) return sent;
+    if (!alive()) return absl::UnavailableError("shm session is closed");
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return absl::DeadlineExceededError(
+          "the peer read nothing before the frame's deadline");
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Milliseconds(1));
+  }
 }
 
 SendPathStats Session::send_path_stats() const {

@@ -134,14 +134,16 @@ class Session : public std::enable_shared_from_this<Session> {
   // or the session is gone; if it could not be sent meanwhile, never.
   void PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                    absl::Time deadline, StreamSlot slot = StreamSlot());
-  // A frame whose payload is `bytes` (copied into a block now), posted the
-  // same way, for a frame the peer waits for (a call's status) that could
-  // not be sent because the peer stopped reading: it goes out, in order,
-  // once the peer reads again. Should the peer read nothing until
-  // `deadline`, or should no block be had, the session is closed instead,
-  // which ends the peer's calls on it (so none waits forever).
+  // A frame whose payload is `bytes` (copied into a block now; none if
+  // empty), posted the same way, for a frame the peer must not miss (a
+  // call's status, a client's kCancel) while it may have stopped reading:
+  // it goes out, in order, once the peer reads again. Should the peer read
+  // nothing until `deadline`, or should no block be had, the session is
+  // closed instead, which ends the calls on it at both ends (so none waits
+  // or runs on forever). `slot` as for PostControl.
   void PostFrame(codec::FrameType type, uint64_t stream,
-                 absl::string_view bytes, absl::Time deadline);
+                 absl::string_view bytes, absl::Time deadline,
+                 StreamSlot slot = StreamSlot());
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
@@ -276,6 +278,9 @@ class Session : public std::enable_shared_from_this<Session> {
     bool close_if_unsent = false;  // see PostFrame
   };
   void Post(PostedFrame posted);
+  // The poster's send of `posted`: never holds the ring's send lock while
+  // waiting for room (other senders' deadlines may be shorter).
+  absl::Status SendPosted(const PostedFrame& posted);
   std::mutex posted_mu_;
   std::deque<PostedFrame> posted_;  // waiting for the poster thread
   bool poster_running_ = false;
