@@ -136,6 +136,10 @@ class Endpoint {
   bool TryPublishLocked(const Descriptor& descriptor, absl::Status* status);
   // Attempts until published, waiting out a full ring until `deadline`.
   absl::Status PublishLocked(const Descriptor& descriptor, absl::Time deadline);
+  // Takes send_mu_ into `lock`, waiting at most until `deadline`
+  // (DeadlineExceeded then).
+  absl::Status LockSendUntil(std::unique_lock<std::timed_mutex>& lock,
+                             absl::Time deadline);
   void DrainReleases();               // any thread; one drains at a time
   void RetryPendingReleases();        // takes release_mu_ only if needed
   void FlushPendingReleasesLocked();  // release_mu_ held
@@ -161,7 +165,9 @@ class Endpoint {
   BlockAllocator allocator_;
   SideChannel side_;  // sends under send_mu_, reads on the receiver thread
 
-  std::mutex send_mu_;
+  // Timed: a sender waits for it at most until its own deadline (its holder
+  // may be waiting for room in a full ring, see LockSendUntil).
+  std::timed_mutex send_mu_;
   RingWriter data_out_;  // guarded by send_mu_
   RingReader data_in_;   // receiver thread
   std::mutex release_mu_;

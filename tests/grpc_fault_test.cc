@@ -448,6 +448,61 @@ TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
   ExpectEchoOver(channel, true, "after the server resumed");
 }
 
+// A stream without a deadline whose write waits for room in a frozen
+// server's full ring holds the session's ring; a call with a deadline on
+// the same session still ends at its deadline (it waited for the ring until
+// the server ran again), and all goes on once the server does.
+TEST(StoppedServerTest, AWriterWaitingForRoomHoldsNoOtherCallPastItsDeadline) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  Options options;
+  options.ring_slots = 8;
+  auto channel = CreateChannelWithOwnSession(server.target(), options);
+  auto stub = EchoService::NewStub(channel);
+  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
+  // Resumed after 3 s whatever happens: a call held past its deadline
+  // returns then.
+  std::thread resumer([&] {
+    absl::SleepFor(absl::Seconds(3));
+    kill(server.pid(), SIGCONT);
+  });
+  grpc::ClientContext stream_context;
+  auto stream = stub->Bidi(&stream_context);
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    for (int i = 0; i < 20; ++i) {
+      EchoRequest request;
+      FillRequest(&request, 64, i);
+      if (!stream->Write(request)) return;
+      ++written;
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_LT(written.load(), 20) << "the writer never waited for room";
+
+  const absl::Time start = absl::Now();
+  EchoRequest request;
+  FillRequest(&request, 64, 100);
+  EchoResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Milliseconds(300)));
+  const grpc::Status status = stub->Unary(&context, request, &response);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(took, absl::Seconds(1)) << "held up by the waiting writer";
+  std::printf("a call with a 300 ms deadline returned after %s\n",
+              absl::FormatDuration(took).c_str());
+
+  resumer.join();
+  writer.join();
+  EXPECT_EQ(written.load(), 20);
+  stream->WritesDone();
+  while (stream->Read(&response)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  ExpectEchoOver(channel, true, "after the server resumed");
+}
+
 // ---- orderly endings -------------------------------------------------------
 
 // A server shut down (SIGTERM: echo_server gives calls 2 s, as a rolling

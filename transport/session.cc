@@ -351,16 +351,18 @@ absl::Status Session::SendPosted(const PostedFrame& posted) {
   // Endpoint::Send would hold the ring's send lock, and with it the
   // session's other senders, however short their deadlines, for as long as
   // this frame's (30 s for a status or a cancel, none for some credits).
+  const absl::Duration left =
+      std::max(posted.deadline - absl::Now(), absl::ZeroDuration());
+  const bool forever = left > absl::Hours(24 * 365);  // no clock overflow
   const auto deadline =
       std::chrono::steady_clock::now() +
-      absl::ToChronoNanoseconds(
-          std::max(posted.deadline - absl::Now(), absl::ZeroDuration()));
+      absl::ToChronoNanoseconds(forever ? absl::ZeroDuration() : left);
   absl::Duration backoff = absl::Microseconds(1);
   for (;;) {
     const absl::Status sent = endpoint_->TrySend(posted.frame);
     if (sent.code() != absl::StatusCode::kResourceExhausted) return sent;
     if (!alive()) return absl::UnavailableError("shm session is closed");
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (!forever && std::chrono::steady_clock::now() >= deadline) {
       return absl::DeadlineExceededError(
           "the peer read nothing before the frame's deadline");
     }
