@@ -2,9 +2,11 @@
 // that kill the client.
 //
 //   echo_client --target=unix:/path [--calls=N] [--size=BYTES] [--mode=M]
-//               [--expect=shm|plain] [--deadline_ms=N] [--uid=N]
+//               [--expect=shm|plain] [--deadline_ms=N]
+//               [--stream_window_messages=N] [--uid=N]
 //
-// --deadline_ms gives every call that deadline (default: none).
+// --deadline_ms gives every call that deadline (default: none);
+// --stream_window_messages sets Options::stream_window_messages.
 //
 // Modes:
 //   unary        (default) N unary calls over shmgrpc::CreateChannel, every
@@ -52,8 +54,9 @@ class CallContext : public grpc::ClientContext {
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
     "[--mode=unary|hang-unary|stream|server-stream] [--expect=shm|plain] "
-    "[--deadline_ms=N] [--uid=N]\n"
+    "[--deadline_ms=N] [--stream_window_messages=N] [--uid=N]\n"
     "  --deadline_ms=N: every call's deadline (default: none)\n"
+    "  --stream_window_messages=N: Options::stream_window_messages\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
@@ -144,6 +147,7 @@ int Main(int argc, char** argv) {
   bool expect_shm = true;
   int uid = -1;
   int deadline_ms = 0;
+  Options options;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     bool ok = true;
@@ -161,6 +165,9 @@ int Main(int argc, char** argv) {
       expect_shm = arg == "--expect=shm";
     } else if (absl::StartsWith(arg, "--deadline_ms=")) {
       ok = absl::SimpleAtoi(arg.substr(14), &deadline_ms) && deadline_ms >= 0;
+    } else if (absl::StartsWith(arg, "--stream_window_messages=")) {
+      ok = absl::SimpleAtoi(arg.substr(25), &options.stream_window_messages) &&
+           options.stream_window_messages > 0;
     } else if (absl::StartsWith(arg, "--uid=")) {
       ok = absl::SimpleAtoi(arg.substr(6), &uid);
     } else {
@@ -182,7 +189,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "cannot become uid %d: %s\n", uid, strerror(errno));
     return 3;
   }
-  auto channel = CreateChannel(target);
+  auto channel = CreateChannel(target, options);
   auto stub = EchoService::NewStub(channel);
   if (mode == "hang-unary") return RunHangingUnary(*stub, deadline_ms);
   if (mode == "stream") return RunStreamForever(*stub, size, deadline_ms);

@@ -336,16 +336,22 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
 // waits for the client: once resumed, its call ends at once, CANCELLED,
 // instead of waiting forever for a status that was dropped.
 TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
-  ServerProcess server("sync", {"--ring_slots=8"});
+  // Stream windows (both sides' smaller one counts) far larger than the
+  // ring (8 slots), so that the ring fills, not the window: a stream whose
+  // window is full at the stop (the client's application behind its
+  // session thread, seen under load) is only flow control, as over HTTP/2,
+  // and the server waits for it.
+  ServerProcess server("sync",
+                       {"--ring_slots=8", "--stream_window_messages=4000"});
   ASSERT_TRUE(server.status().ok()) << server.status();
   const std::string stderr_path = ::testing::TempDir() + "/stopped_client.err";
   auto server_streaming_client = [&](const std::string& deadline_ms,
                                      const std::string& stderr_to) {
     return std::make_unique<ChildProcess>(
-        std::vector<std::string>{RunfilePath("tests/echo_client"),
-                                 "--target=" + server.target(),
-                                 "--mode=server-stream", "--size=1024",
-                                 "--deadline_ms=" + deadline_ms},
+        std::vector<std::string>{
+            RunfilePath("tests/echo_client"), "--target=" + server.target(),
+            "--mode=server-stream", "--size=64",
+            "--stream_window_messages=4000", "--deadline_ms=" + deadline_ms},
         "in-call", stderr_to);
   };
   auto with_deadline = server_streaming_client("1500", "");
