@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "shm/deadline.h"
 
 namespace shmgrpc::shm {
 namespace {
@@ -28,14 +29,12 @@ int64_t MonotonicNanos() {
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
-// Deadline as a point on the monotonic clock (int64 max for "never").
+// Deadline as a point on the monotonic clock, as MonotonicNanos() counts
+// (int64 max for none; steady_clock is CLOCK_MONOTONIC).
 int64_t DeadlineNanos(absl::Time deadline) {
-  if (deadline == absl::InfiniteFuture()) {
-    return std::numeric_limits<int64_t>::max();
-  }
-  const int64_t remaining =
-      std::max<int64_t>(0, absl::ToInt64Nanoseconds(deadline - absl::Now()));
-  return MonotonicNanos() + remaining;
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             SteadyDeadline(deadline).time_since_epoch())
+      .count();
 }
 
 inline void CpuRelax() { __builtin_ia32_pause(); }
@@ -126,19 +125,20 @@ void Endpoint::DrainReleases() {
 
 absl::Status Endpoint::LockSendUntil(std::unique_lock<std::timed_mutex>& lock,
                                      absl::Time deadline) {
+  if (lock.try_lock()) return absl::OkStatus();  // the usual case: no clock
   // Bounded: the holder may be waiting for room in a full ring (its own
   // deadline may be far), and a sender's deadline must hold regardless.
-  const absl::Duration left =
-      std::max(deadline - absl::Now(), absl::ZeroDuration());
-  if (left > absl::Hours(24 * 365)) {  // none (and no clock overflow)
+  const absl::Duration left = deadline - absl::Now();
+  if (SteadyDeadlineAfter(left) == kNoDeadline) {
     lock.lock();
     return absl::OkStatus();
   }
   // On the system clock, as the deadline is: libstdc++ waits for a steady
   // deadline with pthread_mutex_clocklock, which GCC 12's ThreadSanitizer
   // does not know (it then reports every unlock as of an unlocked mutex).
-  if (!lock.try_lock_until(std::chrono::system_clock::now() +
-                           absl::ToChronoNanoseconds(left))) {
+  if (!lock.try_lock_until(
+          std::chrono::system_clock::now() +
+          absl::ToChronoNanoseconds(std::max(left, absl::ZeroDuration())))) {
     return absl::DeadlineExceededError(
         "another sender waited for room in the full ring past the deadline");
   }
@@ -151,6 +151,23 @@ absl::Status Endpoint::Send(const Descriptor& descriptor, absl::Time deadline) {
     return locked;
   }
   return PublishLocked(descriptor, deadline);
+}
+
+absl::Status Endpoint::SendYielding(const Descriptor& descriptor,
+                                    absl::Time deadline) {
+  const SteadyTime until = SteadyDeadline(deadline);
+  absl::Duration backoff = absl::Microseconds(1);
+  for (;;) {
+    const absl::Status sent = TrySend(descriptor);
+    if (sent.code() != absl::StatusCode::kResourceExhausted) return sent;
+    if (absl::Status peer = side_.CheckPeer(); !peer.ok()) return peer;
+    if (std::chrono::steady_clock::now() >= until) {
+      return absl::DeadlineExceededError(
+          "shared-memory ring stayed full until the deadline");
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Milliseconds(1));
+  }
 }
 
 absl::Status Endpoint::TrySend(const Descriptor& descriptor) {

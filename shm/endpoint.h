@@ -94,6 +94,11 @@ class Endpoint {
   // the send lock (it may be waiting for ring space) or the ring is full.
   // For threads that must not block (a session's reader).
   absl::Status TrySend(const Descriptor& descriptor);
+  // Send that waits for room without holding the send lock (it polls,
+  // backing off from 1 us to 1 ms), so other senders are not held up: for
+  // a frame sent in the background with a long deadline. Unavailable once
+  // the peer has gone (or this side closed the connection).
+  absl::Status SendYielding(const Descriptor& descriptor, absl::Time deadline);
   // Publishes `descriptor` (offset/length/flags are set here) with `bytes`
   // travelling on the socket instead of shared memory. Waits for a ring slot
   // until `deadline`, then queues the bytes for the socket's writer thread

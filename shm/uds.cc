@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "shm/deadline.h"
 
 namespace shmgrpc::shm {
 namespace {
@@ -70,11 +71,8 @@ absl::Status RecvWithFd(int sock, void* data, size_t len, int* fd,
                         absl::Duration timeout) {
   *fd = -1;
   // Monotonic: a step of the wall clock must not stretch or cut the wait.
-  // (Over a year is forever, and cannot overflow the clock.)
-  const bool forever = timeout > absl::Hours(24 * 365);
-  const auto deadline =
-      std::chrono::steady_clock::now() +
-      absl::ToChronoNanoseconds(forever ? absl::ZeroDuration() : timeout);
+  const SteadyTime deadline = SteadyDeadlineAfter(timeout);
+  const bool forever = deadline == kNoDeadline;
   size_t received = 0;
   absl::Status status;
   while (received < len) {

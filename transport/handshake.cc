@@ -14,6 +14,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "shm/arena.h"
+#include "shm/deadline.h"
 #include "shm/memory_headroom.h"
 #include "shm/segment_layout.h"
 #include "shm/uds.h"
@@ -56,14 +57,7 @@ absl::Status CheckPolicy(const PeerCredentials& peer, const Options& options) {
 
 // Handshake deadlines are monotonic: a step of the wall clock must not
 // stretch or cut a handshake.
-using Deadline = std::chrono::steady_clock::time_point;
-
-// A timeout of a year or more (InfiniteDuration included) is none at all,
-// and cannot overflow the clock.
-Deadline DeadlineAfter(absl::Duration timeout) {
-  if (timeout >= absl::Hours(24 * 365)) return Deadline::max();
-  return std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
-}
+using Deadline = shm::SteadyTime;
 
 absl::Duration Remaining(Deadline deadline) {
   return std::max(
@@ -292,7 +286,7 @@ absl::StatusOr<Handshaken> ExchangeSegments(
 
 absl::StatusOr<Handshaken> ClientHandshake(const std::string& shm_path,
                                            const Options& options) {
-  const Deadline deadline = DeadlineAfter(options.handshake_timeout);
+  const Deadline deadline = shm::SteadyDeadlineAfter(options.handshake_timeout);
   // Two cheap checks before the segment's 64 MiB fallocate: that this
   // process has room for it (else it would only trouble the server), and
   // that the server has an shm socket at all (else, the plain-server case,
@@ -327,7 +321,7 @@ void RefuseHandshake(int sock, HandshakeRefusal reason) {
 absl::StatusOr<Handshaken> ServerHandshake(
     int sock, const Options& options,
     absl::FunctionRef<absl::Status()> before_welcome) {
-  const Deadline deadline = DeadlineAfter(options.handshake_timeout);
+  const Deadline deadline = shm::SteadyDeadlineAfter(options.handshake_timeout);
   auto refuse = [&](HandshakeRefusal reason, absl::Status why) {
     RefuseHandshake(sock, reason);
     return why;

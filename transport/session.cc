@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -314,7 +313,12 @@ void Session::Post(PostedFrame posted) {
             next = std::move(self->posted_.front());
             self->posted_.pop_front();
           }
-          const absl::Status sent = self->SendPosted(next);
+          // Not Send: waiting for room there holds the ring's send lock,
+          // and with it the session's other senders, however short their
+          // deadlines, for as long as this frame's (30 s for a status or a
+          // cancel, none for some credits).
+          const absl::Status sent =
+              self->endpoint_->SendYielding(next.frame, next.deadline);
           if (sent.ok()) continue;
           if (next.block) {
             self->endpoint_->FreeUnsent(*next.block).IgnoreError();
@@ -344,31 +348,6 @@ void Session::Post(PostedFrame posted) {
          ": closed: no thread to send a control frame from: ",
          poster.status().message());
   Close();
-}
-
-absl::Status Session::SendPosted(const PostedFrame& posted) {
-  // Tried without waiting, and retried: a wait for room inside
-  // Endpoint::Send would hold the ring's send lock, and with it the
-  // session's other senders, however short their deadlines, for as long as
-  // this frame's (30 s for a status or a cancel, none for some credits).
-  const absl::Duration left =
-      std::max(posted.deadline - absl::Now(), absl::ZeroDuration());
-  const bool forever = left > absl::Hours(24 * 365);  // no clock overflow
-  const auto deadline =
-      std::chrono::steady_clock::now() +
-      absl::ToChronoNanoseconds(forever ? absl::ZeroDuration() : left);
-  absl::Duration backoff = absl::Microseconds(1);
-  for (;;) {
-    const absl::Status sent = endpoint_->TrySend(posted.frame);
-    if (sent.code() != absl::StatusCode::kResourceExhausted) return sent;
-    if (!alive()) return absl::UnavailableError("shm session is closed");
-    if (!forever && std::chrono::steady_clock::now() >= deadline) {
-      return absl::DeadlineExceededError(
-          "the peer read nothing before the frame's deadline");
-    }
-    absl::SleepFor(backoff);
-    backoff = std::min(backoff * 2, absl::Milliseconds(1));
-  }
 }
 
 SendPathStats Session::send_path_stats() const {

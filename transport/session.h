@@ -278,9 +278,6 @@ class Session : public std::enable_shared_from_this<Session> {
     bool close_if_unsent = false;  // see PostFrame
   };
   void Post(PostedFrame posted);
-  // The poster's send of `posted`: never holds the ring's send lock while
-  // waiting for room (other senders' deadlines may be shorter).
-  absl::Status SendPosted(const PostedFrame& posted);
   std::mutex posted_mu_;
   std::deque<PostedFrame> posted_;  // waiting for the poster thread
   bool poster_running_ = false;
