@@ -5,7 +5,7 @@
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
 //               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
 //               [--max_sessions=N] [--stream_window_messages=N]
-//               [--max_concurrent_streams=N]
+//               [--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N]
 //               [--max_receive_bytes=N]   (the server's limit; default none)
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
@@ -127,7 +127,7 @@ constexpr char kUsage[] =
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
     "[--max_sessions=N] [--stream_window_messages=N] "
-    "[--max_concurrent_streams=N] "
+    "[--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N] "
     "[--local_credentials] [--server_interceptor] [--no_arena_replies] "
     "[--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
@@ -176,6 +176,13 @@ int Main(int argc, char** argv) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }
+    } else if (absl::StartsWith(arg, "--stalled_peer_timeout_ms=")) {
+      int64_t timeout_ms;
+      if (!absl::SimpleAtoi(arg.substr(26), &timeout_ms) || timeout_ms <= 0) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+      options.stalled_peer_timeout = absl::Milliseconds(timeout_ms);
     } else if (absl::StartsWith(arg, "--ring_slots=")) {
       if (!absl::SimpleAtoi(arg.substr(13), &options.ring_slots)) {
         std::fprintf(stderr, kUsage, argv[0]);

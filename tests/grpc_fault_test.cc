@@ -402,6 +402,57 @@ TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
   ExpectServerStillServesShm(server.target());
 }
 
+// A client still stopped when its server's stalled_peer_timeout (here 1 s)
+// has passed with a status waiting for it loses its session instead: the
+// server forgets it and frees its memory, and the resumed client's call
+// (without a deadline) ends, UNAVAILABLE, rather than waiting for that
+// status.
+TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
+  ServerProcess server("sync",
+                       {"--ring_slots=8", "--stream_window_messages=4000",
+                        "--stalled_peer_timeout_ms=1000"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  const std::string stderr_path =
+      ::testing::TempDir() + "/stopped_past_timeout.err";
+  ChildProcess client(
+      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
+       "--mode=server-stream", "--size=64", "--stream_window_messages=4000",
+       "--deadline_ms=0"},
+      "in-call", stderr_path);
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  const absl::Time stopped = absl::Now();
+  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
+  ASSERT_EQ(FetchServerStats(server.target()).sessions_open(), 1u);
+
+  // The server's write gives up after 1 s (the timeout, shorter than the
+  // 5 s it waits otherwise), the call ends, its status is posted, and the
+  // session closes once that has waited 1 s.
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).sessions_open() == 0; },
+      absl::Seconds(10)))
+      << "the stopped client's session was never closed";
+  const absl::Duration closed_after = absl::Now() - stopped;
+  EXPECT_GE(closed_after, absl::Milliseconds(1500));
+  EXPECT_LT(closed_after, absl::Seconds(5));
+  std::printf("server closed the stopped client's session %s after the stop\n",
+              absl::FormatDuration(closed_after).c_str());
+  EXPECT_EQ(FetchServerStats(server.target()).calls_active(), 0u);
+
+  std::move(resume).Invoke();
+  EXPECT_EQ(client.WaitFor(absl::Seconds(3)), 1)
+      << "the resumed client's call did not end";
+  std::ifstream errors(stderr_path);
+  const std::string said((std::istreambuf_iterator<char>(errors)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(said,
+                                "stream ended: shm session to the server "
+                                "closed"))
+      << said;
+  ExpectServerIdle(server);
+  ExpectServerStillServesShm(server.target());
+}
+
 // The other way round: a client cancels a call while its server has stopped
 // reading (frozen; the client's ring to it full). The cancel waits for the
 // server: once resumed, it hears of it and the call's handler ends, instead
@@ -452,6 +503,71 @@ TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
       absl::Seconds(3)));
   EXPECT_EQ(GetChannelStats(channel.get())->session_alive, true);
   ExpectEchoOver(channel, true, "after the server resumed");
+}
+
+// The same with the server stopped past the client's stalled_peer_timeout
+// (1 s): the client closes the session instead of keeping the cancel, so
+// the server, once resumed, finds the session gone and ends the call's
+// handler; the channel opens a new session.
+TEST(StoppedServerTest, StoppedPastTheTimeoutTheClientClosesItsSession) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  Options options;
+  options.ring_slots = 8;
+  options.stalled_peer_timeout = absl::Seconds(1);
+  auto channel = CreateChannelWithOwnSession(server.target(), options);
+  auto stub = EchoService::NewStub(channel);
+  grpc::ClientContext hanging;
+  grpc::Status hanging_status;
+  std::thread hanging_call([&] {
+    EchoRequest request;
+    request.set_hang(true);
+    EchoResponse response;
+    hanging_status = stub->Unary(&hanging, request, &response);
+  });
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).handlers_hanging() == 1; },
+      absl::Seconds(5)));
+  const absl::Time stopped = absl::Now();
+  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(server.pid(), SIGCONT); };
+  for (int i = 0; i < 4; ++i) {  // fill the ring to the stopped server
+    EchoRequest request;
+    FillRequest(&request, 64, i);
+    EchoResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Milliseconds(300)));
+    EXPECT_EQ(stub->Unary(&context, request, &response).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  ASSERT_GT(GetChannelStats(channel.get())->session.ring_full_waits, 0u);
+  hanging.TryCancel();
+  hanging_call.join();
+  EXPECT_EQ(hanging_status.error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(
+      WaitFor([&] { return !GetChannelStats(channel.get())->session_alive; },
+              absl::Seconds(5)))
+      << "the session to the stopped server was never closed";
+  // Posted frames (this cancel, and those of the calls that timed out
+  // above) began to wait after the stop.
+  const absl::Duration closed_after = absl::Now() - stopped;
+  EXPECT_GE(closed_after, absl::Seconds(1));
+  std::printf("client closed its session %s after the stop\n",
+              absl::FormatDuration(closed_after).c_str());
+
+  std::move(resume).Invoke();
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).handlers_hanging() == 0; },
+      absl::Seconds(3)))
+      << "the cancelled call's handler runs on";
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).sessions_open() == 0; },
+      absl::Seconds(3)));
+  ASSERT_TRUE(
+      WaitFor([&] { return GetChannelStats(channel.get())->session_alive; },
+              absl::Seconds(5)))
+      << "the channel opened no new session";
+  ExpectEchoOver(channel, true, "on the new session");
 }
 
 // A stream without a deadline whose write waits for room in a frozen

@@ -1072,11 +1072,10 @@ void ClientCall::TellServerCancelled() {
   // May run on the session thread (a reply over the size limit ends the
   // call there), so posted. A server that stopped reading (frozen) gets it
   // once it reads again, else its handler would run on; reading nothing for
-  // 30 s, it gets the session closed instead. A gone session cancels the
-  // server side anyway.
-  constexpr absl::Duration kCancelWait = absl::Seconds(30);
+  // Options::stalled_peer_timeout, it gets the session closed instead. A
+  // gone session cancels the server side anyway.
   session_->PostFrame(codec::FrameType::kCancel, stream_id_, "",
-                      absl::Now() + kCancelWait, std::move(slot));
+                      std::move(slot));
 }
 
 void ClientCall::CountBusyLocked(const std::shared_ptr<Session>& session) {

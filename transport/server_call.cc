@@ -53,9 +53,11 @@ absl::Time InjectedCall::SendDeadline() const {
   // A client whose session thread stops reading (stopped, not dead) fills
   // the ring; the wait is bounded so it cannot hold its session's
   // completion-queue thread, and with it that client's other calls, for
-  // long.
+  // long (nor longer than the session waits for a stalled peer at all).
   constexpr absl::Duration kMaxRingFullWait = absl::Seconds(5);
-  return std::min(deadline_, absl::Now() + kMaxRingFullWait);
+  return std::min(deadline_,
+                  absl::Now() + std::min(kMaxRingFullWait,
+                                         session_->stalled_peer_timeout()));
 }
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
@@ -505,17 +507,15 @@ void InjectedCall::SendStatusAndFinish() {
   // A client that stopped reading (SIGSTOP, a frozen cgroup) gets its status
   // once it reads again, without this call waiting for it: the call ends
   // here now, and the client's call does not wait forever for a status
-  // that was dropped. (Not sent within kStalledStatusWait, the session is
-  // closed instead, which ends the client's calls.) A gone client needs no
-  // status.
-  constexpr absl::Duration kStalledStatusWait = absl::Seconds(30);
+  // that was dropped. (Not sent within Options::stalled_peer_timeout, the
+  // session is closed instead, which ends the client's calls.) A gone
+  // client needs no status.
   const std::string encoded = codec::EncodeCallStatus(status);
   if (client_stalled ||
       session_->SendFrame(codec::FrameType::kStatus, stream_id_, encoded,
                           SendDeadline())
               .code() == absl::StatusCode::kDeadlineExceeded) {
-    session_->PostFrame(codec::FrameType::kStatus, stream_id_, encoded,
-                        absl::Now() + kStalledStatusWait);
+    session_->PostFrame(codec::FrameType::kStatus, stream_id_, encoded);
   }
   std::shared_ptr<InjectedCall> done;  // released after the lock
   {

@@ -41,10 +41,11 @@ struct ArenaSliceOwner {
 std::shared_ptr<Session> Session::Create(Handshaken handshaken,
                                          FrameHandler on_frame,
                                          ClosedHandler on_closed,
-                                         size_t max_block_bytes) {
+                                         size_t max_block_bytes,
+                                         absl::Duration stalled_peer_timeout) {
   return std::shared_ptr<Session>(
       new Session(std::move(handshaken), std::move(on_frame),
-                  std::move(on_closed), max_block_bytes));
+                  std::move(on_closed), max_block_bytes, stalled_peer_timeout));
 }
 
 absl::Status Session::Start() {
@@ -62,7 +63,8 @@ void Session::Start(shm::ReservedThread thread) {
 }
 
 Session::Session(Handshaken handshaken, FrameHandler on_frame,
-                 ClosedHandler on_closed, size_t max_block_bytes)
+                 ClosedHandler on_closed, size_t max_block_bytes,
+                 absl::Duration stalled_peer_timeout)
     : endpoint_(std::move(handshaken.endpoint)),
       peer_(handshaken.peer),
       peer_stream_window_(handshaken.peer_stream_window),
@@ -71,6 +73,7 @@ Session::Session(Handshaken handshaken, FrameHandler on_frame,
       on_closed_(std::move(on_closed)),
       token_(RandomToken()),
       max_block_bytes_(max_block_bytes),
+      stalled_peer_timeout_(stalled_peer_timeout),
       capacity_bytes_(endpoint_->max_payload_bytes()) {}
 
 Session::~Session() {
@@ -258,8 +261,8 @@ void Session::PostControl(codec::FrameType type, uint64_t stream, uint64_t aux,
 }
 
 void Session::PostFrame(codec::FrameType type, uint64_t stream,
-                        absl::string_view bytes, absl::Time deadline,
-                        StreamSlot slot) {
+                        absl::string_view bytes, StreamSlot slot) {
+  const absl::Time deadline = absl::Now() + stalled_peer_timeout_;
   if (!alive()) return;
   shm::Descriptor frame = ControlFrame(type, stream, 0);
   std::optional<shm::Block> block;
@@ -315,15 +318,17 @@ void Session::Post(PostedFrame posted) {
           }
           // Not Send: waiting for room there holds the ring's send lock,
           // and with it the session's other senders, however short their
-          // deadlines, for as long as this frame's (30 s for a status or a
-          // cancel, none for some credits).
+          // deadlines, for as long as this frame's (stalled_peer_timeout for
+          // a status or a cancel, none for some credits).
           const absl::Status sent =
               self->endpoint_->SendYielding(next.frame, next.deadline);
           if (sent.ok()) continue;
           if (next.block) {
             self->endpoint_->FreeUnsent(*next.block).IgnoreError();
           }
-          if (!self->alive()) continue;
+          // A session closing (by an earlier frame's timeout, say) ends
+          // every call anyway: nothing more to say about this one.
+          if (!self->alive() || self->shutdown_.load()) continue;
           // Not sent while the session goes on: the peer may count the
           // stream forever, so this side does too.
           next.slot.Abandon();

@@ -74,11 +74,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // that sends right after the handshake (every client does) must not reach
   // a handler that cannot find its session yet.
   // `max_block_bytes`: largest block one message may take (0: no limit;
-  // larger messages are chained).
-  static std::shared_ptr<Session> Create(Handshaken handshaken,
-                                         FrameHandler on_frame,
-                                         ClosedHandler on_closed,
-                                         size_t max_block_bytes = 0);
+  // larger messages are chained). `stalled_peer_timeout`: see PostFrame.
+  static std::shared_ptr<Session> Create(
+      Handshaken handshaken, FrameHandler on_frame, ClosedHandler on_closed,
+      size_t max_block_bytes = 0,
+      absl::Duration stalled_peer_timeout = absl::Seconds(30));
   // Starts the session thread, once. The handlers may run until Shutdown()
   // returns. Must happen before any Shutdown() from another thread. The
   // session then lives at least until its thread ends, so the owner must
@@ -114,6 +114,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Random, fixed for the session's life: names it to whoever was told it
   // (arena_replies.h), which a guessing client cannot.
   uint64_t token() const { return token_; }
+  // How long a frame the peer must not miss waits for it (PostFrame).
+  absl::Duration stalled_peer_timeout() const { return stalled_peer_timeout_; }
   // A frame whose payload is `bytes` (copied into a block), or none if empty.
   // `aux`: the descriptor's aux word (a kCallHeaders frame's advertised
   // window).
@@ -138,12 +140,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // empty), posted the same way, for a frame the peer must not miss (a
   // call's status, a client's kCancel) while it may have stopped reading:
   // it goes out, in order, once the peer reads again. Should the peer read
-  // nothing until `deadline`, or should no block be had, the session is
-  // closed instead, which ends the calls on it at both ends (so none waits
-  // or runs on forever). `slot` as for PostControl.
+  // nothing for the session's `stalled_peer_timeout` (Options), or should
+  // no block be had, the session is closed instead, which ends the calls on
+  // it at both ends (so none waits or runs on forever). `slot` as for
+  // PostControl.
   void PostFrame(codec::FrameType type, uint64_t stream,
-                 absl::string_view bytes, absl::Time deadline,
-                 StreamSlot slot = StreamSlot());
+                 absl::string_view bytes, StreamSlot slot = StreamSlot());
   void Release(const shm::ReceivedMessage& message) {
     endpoint_->Release(message);
   }
@@ -214,7 +216,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   Session(Handshaken handshaken, FrameHandler on_frame, ClosedHandler on_closed,
-          size_t max_block_bytes);
+          size_t max_block_bytes, absl::Duration stalled_peer_timeout);
   void Run();
   // When `buffer` is exactly one unsent arena slice of this session: takes
   // it (its block is the caller's to send, or to free if that fails).
@@ -254,6 +256,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   const uint64_t token_;
   const size_t max_block_bytes_;
+  const absl::Duration stalled_peer_timeout_;
   const size_t capacity_bytes_;
   // Arena slices gRPC holds, not yet sent, by payload address. The lock
   // also orders them against the reclaim at close: after it no slice is

@@ -43,6 +43,7 @@ std::string SessionLink::SessionKey(const std::string& shm_path,
       absl::ToInt64Nanoseconds(wait.liveness_check), "|",
       wait.max_busy_streams_for_spin, "|",
       absl::ToInt64Nanoseconds(options.handshake_timeout), "|",
+      absl::ToInt64Nanoseconds(options.stalled_peer_timeout), "|",
       absl::ToInt64Nanoseconds(options.reconnect_backoff_initial), "|",
       absl::ToInt64Nanoseconds(options.reconnect_backoff_max), "|",
       static_cast<int>(options.peer_uid_policy), "|",
@@ -226,7 +227,7 @@ absl::Status SessionLink::Connect() {
       [weak, self](const absl::Status& status) {
         if (auto link = weak.lock()) link->OnClosed(self->lock(), status);
       },
-      options_.max_block_bytes);
+      options_.max_block_bytes, options_.stalled_peer_timeout);
   *self = session;
   std::shared_ptr<Session> replaced;
   {

@@ -287,7 +287,7 @@ void ShmServer::Handshake(int sock) {
         }
         if (auto s = weak.lock()) OnClosed(s);
       },
-      options_.max_block_bytes);
+      options_.max_block_bytes, options_.stalled_peer_timeout);
   transport::RegisterForArenaReplies(server_session->session);
   sessions_accepted_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
