@@ -90,12 +90,12 @@ struct Options {
   // A peer that stops reading its ring (stopped by SIGSTOP or a frozen
   // cgroup, not dead) without closing it: a server's write to it waits
   // until the call's deadline, 5 s, or this, whichever comes first, then
-  // ends that call; the call's status
-  // (server), or a client's cancel to such a server, is kept and sent once
-  // the peer reads again, so neither end's call is lost. A peer that reads
-  // nothing for this long while such a frame waits for it has its session
-  // closed instead, which ends its calls at both ends (UNAVAILABLE at the
-  // client) and frees their memory.
+  // ends that call; the call's status (server), or a client's cancel to
+  // such a server, is kept and sent once the peer reads again, so neither
+  // end's call is lost. A peer that reads nothing for this long while such
+  // a frame waits for it has its session closed instead, which ends its
+  // calls at both ends (UNAVAILABLE at the client) and frees their memory.
+  // 0: closed as soon as such a frame finds the peer's ring full.
   absl::Duration stalled_peer_timeout = absl::Seconds(30);
   // Client: while there is no session (server gone, restarting, or without
   // shm), retry the handshake after this delay, doubling up to the maximum.
