@@ -454,15 +454,17 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
 }
 
 // The other way round: a client cancels a call while its server has stopped
-// reading (frozen; the client's ring to it full). The cancel waits for the
-// server: once resumed, it hears of it and the call's handler ends, instead
-// of running on (it was dropped after 1 s).
-TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
-  ServerProcess server("sync");
-  ASSERT_TRUE(server.status().ok()) << server.status();
-  Options options;
-  options.ring_slots = 8;  // a few calls fill the client's ring to it
-  auto channel = CreateChannelWithOwnSession(server.target(), options);
+// reading (frozen; the client's ring to it full).
+//
+// Starts a call on `channel` whose handler hangs, stops the server
+// (SIGSTOP), fills the client's ring to it (8 slots: `channel`'s
+// Options::ring_slots) with calls that give up at their 300 ms deadlines,
+// and cancels the hanging call, which ends CANCELLED at the client at once.
+// The server stays stopped: the caller resumes it (SIGCONT), and should
+// arrange that before calling, since a failed assertion returns early.
+void CancelACallWhileTheServerIsStopped(
+    const ServerProcess& server,
+    const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = EchoService::NewStub(channel);
   grpc::ClientContext hanging;  // no deadline: only a cancel ends it
   grpc::Status hanging_status;
@@ -472,12 +474,14 @@ TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
     EchoResponse response;
     hanging_status = stub->Unary(&hanging, request, &response);
   });
+  absl::Cleanup join = [&] {
+    hanging.TryCancel();
+    hanging_call.join();
+  };
   ASSERT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).handlers_hanging() == 1; },
       absl::Seconds(5)));
   ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
-  absl::Cleanup resume = [&] { kill(server.pid(), SIGCONT); };
-  // Calls that fill the ring and give up at their deadline.
   for (int i = 0; i < 4; ++i) {
     EchoRequest request;
     FillRequest(&request, 64, i);
@@ -487,10 +491,21 @@ TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
     EXPECT_EQ(stub->Unary(&context, request, &response).error_code(),
               grpc::StatusCode::DEADLINE_EXCEEDED);
   }
-  EXPECT_GT(GetChannelStats(channel.get())->session.ring_full_waits, 0u);
-  hanging.TryCancel();
-  hanging_call.join();
+  ASSERT_GT(GetChannelStats(channel.get())->session.ring_full_waits, 0u);
+  std::move(join).Invoke();
   EXPECT_EQ(hanging_status.error_code(), grpc::StatusCode::CANCELLED);
+}
+
+// The cancel waits for the server: once resumed, it hears of it and the
+// call's handler ends, instead of running on (it was dropped after 1 s).
+TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  Options options;
+  options.ring_slots = 8;
+  auto channel = CreateChannelWithOwnSession(server.target(), options);
+  absl::Cleanup resume = [&] { kill(server.pid(), SIGCONT); };
+  ASSERT_NO_FATAL_FAILURE(CancelACallWhileTheServerIsStopped(server, channel));
   absl::SleepFor(absl::Seconds(2));  // longer than the cancel waited before
 
   std::move(resume).Invoke();
@@ -516,41 +531,16 @@ TEST(StoppedServerTest, StoppedPastTheTimeoutTheClientClosesItsSession) {
   options.ring_slots = 8;
   options.stalled_peer_timeout = absl::Seconds(1);
   auto channel = CreateChannelWithOwnSession(server.target(), options);
-  auto stub = EchoService::NewStub(channel);
-  grpc::ClientContext hanging;
-  grpc::Status hanging_status;
-  std::thread hanging_call([&] {
-    EchoRequest request;
-    request.set_hang(true);
-    EchoResponse response;
-    hanging_status = stub->Unary(&hanging, request, &response);
-  });
-  ASSERT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).handlers_hanging() == 1; },
-      absl::Seconds(5)));
-  const absl::Time stopped = absl::Now();
-  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
   absl::Cleanup resume = [&] { kill(server.pid(), SIGCONT); };
-  for (int i = 0; i < 4; ++i) {  // fill the ring to the stopped server
-    EchoRequest request;
-    FillRequest(&request, 64, i);
-    EchoResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(In(absl::Milliseconds(300)));
-    EXPECT_EQ(stub->Unary(&context, request, &response).error_code(),
-              grpc::StatusCode::DEADLINE_EXCEEDED);
-  }
-  ASSERT_GT(GetChannelStats(channel.get())->session.ring_full_waits, 0u);
-  hanging.TryCancel();
-  hanging_call.join();
-  EXPECT_EQ(hanging_status.error_code(), grpc::StatusCode::CANCELLED);
+  const absl::Time before_stop = absl::Now();
+  ASSERT_NO_FATAL_FAILURE(CancelACallWhileTheServerIsStopped(server, channel));
   ASSERT_TRUE(
       WaitFor([&] { return !GetChannelStats(channel.get())->session_alive; },
               absl::Seconds(5)))
       << "the session to the stopped server was never closed";
-  // Posted frames (this cancel, and those of the calls that timed out
-  // above) began to wait after the stop.
-  const absl::Duration closed_after = absl::Now() - stopped;
+  // Posted frames (the cancel, and those of the calls that timed out) began
+  // to wait after the stop.
+  const absl::Duration closed_after = absl::Now() - before_stop;
   EXPECT_GE(closed_after, absl::Seconds(1));
   std::printf("client closed its session %s after the stop\n",
               absl::FormatDuration(closed_after).c_str());
