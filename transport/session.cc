@@ -87,6 +87,14 @@ void Session::Close() {
   }
 }
 
+void Session::CloseFor(absl::Status why) {
+  {
+    std::lock_guard<std::mutex> lock(close_reason_mu_);
+    if (close_reason_.ok() && !shutdown_.load()) close_reason_ = std::move(why);
+  }
+  Close();
+}
+
 void Session::Shutdown() {
   Close();
   if (thread_.joinable() && !thread_.IsCurrent()) thread_.join();
@@ -123,6 +131,10 @@ void Session::Run() {
       continue;
     }
     on_frame_(*message);
+  }
+  {
+    std::lock_guard<std::mutex> lock(close_reason_mu_);
+    if (!close_reason_.ok()) closed = close_reason_;
   }
   alive_.store(false, std::memory_order_release);
   // Let the peer see the end too (a protocol error ends only this side's
@@ -270,10 +282,10 @@ void Session::PostFrame(codec::FrameType type, uint64_t stream,
     absl::StatusOr<shm::Block> allocated =
         endpoint_->Allocate(bytes.size(), stream);
     if (!allocated.ok()) {
-      ShmLog("session with pid ", peer_.pid, ": closed: no shared memory for ",
-             "a frame its peer waits for (stream ", stream,
-             "): ", allocated.status().message());
-      Close();
+      CloseFor(absl::ResourceExhaustedError(
+          absl::StrCat("no shared memory for a frame its peer must "
+                       "not miss (stream ",
+                       stream, "): ", allocated.status().message())));
       return;
     }
     std::memcpy(allocated->data, bytes.data(), bytes.size());
@@ -333,10 +345,11 @@ void Session::Post(PostedFrame posted) {
           // stream forever, so this side does too.
           next.slot.Abandon();
           if (next.close_if_unsent) {
-            ShmLog("session with pid ", self->peer_.pid,
-                   ": closed: a frame its peer must not miss (stream ",
-                   next.frame.tag, ") was not sent: ", sent.message());
-            self->Close();
+            self->CloseFor(absl::Status(
+                sent.code(),
+                absl::StrCat("a frame its peer must not miss (stream ",
+                             next.frame.tag,
+                             ") was not sent: ", sent.message())));
           }
         }
       });
@@ -349,10 +362,8 @@ void Session::Post(PostedFrame posted) {
     if (dropped.block) endpoint_->FreeUnsent(*dropped.block).IgnoreError();
   }
   posted_.clear();
-  ShmLog("session with pid ", peer_.pid,
-         ": closed: no thread to send a control frame from: ",
-         poster.status().message());
-  Close();
+  CloseFor(absl::ResourceExhaustedError(absl::StrCat(
+      "no thread to send a control frame from: ", poster.status().message())));
 }
 
 SendPathStats Session::send_path_stats() const {

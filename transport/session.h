@@ -218,6 +218,10 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(Handshaken handshaken, FrameHandler on_frame, ClosedHandler on_closed,
           size_t max_block_bytes, absl::Duration stalled_peer_timeout);
   void Run();
+  // Close() because this side gave up on the session: `on_closed` is told
+  // `why` (the first reason given) instead of what the receive loop saw
+  // (its own shutdown, which would read as the peer's).
+  void CloseFor(absl::Status why);
   // When `buffer` is exactly one unsent arena slice of this session: takes
   // it (its block is the caller's to send, or to free if that fails).
   std::optional<shm::Block> TakeArenaSlice(const grpc::ByteBuffer& buffer);
@@ -248,6 +252,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::atomic<bool> alive_{true};
   std::atomic<int> busy_streams_{0};
   std::atomic<bool> shutdown_{false};
+  std::mutex close_reason_mu_;
+  absl::Status close_reason_;  // see CloseFor
   // Sends a chain of blocks as one message's frames; false when the chain
   // could not be allocated (nothing was sent then).
   template <typename Fill>
