@@ -475,10 +475,14 @@ TEST_P(BusyStreamsTest, ReceiverStopsSpinningOnlyWhenOverTheLimitAndCoreTaken) {
   std::printf("%d busy streams (limit %d), core %s: slept before %lu of %d\n",
               c.busy_streams, kLimit, c.core_taken ? "taken" : "idle",
               static_cast<unsigned long>(slept), kGaps);
+  // Measured: 0-1 of 20 when it spins, 20 of 20 when it does not. Other
+  // load on this shared machine takes turns on the "idle" core too, which
+  // ends some spins (6 of 20 beside a compile), so the bounds leave room
+  // on both sides of the middle.
   if (c.spins) {
-    EXPECT_LE(slept, kGaps / 4);
+    EXPECT_LE(slept, kGaps * 2 / 5);
   } else {
-    EXPECT_GE(slept, kGaps / 2);
+    EXPECT_GE(slept, kGaps * 3 / 5);
   }
 }
 
