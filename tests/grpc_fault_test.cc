@@ -340,7 +340,8 @@ TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
   // ring (8 slots), so that the ring fills, not the window: a stream whose
   // window is full at the stop (the client's application behind its
   // session thread, seen under load) is only flow control, as over HTTP/2,
-  // and the server waits for it.
+  // and the server waits for it until the call's deadline (the next test),
+  // without one for ever.
   ServerProcess server("sync",
                        {"--ring_slots=8", "--stream_window_messages=4000"});
   ASSERT_TRUE(server.status().ok()) << server.status();
@@ -448,6 +449,48 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
   EXPECT_TRUE(absl::StrContains(said,
                                 "stream ended: shm session to the server "
                                 "closed"))
+      << said;
+  ExpectServerIdle(server);
+  ExpectServerStillServesShm(server.target());
+}
+
+// A stopped client's stream whose flow window is full (the server holds a
+// reply for it and writes nothing: flow control, not a full ring) still ends
+// at the server at its deadline, as over HTTP/2. Before, the server held the
+// call, its in-process call and the reply until the client read again.
+TEST(StoppedClientTest, AStreamWaitingForItsWindowEndsAtItsDeadline) {
+  ServerProcess server("sync");
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  const std::string stderr_path =
+      ::testing::TempDir() + "/stopped_window_full.err";
+  // 64 KiB replies: the window's 1 MiB fills after 16, long before the
+  // 4096-slot ring.
+  ChildProcess client(
+      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
+       "--mode=server-stream", "--size=65536", "--deadline_ms=1000"},
+      "in-call", stderr_path);
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  const absl::Time stopped = absl::Now();
+  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).calls_active() == 0; },
+      absl::Seconds(5)))
+      << "the server held the call past its deadline";
+  const absl::Duration ended_after = absl::Now() - stopped;
+  EXPECT_LT(ended_after, absl::Milliseconds(1000 + 1000));
+  std::printf("server ended the call %s after the stop (deadline 1 s)\n",
+              absl::FormatDuration(ended_after).c_str());
+  // Its status fit in the ring: the session goes on.
+  EXPECT_EQ(FetchServerStats(server.target()).sessions_open(), 1u);
+
+  std::move(resume).Invoke();
+  EXPECT_EQ(client.WaitFor(absl::Seconds(3)), 1)
+      << "the resumed client's call did not end";
+  std::ifstream errors(stderr_path);
+  const std::string said((std::istreambuf_iterator<char>(errors)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(said, "stream ended: Deadline Exceeded"))
       << said;
   ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());

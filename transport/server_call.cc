@@ -98,7 +98,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       const bool wanted =
           (unary_ && !have_unary_request_ && !half_closed_ && !finished_) ||
           (call_ != nullptr && !half_closed_ && !write_failed_ &&
-           !refused_.has_value());
+           !status_override_.has_value());
       if (!wanted) {
         session_->Release(message);  // a protocol error, or after the end
         break;
@@ -229,7 +229,7 @@ bool InjectedCall::RefuseLocked(const std::string& kind,
     finished_ = true;
     return true;
   }
-  refused_ = status;  // replaces gRPC's CANCELLED at kFinish
+  status_override_ = status;  // replaces gRPC's CANCELLED at kFinish
   CancelLocked();
   return false;
 }
@@ -406,6 +406,7 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           // Finish, which receives the reply and the status together.)
           held_response_.Swap(&response_);
           holding_response_ = true;
+          ArmDeadlineLocked();
         } else if (ok) {
           SendResponseLocked(&response_);
           ReadNextResponseLocked();
@@ -436,13 +437,22 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         MaybeWriteLocked();
         break;
       case Op::kFinish:
-        if (refused_.has_value()) status_ = *refused_;
+        if (status_override_.has_value()) status_ = *status_override_;
         finished_ = true;
+        if (deadline_alarm_pending_) deadline_alarm_->Cancel();
         send_status = true;
         if (unary_) SendUnaryReplyLocked();
         break;
       case Op::kSendStatus:
         send_status = true;
+        break;
+      case Op::kDeadline:
+        deadline_alarm_pending_ = false;
+        if (ok && holding_response_) {
+          status_override_ = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                          "Deadline Exceeded");
+          CancelLocked();
+        }
         break;
       case Op::kResumeResponses:
         resume_pending_ = false;
@@ -562,6 +572,16 @@ void InjectedCall::Cancel() {
     return;
   }
   CancelLocked();
+}
+
+void InjectedCall::ArmDeadlineLocked() {
+  if (deadline_alarm_ != nullptr || deadline_ == absl::InfiniteFuture()) {
+    return;  // armed once per call; fires whether or not still holding
+  }
+  ++outstanding_ops_;
+  deadline_alarm_pending_ = true;
+  deadline_alarm_ = std::make_unique<grpc::Alarm>();
+  deadline_alarm_->Set(cq_, absl::ToChronoTime(deadline_), &deadline_tag_);
 }
 
 void InjectedCall::CancelLocked() {

@@ -61,6 +61,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     kFinish,
     kResumeResponses,  // credit came for a held response (an alarm)
     kSendStatus,       // send an unstarted call's status (an alarm)
+    kDeadline,         // the call's deadline, once a response was held
   };
   // A completion-queue tag: the call and which of its ops completed.
   struct Tag {
@@ -113,6 +114,12 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // stayed full, see client_stalled_).
   void OnSendLocked(absl::string_view what, const absl::Status& sent);
   void CancelLocked();
+  // A response is held for the client's window: at the call's deadline the
+  // call ends (kDeadline), as over HTTP/2, where the server ends a stream
+  // at its deadline whether or not its client reads. Without this the call
+  // (its in-process call, the held message, its stream slot) stayed until
+  // the client read again, i.e. forever for a stopped client.
+  void ArmDeadlineLocked();
   // Ends the call because its client broke a limit (logged as `kind`, rate
   // limited): a stream is cancelled and ends with `status`; a unary call,
   // not started yet, is finished with it, and true says its status is
@@ -147,6 +154,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   Tag finish_tag_{this, Op::kFinish};
   Tag resume_tag_{this, Op::kResumeResponses};
   Tag status_tag_{this, Op::kSendStatus};
+  Tag deadline_tag_{this, Op::kDeadline};
 
   std::mutex mu_;
   grpc::ClientContext context_;
@@ -179,14 +187,19 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool resume_pending_ = false;  // resume_alarm_ is set
   std::unique_ptr<grpc::Alarm> resume_alarm_;
   std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
+  // Set at the call's deadline once a response is held (ArmDeadlineLocked);
+  // cancelled when the call finishes first.
+  std::unique_ptr<grpc::Alarm> deadline_alarm_;
+  bool deadline_alarm_pending_ = false;
   bool cancelled_ = false;
   // A send to the client waited until SendDeadline() for ring space (the
   // client stopped reading): the status is posted, not waited for again.
   bool client_stalled_ = false;
-  // The status a stream ends with instead of gRPC's (applied when Finish
-  // completes), once this side refused a request (larger than
-  // Session::max_received_message_bytes).
-  std::optional<grpc::Status> refused_;
+  // The status a stream ends with instead of gRPC's CANCELLED (applied when
+  // Finish completes) once this side ended it: it refused a request (larger
+  // than Session::max_received_message_bytes), or a response was still held
+  // at the call's deadline.
+  std::optional<grpc::Status> status_override_;
   StreamSlot stream_slot_;     // until the status goes out or a kCancel
   bool busy_ = false;          // see SetBusyLocked
   grpc::ByteBuffer response_;  // one read (stream) or the unary reply
