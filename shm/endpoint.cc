@@ -50,7 +50,8 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
                    const SegmentLayout& local_layout,
                    std::unique_ptr<Arena> peer,
                    const SegmentLayout& peer_layout, int sock,
-                   const WaitOptions& wait, size_t max_inline_bytes)
+                   const WaitOptions& wait, size_t max_inline_bytes,
+                   absl::Duration inline_stall_timeout)
     : local_(std::move(local)),
       peer_(std::move(peer)),
       sock_(sock),
@@ -60,7 +61,7 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
       peer_data_(peer_->base() + peer_layout.data_offset),
       allocator_(local_->mutable_base() + local_layout.data_offset,
                  local_layout.data_bytes),
-      side_(sock, max_inline_bytes),
+      side_(sock, max_inline_bytes, inline_stall_timeout),
       data_out_(
           At<RingProducerState>(*local_, local_layout.data_ring_offset),
           At<const RingConsumerState>(*peer_, peer_layout.data_consumer_offset),

@@ -65,16 +65,22 @@ struct ReceivedMessage {
 
 // Largest inline payload an endpoint accepts unless told otherwise.
 inline constexpr size_t kDefaultMaxInlineBytes = size_t{64} << 20;
+// How long an inline payload waits for a peer that reads none of it before
+// the connection is given up, unless told otherwise (SideChannel).
+inline constexpr absl::Duration kDefaultInlineStallTimeout = absl::Seconds(10);
 
 class Endpoint {
  public:
   // Takes ownership of both arenas and of `sock`. `local_layout` and
   // `peer_layout` must be the layouts the arenas were created/mapped with.
-  // Inline payloads longer than `max_inline_bytes` are refused both ways.
+  // Inline payloads longer than `max_inline_bytes` are refused both ways;
+  // one the peer reads nothing of for `inline_stall_timeout` ends the
+  // connection.
   Endpoint(std::unique_ptr<Arena> local, const SegmentLayout& local_layout,
            std::unique_ptr<Arena> peer, const SegmentLayout& peer_layout,
            int sock, const WaitOptions& wait,
-           size_t max_inline_bytes = kDefaultMaxInlineBytes);
+           size_t max_inline_bytes = kDefaultMaxInlineBytes,
+           absl::Duration inline_stall_timeout = kDefaultInlineStallTimeout);
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
   ~Endpoint();

@@ -101,6 +101,7 @@ void SideChannel::WriterLoop() {
       // Half a record cannot be taken back: end the connection so both
       // sides see it, and refuse further records.
       writer_failed_ = true;
+      writer_error_ = written;
       outbox_.clear();
       ::shutdown(sock_, SHUT_RDWR);
       return;
@@ -136,9 +137,10 @@ absl::Status SideChannel::WriteRecord(const std::string& bytes) {
         if (stopping_) return absl::CancelledError("side channel stopping");
       }
       if (std::chrono::steady_clock::now() - last_progress >
-          absl::ToChronoNanoseconds(kStallTimeout)) {
+          absl::ToChronoNanoseconds(stall_timeout_)) {
         return absl::DeadlineExceededError(
-            "peer read nothing of an inline record within the stall timeout");
+            absl::StrCat("peer read nothing of an inline record for ",
+                         absl::FormatDuration(stall_timeout_)));
       }
       // Short polls so a stopping endpoint is noticed.
       pollfd pfd{sock_, POLLOUT, 0};
@@ -228,7 +230,7 @@ absl::Status SideChannel::ReadAvailable() {
     if (n > 0) {
       read_error_ = Parse(chunk, static_cast<size_t>(n));
     } else if (n == 0) {
-      read_error_ = absl::UnavailableError("peer closed the connection");
+      read_error_ = ClosedError();
     } else if (errno == EINTR) {
       continue;
     } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -271,10 +273,18 @@ absl::StatusOr<std::shared_ptr<const std::string>> SideChannel::TakeRecord(
 absl::Status SideChannel::CheckPeer() {
   pollfd pfd{sock_, POLLIN, 0};
   if (poll(&pfd, 1, 0) <= 0) return absl::OkStatus();
-  if ((pfd.revents & (POLLHUP | POLLERR)) != 0) {
-    return absl::UnavailableError("peer closed the connection");
-  }
+  if ((pfd.revents & (POLLHUP | POLLERR)) != 0) return ClosedError();
   return absl::OkStatus();
+}
+
+absl::Status SideChannel::ClosedError() {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  if (!writer_error_.ok()) {
+    return absl::Status(
+        writer_error_.code(),
+        absl::StrCat("connection closed: ", writer_error_.message()));
+  }
+  return absl::UnavailableError("peer closed the connection");
 }
 
 }  // namespace shmgrpc::shm

@@ -32,8 +32,8 @@
 #ifndef SHMGRPC_SHM_SIDE_CHANNEL_H_
 #define SHMGRPC_SHM_SIDE_CHANNEL_H_
 
-#include <cstddef>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -51,11 +51,11 @@ class SideChannel {
  public:
   // The writer gives up, and shuts the socket down (the stream is then
   // mid-record and cannot be resumed), when the peer reads nothing of a
-  // record for this long.
-  static constexpr absl::Duration kStallTimeout = absl::Seconds(10);
-
-  SideChannel(int sock, size_t max_record_bytes)
-      : sock_(sock), max_record_bytes_(max_record_bytes) {}
+  // record for `stall_timeout` (a stopped process, not a slow one).
+  SideChannel(int sock, size_t max_record_bytes, absl::Duration stall_timeout)
+      : sock_(sock),
+        max_record_bytes_(max_record_bytes),
+        stall_timeout_(stall_timeout) {}
   SideChannel(const SideChannel&) = delete;
   SideChannel& operator=(const SideChannel&) = delete;
   // Stops the writer (see StopWriter).
@@ -98,6 +98,7 @@ class SideChannel {
 
   const int sock_;
   const size_t max_record_bytes_;
+  const absl::Duration stall_timeout_;
 
   // Sender-side state.
   std::mutex write_mu_;
@@ -106,6 +107,9 @@ class SideChannel {
   bool record_in_flight_ = false;   // writer is writing without the lock
   bool doorbell_pending_ = false;   // rung during a record
   bool writer_failed_ = false;
+  // Why the writer gave up (it then shut the socket down, which reads as
+  // the peer's hang-up): reported instead of "peer closed the connection".
+  absl::Status writer_error_;
   bool stopping_ = false;
   Thread writer_;  // started with the first record
 
@@ -121,6 +125,9 @@ class SideChannel {
   // The first read error (EOF, garbage), returned by every later read: the
   // stream cannot be resynchronised, and the caller may have missed it.
   absl::Status read_error_;
+
+  // The error for a connection found closed: the writer's, if it closed it.
+  absl::Status ClosedError();
 };
 
 }  // namespace shmgrpc::shm

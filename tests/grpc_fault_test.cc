@@ -454,6 +454,42 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
   ExpectServerStillServesShm(server.target());
 }
 
+// The same for replies that wait on the socket (inline: the server's small
+// arena is full of replies the stopped client has not read): the session is
+// closed once the client has read none of them for stalled_peer_timeout
+// (1 s here), not after a fixed 10 s.
+TEST(StoppedClientTest, InlineRepliesWaitForItNoLongerThanTheTimeout) {
+  ServerProcess server(
+      "sync", {"--arena_bytes=262144", "--stalled_peer_timeout_ms=1000"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  ChildProcess client(
+      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
+       "--mode=server-stream", "--size=65536", "--deadline_ms=0"},
+      "in-call");
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  const absl::Time stopped = absl::Now();
+  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
+  ASSERT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).sessions_open() == 0; },
+      absl::Seconds(15)))
+      << "the stopped client's session was never closed";
+  const absl::Duration closed_after = absl::Now() - stopped;
+  EXPECT_GE(closed_after, absl::Seconds(1));
+  EXPECT_LT(closed_after, absl::Seconds(3));
+  std::printf("server closed the session %s after the stop\n",
+              absl::FormatDuration(closed_after).c_str());
+  EXPECT_GT(FetchServerStats(server.target()).inline_arena_full(), 0u)
+      << "no reply went inline";
+  EXPECT_EQ(FetchServerStats(server.target()).calls_active(), 0u);
+
+  std::move(resume).Invoke();
+  EXPECT_EQ(client.WaitFor(absl::Seconds(3)), 1)
+      << "the resumed client's call did not end";
+  ExpectServerIdle(server);
+  ExpectServerStillServesShm(server.target());
+}
+
 // A stopped client's stream whose flow window is full (the server holds a
 // reply for it and writes nothing: flow control, not a full ring) still ends
 // at the server at its deadline, as over HTTP/2. Before, the server held the

@@ -278,7 +278,8 @@ absl::StatusOr<Handshaken> ExchangeSegments(
   result.max_concurrent_streams = limits.max_concurrent_streams;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local.first), local.second, std::move(peer->first),
-      peer->second, sock, options.wait, MaxInlineBytes(options));
+      peer->second, sock, options.wait, MaxInlineBytes(options),
+      options.stalled_peer_timeout);
   return result;
 }
 
@@ -395,7 +396,8 @@ absl::StatusOr<Handshaken> ServerHandshake(
   result.max_concurrent_streams = options.max_concurrent_streams;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local->first), local->second, std::move(peer->first),
-      peer->second, sock, options.wait, MaxInlineBytes(options));
+      peer->second, sock, options.wait, MaxInlineBytes(options),
+      options.stalled_peer_timeout);
   return result;
 }
 
