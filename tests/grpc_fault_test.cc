@@ -403,6 +403,82 @@ TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
   ExpectServerStillServesShm(server.target());
 }
 
+// An echo_client process reading one endless server stream from `server`
+// (`flags` added), stopped (SIGSTOP) once its call is under way. Resumed
+// when this goes, too: a stopped process ignores the SIGTERM that ends it,
+// and a test that returned early would hang.
+class StoppedStreamingClient {
+ public:
+  StoppedStreamingClient(const ServerProcess& server,
+                         const std::vector<std::string>& flags,
+                         const std::string& name)
+      : stderr_path_(::testing::TempDir() + "/" + name + ".err"),
+        process_(Args(server, flags), "in-call", stderr_path_) {
+    if (!process_.status().ok()) return;
+    stopped_at_ = absl::Now();
+    stopped_ = kill(process_.pid(), SIGSTOP) == 0;
+  }
+  ~StoppedStreamingClient() { Resume(); }
+
+  // OK once it is stopped mid-call.
+  absl::Status status() const {
+    if (!process_.status().ok()) return process_.status();
+    if (!stopped_) return absl::InternalError("SIGSTOP failed");
+    return absl::OkStatus();
+  }
+  absl::Time stopped_at() const { return stopped_at_; }
+
+  // Resumes it; once its stream has ended (it then exits 1), within 3 s,
+  // what it printed on stderr.
+  absl::StatusOr<std::string> ResumeUntilItsStreamEnds() {
+    Resume();
+    const std::optional<int> exit_code = process_.WaitFor(absl::Seconds(3));
+    if (!exit_code.has_value()) {
+      return absl::DeadlineExceededError("its call did not end");
+    }
+    if (*exit_code != 1) {
+      return absl::InternalError(absl::StrCat("it exited ", *exit_code));
+    }
+    std::ifstream errors(stderr_path_);
+    return std::string((std::istreambuf_iterator<char>(errors)),
+                       std::istreambuf_iterator<char>());
+  }
+
+ private:
+  static std::vector<std::string> Args(const ServerProcess& server,
+                                       const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {RunfilePath("tests/echo_client"),
+                                     "--target=" + server.target(),
+                                     "--mode=server-stream"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    return args;
+  }
+  void Resume() {
+    if (stopped_) kill(process_.pid(), SIGCONT);
+    stopped_ = false;
+  }
+
+  const std::string stderr_path_;
+  ChildProcess process_;
+  absl::Time stopped_at_;
+  bool stopped_ = false;
+};
+
+// How long after `since` `server` had no shm session open, if it came to
+// that within `timeout`.
+std::optional<absl::Duration> NoSessionOpenAfter(const ServerProcess& server,
+                                                 absl::Time since,
+                                                 absl::Duration timeout) {
+  if (!WaitFor(
+          [&] {
+            return FetchServerStats(server.target()).sessions_open() == 0;
+          },
+          timeout)) {
+    return std::nullopt;
+  }
+  return absl::Now() - since;
+}
+
 // A client still stopped when its server's stalled_peer_timeout (here 1 s)
 // has passed with a status waiting for it loses its session instead: the
 // server forgets it and frees its memory, and the resumed client's call
@@ -413,43 +489,30 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
                        {"--ring_slots=8", "--stream_window_messages=4000",
                         "--stalled_peer_timeout_ms=1000"});
   ASSERT_TRUE(server.status().ok()) << server.status();
-  const std::string stderr_path =
-      ::testing::TempDir() + "/stopped_past_timeout.err";
-  ChildProcess client(
-      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
-       "--mode=server-stream", "--size=64", "--stream_window_messages=4000",
-       "--deadline_ms=0"},
-      "in-call", stderr_path);
+  StoppedStreamingClient client(
+      server, {"--size=64", "--stream_window_messages=4000", "--deadline_ms=0"},
+      "stopped_past_timeout");
   ASSERT_TRUE(client.status().ok()) << client.status();
-  const absl::Time stopped = absl::Now();
-  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
-  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
   ASSERT_EQ(FetchServerStats(server.target()).sessions_open(), 1u);
 
   // The server's write gives up after 1 s (the timeout, shorter than the
   // 5 s it waits otherwise), the call ends, its status is posted, and the
   // session closes once that has waited 1 s.
-  ASSERT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).sessions_open() == 0; },
-      absl::Seconds(10)))
+  const std::optional<absl::Duration> closed_after =
+      NoSessionOpenAfter(server, client.stopped_at(), absl::Seconds(10));
+  ASSERT_TRUE(closed_after.has_value())
       << "the stopped client's session was never closed";
-  const absl::Duration closed_after = absl::Now() - stopped;
-  EXPECT_GE(closed_after, absl::Milliseconds(1500));
-  EXPECT_LT(closed_after, absl::Seconds(5));
+  EXPECT_GE(*closed_after, absl::Milliseconds(1500));
+  EXPECT_LT(*closed_after, absl::Seconds(5));
   std::printf("server closed the stopped client's session %s after the stop\n",
-              absl::FormatDuration(closed_after).c_str());
+              absl::FormatDuration(*closed_after).c_str());
   EXPECT_EQ(FetchServerStats(server.target()).calls_active(), 0u);
 
-  std::move(resume).Invoke();
-  EXPECT_EQ(client.WaitFor(absl::Seconds(3)), 1)
-      << "the resumed client's call did not end";
-  std::ifstream errors(stderr_path);
-  const std::string said((std::istreambuf_iterator<char>(errors)),
-                         std::istreambuf_iterator<char>());
-  EXPECT_TRUE(absl::StrContains(said,
-                                "stream ended: shm session to the server "
-                                "closed"))
-      << said;
+  absl::StatusOr<std::string> said = client.ResumeUntilItsStreamEnds();
+  ASSERT_TRUE(said.ok()) << said.status();
+  EXPECT_TRUE(absl::StrContains(
+      *said, "stream ended: shm session to the server closed"))
+      << *said;
   ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());
 }
@@ -462,30 +525,23 @@ TEST(StoppedClientTest, InlineRepliesWaitForItNoLongerThanTheTimeout) {
   ServerProcess server(
       "sync", {"--arena_bytes=262144", "--stalled_peer_timeout_ms=1000"});
   ASSERT_TRUE(server.status().ok()) << server.status();
-  ChildProcess client(
-      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
-       "--mode=server-stream", "--size=65536", "--deadline_ms=0"},
-      "in-call");
+  StoppedStreamingClient client(server, {"--size=65536", "--deadline_ms=0"},
+                                "stopped_inline");
   ASSERT_TRUE(client.status().ok()) << client.status();
-  const absl::Time stopped = absl::Now();
-  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
-  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
-  ASSERT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).sessions_open() == 0; },
-      absl::Seconds(15)))
+  const std::optional<absl::Duration> closed_after =
+      NoSessionOpenAfter(server, client.stopped_at(), absl::Seconds(15));
+  ASSERT_TRUE(closed_after.has_value())
       << "the stopped client's session was never closed";
-  const absl::Duration closed_after = absl::Now() - stopped;
-  EXPECT_GE(closed_after, absl::Seconds(1));
-  EXPECT_LT(closed_after, absl::Seconds(3));
+  EXPECT_GE(*closed_after, absl::Seconds(1));
+  EXPECT_LT(*closed_after, absl::Seconds(3));
   std::printf("server closed the session %s after the stop\n",
-              absl::FormatDuration(closed_after).c_str());
+              absl::FormatDuration(*closed_after).c_str());
   EXPECT_GT(FetchServerStats(server.target()).inline_arena_full(), 0u)
       << "no reply went inline";
   EXPECT_EQ(FetchServerStats(server.target()).calls_active(), 0u);
 
-  std::move(resume).Invoke();
-  EXPECT_EQ(client.WaitFor(absl::Seconds(3)), 1)
-      << "the resumed client's call did not end";
+  absl::StatusOr<std::string> said = client.ResumeUntilItsStreamEnds();
+  ASSERT_TRUE(said.ok()) << said.status();
   ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());
 }
@@ -497,37 +553,26 @@ TEST(StoppedClientTest, InlineRepliesWaitForItNoLongerThanTheTimeout) {
 TEST(StoppedClientTest, AStreamWaitingForItsWindowEndsAtItsDeadline) {
   ServerProcess server("sync");
   ASSERT_TRUE(server.status().ok()) << server.status();
-  const std::string stderr_path =
-      ::testing::TempDir() + "/stopped_window_full.err";
   // 64 KiB replies: the window's 1 MiB fills after 16, long before the
   // 4096-slot ring.
-  ChildProcess client(
-      {RunfilePath("tests/echo_client"), "--target=" + server.target(),
-       "--mode=server-stream", "--size=65536", "--deadline_ms=1000"},
-      "in-call", stderr_path);
+  StoppedStreamingClient client(server, {"--size=65536", "--deadline_ms=1000"},
+                                "stopped_window_full");
   ASSERT_TRUE(client.status().ok()) << client.status();
-  const absl::Time stopped = absl::Now();
-  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
-  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
   ASSERT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).calls_active() == 0; },
       absl::Seconds(5)))
       << "the server held the call past its deadline";
-  const absl::Duration ended_after = absl::Now() - stopped;
+  const absl::Duration ended_after = absl::Now() - client.stopped_at();
   EXPECT_LT(ended_after, absl::Milliseconds(1000 + 1000));
   std::printf("server ended the call %s after the stop (deadline 1 s)\n",
               absl::FormatDuration(ended_after).c_str());
   // Its status fit in the ring: the session goes on.
   EXPECT_EQ(FetchServerStats(server.target()).sessions_open(), 1u);
 
-  std::move(resume).Invoke();
-  EXPECT_EQ(client.WaitFor(absl::Seconds(3)), 1)
-      << "the resumed client's call did not end";
-  std::ifstream errors(stderr_path);
-  const std::string said((std::istreambuf_iterator<char>(errors)),
-                         std::istreambuf_iterator<char>());
-  EXPECT_TRUE(absl::StrContains(said, "stream ended: Deadline Exceeded"))
-      << said;
+  absl::StatusOr<std::string> said = client.ResumeUntilItsStreamEnds();
+  ASSERT_TRUE(said.ok()) << said.status();
+  EXPECT_TRUE(absl::StrContains(*said, "stream ended: Deadline Exceeded"))
+      << *said;
   ExpectServerIdle(server);
   ExpectServerStillServesShm(server.target());
 }
