@@ -50,18 +50,17 @@ Endpoint::Endpoint(std::unique_ptr<Arena> local,
                    const SegmentLayout& local_layout,
                    std::unique_ptr<Arena> peer,
                    const SegmentLayout& peer_layout, int sock,
-                   const WaitOptions& wait, size_t max_inline_bytes,
-                   absl::Duration inline_stall_timeout)
+                   const WaitOptions& wait, const InlineLimits& inline_limits)
     : local_(std::move(local)),
       peer_(std::move(peer)),
       sock_(sock),
       wait_(wait),
-      max_inline_bytes_(max_inline_bytes),
+      max_inline_bytes_(inline_limits.max_record_bytes),
       peer_data_bytes_(peer_layout.data_bytes),
       peer_data_(peer_->base() + peer_layout.data_offset),
       allocator_(local_->mutable_base() + local_layout.data_offset,
                  local_layout.data_bytes),
-      side_(sock, max_inline_bytes, inline_stall_timeout),
+      side_(sock, inline_limits),
       data_out_(
           At<RingProducerState>(*local_, local_layout.data_ring_offset),
           At<const RingConsumerState>(*peer_, peer_layout.data_consumer_offset),
@@ -195,6 +194,10 @@ absl::Status Endpoint::SendInline(Descriptor descriptor, std::string bytes,
   std::unique_lock<std::timed_mutex> lock(send_mu_, std::defer_lock);
   if (absl::Status locked = LockSendUntil(lock, deadline); !locked.ok()) {
     return locked;
+  }
+  // Before the descriptor: once it is out, its record must follow.
+  if (absl::Status room = side_.WaitForRoom(len, deadline); !room.ok()) {
+    return room;
   }
   if (absl::Status published = PublishLocked(descriptor, deadline);
       !published.ok()) {
@@ -554,6 +557,8 @@ EndpointStats Endpoint::Stats() {
   stats.inline_sent = inline_sent_.Get();
   stats.inline_bytes_sent = inline_bytes_sent_.Get();
   stats.inline_received = inline_received_.Get();
+  stats.inline_queue_waits = side_.queue_waits();
+  stats.inline_queued_bytes_peak = side_.queued_bytes_peak();
   stats.arena = allocator_.Stats();
   return stats;
 }

@@ -63,24 +63,15 @@ struct ReceivedMessage {
   std::shared_ptr<const std::string> inline_payload;
 };
 
-// Largest inline payload an endpoint accepts unless told otherwise.
-inline constexpr size_t kDefaultMaxInlineBytes = size_t{64} << 20;
-// How long an inline payload waits for a peer that reads none of it before
-// the connection is given up, unless told otherwise (SideChannel).
-inline constexpr absl::Duration kDefaultInlineStallTimeout = absl::Seconds(10);
-
 class Endpoint {
  public:
   // Takes ownership of both arenas and of `sock`. `local_layout` and
   // `peer_layout` must be the layouts the arenas were created/mapped with.
-  // Inline payloads longer than `max_inline_bytes` are refused both ways;
-  // one the peer reads nothing of for `inline_stall_timeout` ends the
-  // connection.
+  // `inline_limits`: what inline payloads may take (side_channel.h).
   Endpoint(std::unique_ptr<Arena> local, const SegmentLayout& local_layout,
            std::unique_ptr<Arena> peer, const SegmentLayout& peer_layout,
            int sock, const WaitOptions& wait,
-           size_t max_inline_bytes = kDefaultMaxInlineBytes,
-           absl::Duration inline_stall_timeout = kDefaultInlineStallTimeout);
+           const InlineLimits& inline_limits = InlineLimits());
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
   ~Endpoint();
@@ -106,10 +97,11 @@ class Endpoint {
   // the peer has gone (or this side closed the connection).
   absl::Status SendYielding(const Descriptor& descriptor, absl::Time deadline);
   // Publishes `descriptor` (offset/length/flags are set here) with `bytes`
-  // travelling on the socket instead of shared memory. Waits for a ring slot
-  // until `deadline`, then queues the bytes for the socket's writer thread
-  // and returns: once the descriptor is out, the record is written in full
-  // or the connection is closed.
+  // travelling on the socket instead of shared memory. Waits until
+  // `deadline` for room among the queued records (InlineLimits::
+  // max_queued_bytes) and for a ring slot, then queues the bytes for the
+  // socket's writer thread and returns: once the descriptor is out, the
+  // record is written in full or the connection is closed.
   absl::Status SendInline(Descriptor descriptor, std::string bytes,
                           absl::Time deadline);
 

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "shm/deadline.h"
 #include "shm/thread_name.h"
 
 namespace shmgrpc::shm {
@@ -35,6 +36,7 @@ void SideChannel::StopWriter() {
     stopping_ = true;
   }
   outbox_ready_.notify_all();
+  outbox_drained_.notify_all();
   if (writer_.joinable()) writer_.join();
 }
 
@@ -63,10 +65,10 @@ absl::Status SideChannel::Ring() {
 }
 
 absl::Status SideChannel::QueueRecord(std::string bytes) {
-  if (bytes.size() > max_record_bytes_ || bytes.size() > UINT32_MAX) {
+  if (bytes.size() > limits_.max_record_bytes || bytes.size() > UINT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("inline record of ", bytes.size(),
-                     " bytes exceeds the limit of ", max_record_bytes_));
+                     " bytes exceeds the limit of ", limits_.max_record_bytes));
   }
   {
     std::lock_guard<std::mutex> lock(write_mu_);
@@ -78,10 +80,51 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
       if (!writer.ok()) return writer.status();  // this record is not sent
       writer_ = *std::move(writer);
     }
+    queued_bytes_ += bytes.size();
+    queued_bytes_peak_ = std::max(queued_bytes_peak_, queued_bytes_);
     outbox_.push_back(std::move(bytes));
   }
   outbox_ready_.notify_one();
   return absl::OkStatus();
+}
+
+absl::Status SideChannel::WaitForRoom(size_t bytes, absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(write_mu_);
+  bool waited = false;
+  for (;;) {
+    if (writer_failed_ || stopping_) return ClosedErrorLocked();
+    if (queued_bytes_ == 0 ||
+        queued_bytes_ + bytes <= limits_.max_queued_bytes) {
+      if (waited) ++queue_waits_;
+      return absl::OkStatus();
+    }
+    waited = true;
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      ++queue_waits_;
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the peer read too little of the ", queued_bytes_,
+          " bytes of inline records queued for it before the deadline"));
+    }
+    // On the system clock, as the deadline is (and as ThreadSanitizer
+    // intercepts; see Endpoint::LockSendUntil).
+    if (SteadyDeadlineAfter(left) == kNoDeadline) {
+      outbox_drained_.wait(lock);
+    } else {
+      outbox_drained_.wait_until(lock, std::chrono::system_clock::now() +
+                                           absl::ToChronoNanoseconds(left));
+    }
+  }
+}
+
+uint64_t SideChannel::queue_waits() {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  return queue_waits_;
+}
+
+uint64_t SideChannel::queued_bytes_peak() {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  return queued_bytes_peak_;
 }
 
 void SideChannel::WriterLoop() {
@@ -97,12 +140,15 @@ void SideChannel::WriterLoop() {
     const absl::Status written = WriteRecord(record);
     lock.lock();
     record_in_flight_ = false;
+    queued_bytes_ -= record.size();
+    outbox_drained_.notify_all();
     if (!written.ok()) {
       // Half a record cannot be taken back: end the connection so both
       // sides see it, and refuse further records.
       writer_failed_ = true;
       writer_error_ = written;
       outbox_.clear();
+      queued_bytes_ = 0;
       ::shutdown(sock_, SHUT_RDWR);
       return;
     }
@@ -137,10 +183,10 @@ absl::Status SideChannel::WriteRecord(const std::string& bytes) {
         if (stopping_) return absl::CancelledError("side channel stopping");
       }
       if (std::chrono::steady_clock::now() - last_progress >
-          absl::ToChronoNanoseconds(stall_timeout_)) {
+          absl::ToChronoNanoseconds(limits_.stall_timeout)) {
         return absl::DeadlineExceededError(
             absl::StrCat("peer read nothing of an inline record for ",
-                         absl::FormatDuration(stall_timeout_)));
+                         absl::FormatDuration(limits_.stall_timeout)));
       }
       // Short polls so a stopping endpoint is noticed.
       pollfd pfd{sock_, POLLOUT, 0};
@@ -189,10 +235,10 @@ absl::Status SideChannel::Parse(const uint8_t* data, size_t len) {
         for (int b = 0; b < 4; ++b) {
           record_len |= uint32_t{length_bytes_[b]} << (8 * b);
         }
-        if (record_len > max_record_bytes_) {
-          return absl::DataLossError(
-              absl::StrCat("inline record of ", record_len,
-                           " bytes exceeds the limit of ", max_record_bytes_));
+        if (record_len > limits_.max_record_bytes) {
+          return absl::DataLossError(absl::StrCat(
+              "inline record of ", record_len, " bytes exceeds the limit of ",
+              limits_.max_record_bytes));
         }
         partial_ = std::make_shared<std::string>(record_len, '\0');
         body_have_ = 0;
@@ -211,7 +257,7 @@ absl::Status SideChannel::Parse(const uint8_t* data, size_t len) {
     }
     if (state_ == ParseState::kBody && body_have_ == partial_->size()) {
       buffered_bytes_ += partial_->size();
-      if (buffered_bytes_ > 2 * max_record_bytes_ + kReadChunkBytes) {
+      if (buffered_bytes_ > 2 * limits_.max_record_bytes + kReadChunkBytes) {
         return absl::DataLossError(
             "peer sent inline records no descriptor asked for");
       }
@@ -279,6 +325,10 @@ absl::Status SideChannel::CheckPeer() {
 
 absl::Status SideChannel::ClosedError() {
   std::lock_guard<std::mutex> lock(write_mu_);
+  return ClosedErrorLocked();
+}
+
+absl::Status SideChannel::ClosedErrorLocked() {
   if (!writer_error_.ok()) {
     return absl::Status(
         writer_error_.code(),

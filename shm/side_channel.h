@@ -47,15 +47,28 @@
 
 namespace shmgrpc::shm {
 
-class SideChannel {
- public:
+// Largest inline payload an endpoint accepts unless told otherwise.
+inline constexpr size_t kDefaultMaxInlineBytes = size_t{64} << 20;
+
+// What a connection's inline records may take.
+struct InlineLimits {
+  // Largest record accepted, either way.
+  size_t max_record_bytes = kDefaultMaxInlineBytes;
   // The writer gives up, and shuts the socket down (the stream is then
   // mid-record and cannot be resumed), when the peer reads nothing of a
-  // record for `stall_timeout` (a stopped process, not a slow one).
-  SideChannel(int sock, size_t max_record_bytes, absl::Duration stall_timeout)
-      : sock_(sock),
-        max_record_bytes_(max_record_bytes),
-        stall_timeout_(stall_timeout) {}
+  // record for this long (a stopped process, not a slow one).
+  absl::Duration stall_timeout = absl::Seconds(10);
+  // Queued records not yet written take heap until the peer reads them:
+  // beyond this many bytes a sender waits for room (WaitForRoom), as it
+  // waits for a ring slot, so a peer that stops reading cannot make the
+  // queue grow without end. A record always fits an empty queue.
+  size_t max_queued_bytes = size_t{64} << 20;
+};
+
+class SideChannel {
+ public:
+  SideChannel(int sock, const InlineLimits& limits)
+      : sock_(sock), limits_(limits) {}
   SideChannel(const SideChannel&) = delete;
   SideChannel& operator=(const SideChannel&) = delete;
   // Stops the writer (see StopWriter).
@@ -68,11 +81,20 @@ class SideChannel {
   // Sends a doorbell byte without blocking. A full socket buffer means the
   // peer has unread bytes already, which wakes it as well as a doorbell.
   absl::Status Ring();
-  // Queues one record for the writer; never blocks. Unavailable once the
-  // writer has failed (peer gone, stalled); InvalidArgument over the limit;
+  // Waits until a record of `bytes` fits the queue (InlineLimits::
+  // max_queued_bytes), or until `deadline` (DeadlineExceeded). Unavailable
+  // once the writer has failed or stopped.
+  absl::Status WaitForRoom(size_t bytes, absl::Time deadline);
+  // Queues one record for the writer; never blocks (a caller that keeps to
+  // the queue's limit calls WaitForRoom first). Unavailable once the writer
+  // has failed (peer gone, stalled); InvalidArgument over the limit;
   // ResourceExhausted when the writer thread (started with the first
   // record) cannot start.
   absl::Status QueueRecord(std::string bytes);
+  // Sends that waited in WaitForRoom (or gave up there), and the most bytes
+  // ever queued at once.
+  uint64_t queue_waits();
+  uint64_t queued_bytes_peak();
 
   // Blocks until bytes arrive, the peer hangs up or `timeout` passes, then
   // parses what came. OK on wake-up or timeout; Unavailable when the peer is
@@ -97,15 +119,18 @@ class SideChannel {
   absl::Status WriteDoorbellLocked();
 
   const int sock_;
-  const size_t max_record_bytes_;
-  const absl::Duration stall_timeout_;
+  const InlineLimits limits_;
 
   // Sender-side state.
   std::mutex write_mu_;
   std::condition_variable outbox_ready_;
-  std::deque<std::string> outbox_;  // guarded by write_mu_
-  bool record_in_flight_ = false;   // writer is writing without the lock
-  bool doorbell_pending_ = false;   // rung during a record
+  std::condition_variable outbox_drained_;  // a record written, or the end
+  std::deque<std::string> outbox_;          // guarded by write_mu_
+  size_t queued_bytes_ = 0;                 // in outbox_ and in flight
+  size_t queued_bytes_peak_ = 0;
+  uint64_t queue_waits_ = 0;
+  bool record_in_flight_ = false;  // writer is writing without the lock
+  bool doorbell_pending_ = false;  // rung during a record
   bool writer_failed_ = false;
   // Why the writer gave up (it then shut the socket down, which reads as
   // the peer's hang-up): reported instead of "peer closed the connection".
@@ -128,6 +153,7 @@ class SideChannel {
 
   // The error for a connection found closed: the writer's, if it closed it.
   absl::Status ClosedError();
+  absl::Status ClosedErrorLocked();  // write_mu_ held
 };
 
 }  // namespace shmgrpc::shm

@@ -10,14 +10,14 @@ namespace shmgrpc::shm {
 
 // One arena's allocator.
 struct ArenaStats {
-  uint64_t capacity_bytes = 0;   // size of the data area
-  uint64_t bytes_in_use = 0;     // whole blocks, headers included
+  uint64_t capacity_bytes = 0;  // size of the data area
+  uint64_t bytes_in_use = 0;    // whole blocks, headers included
   uint64_t blocks_in_use = 0;
   uint64_t high_water_bytes = 0;
   uint64_t allocations = 0;
   uint64_t frees = 0;
   uint64_t allocation_failures = 0;
-  uint64_t invalid_frees = 0;    // releases naming no live block
+  uint64_t invalid_frees = 0;      // releases naming no live block
   uint64_t released_on_reset = 0;  // blocks freed by ReleaseAll()
 };
 
@@ -33,10 +33,14 @@ struct EndpointStats {
   uint64_t ring_full_waits = 0;       // sends that found the ring full
   uint64_t releases_sent = 0;
   uint64_t releases_received = 0;
-  uint64_t invalid_descriptors = 0;   // rejected from the peer
-  uint64_t inline_sent = 0;           // payloads sent on the socket
+  uint64_t invalid_descriptors = 0;  // rejected from the peer
+  uint64_t inline_sent = 0;          // payloads sent on the socket
   uint64_t inline_bytes_sent = 0;
   uint64_t inline_received = 0;
+  // Inline sends that waited for the peer to read queued records (or gave
+  // up), and the most record bytes queued at once (InlineLimits).
+  uint64_t inline_queue_waits = 0;
+  uint64_t inline_queued_bytes_peak = 0;
   ArenaStats arena;
 };
 

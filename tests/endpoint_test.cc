@@ -285,7 +285,7 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
       return 3;
     }
     writer.Publish();
-    SideChannel(sock, 0, kDefaultInlineStallTimeout).Ring().IgnoreError();
+    SideChannel(sock, InlineLimits()).Ring().IgnoreError();
     // Wait until the consumer has taken everything, then lie about the tail.
     while (
         segments->peer->base() != nullptr &&
@@ -295,7 +295,7 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
       usleep(100);
     }
     producer->tail.store(writer.published() + 1000);
-    SideChannel(sock, 0, kDefaultInlineStallTimeout).Ring().IgnoreError();
+    SideChannel(sock, InlineLimits()).Ring().IgnoreError();
     char byte;
     read(sock, &byte, 1);  // until the consumer closes
     return 0;

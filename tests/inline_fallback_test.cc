@@ -141,6 +141,84 @@ TEST(InlineFallbackTest, ArenaFullAndOversizePayloadsArriveInOrderIntact) {
   EXPECT_EQ(WaitPeer(peer->pid), 0);
 }
 
+// Records the peer has not read take the sender's heap, so they are bounded
+// (InlineLimits::max_queued_bytes, 1 MiB here): a sender beyond that waits,
+// until its deadline, for the peer to read, as it waits for a ring slot.
+// Before, a peer that stopped reading let them grow without end. What was
+// sent arrives intact and in order once the peer reads.
+TEST(InlineFallbackTest, QueuedRecordsAreBoundedAndTheSenderWaitsForTheReader) {
+  constexpr int kMessages = 64;
+  constexpr size_t kSize = 64 << 10;
+  constexpr size_t kMaxQueued = 1 << 20;
+  EndpointConfig config;
+  config.data_bytes = 256 << 10;
+  config.inline_limits.max_queued_bytes = kMaxQueued;
+
+  auto peer = ForkPeer([&](int sock) {
+    auto endpoint = ConnectEndpoint(sock, config, "reader");
+    if (!endpoint.ok()) return 1;
+    usleep(1000 * 1000);  // reads nothing for a second
+    for (int seq = 0; seq < kMessages; ++seq) {
+      auto message = (*endpoint)->Receive(absl::Now() + absl::Seconds(30));
+      if (!message.ok()) return 2;
+      if (message->descriptor.tag != static_cast<uint64_t>(seq)) return 3;
+      if (message->descriptor.length != kSize ||
+          Checksum(message->data, kSize) != message->descriptor.aux) {
+        return 4;
+      }
+    }
+    const char done = 1;
+    if (write(sock, &done, 1) != 1) return 5;
+    char byte;
+    if (read(sock, &byte, 1) < 0) return 6;  // until the sender closes
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  auto endpoint = ConnectEndpoint(peer->sock, config, "sender");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+
+  int sent = 0;
+  auto send = [&](absl::Duration wait) {
+    std::string bytes(kSize, '\0');
+    FillPayload(reinterpret_cast<uint8_t*>(bytes.data()), kSize, sent);
+    Descriptor d{
+        kNoPayload,
+        0,
+        kDataType,
+        0,
+        static_cast<uint64_t>(sent),
+        Checksum(reinterpret_cast<const uint8_t*>(bytes.data()), kSize)};
+    absl::Status status =
+        (*endpoint)->SendInline(d, std::move(bytes), absl::Now() + wait);
+    if (status.ok()) ++sent;
+    return status;
+  };
+  // While the reader sleeps: sends succeed until the queue is full (what
+  // the socket's buffer took has left the queue), then one waits 100 ms and
+  // gives up, sending nothing.
+  absl::Status status;
+  while (sent < kMessages && (status = send(absl::Milliseconds(100))).ok()) {
+  }
+  ASSERT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  const EndpointStats full = (*endpoint)->Stats();
+  std::printf(
+      "%d records of 64 KiB sent before the queue was full; peak "
+      "%llu bytes queued\n",
+      sent, static_cast<unsigned long long>(full.inline_queued_bytes_peak));
+  EXPECT_LE(full.inline_queued_bytes_peak, kMaxQueued);
+  EXPECT_GE(full.inline_queued_bytes_peak, kMaxQueued - kSize);
+  EXPECT_EQ(full.inline_queue_waits, 1u);
+  // The rest wait for the reader, then go.
+  while (sent < kMessages) {
+    ASSERT_TRUE(send(absl::Seconds(30)).ok()) << "message " << sent;
+  }
+  EXPECT_LE((*endpoint)->Stats().inline_queued_bytes_peak, kMaxQueued);
+  char done;  // the reader has read them all (closing drops what is queued)
+  ASSERT_EQ(read(peer->sock, &done, 1), 1);
+  endpoint->reset();  // the reader's last read ends
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
+}
+
 // A peer that writes `junk` on the socket after the exchange.
 void ExpectJunkEndsTheConnection(const std::string& junk, bool with_descriptor,
                                  uint32_t descriptor_length) {
@@ -151,8 +229,8 @@ void ExpectJunkEndsTheConnection(const std::string& junk, bool with_descriptor,
     if (!endpoint.ok()) return 1;
     if (with_descriptor) {
       // An inline descriptor whose record will not match.
-      Descriptor d{kNoPayload, descriptor_length, kDataType,
-                   kInlinePayloadFlag, 7, 0};
+      Descriptor d{
+          kNoPayload, descriptor_length, kDataType, kInlinePayloadFlag, 7, 0};
       if (!(*endpoint)->Send(d, absl::InfiniteFuture()).ok()) return 2;
     }
     if (send(sock, junk.data(), junk.size(), MSG_NOSIGNAL) !=
@@ -179,12 +257,13 @@ TEST(InlineFallbackTest, GarbageByteOnTheSocketIsDataLoss) {
 }
 
 TEST(InlineFallbackTest, RecordLongerThanTheLimitIsDataLoss) {
-  ExpectJunkEndsTheConnection(std::string("\x02\xff\xff\xff\x7f", 5), true,
-                              16);
+  ExpectJunkEndsTheConnection(std::string("\x02\xff\xff\xff\x7f", 5), true, 16);
 }
 
 TEST(InlineFallbackTest, RecordOfTheWrongLengthIsDataLoss) {
-  ExpectJunkEndsTheConnection(std::string("\x02\x03\x00\x00\x00" "abc", 8),
+  ExpectJunkEndsTheConnection(std::string("\x02\x03\x00\x00\x00"
+                                          "abc",
+                                          8),
                               true, 16);
 }
 

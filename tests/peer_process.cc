@@ -98,7 +98,8 @@ absl::StatusOr<std::unique_ptr<shm::Endpoint>> ConnectEndpoint(
   if (!segments.ok()) return segments.status();
   return std::make_unique<shm::Endpoint>(
       std::move(segments->local), segments->local_layout,
-      std::move(segments->peer), segments->peer_layout, sock, config.wait);
+      std::move(segments->peer), segments->peer_layout, sock, config.wait,
+      config.inline_limits);
 }
 
 void FillPayload(uint8_t* data, size_t size, uint64_t seq) {

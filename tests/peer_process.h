@@ -39,6 +39,7 @@ struct EndpointConfig {
   uint64_t data_bytes = 64ull << 20;
   uint32_t ring_slots = 4096;
   shm::WaitOptions wait;
+  shm::InlineLimits inline_limits;
 };
 
 // Both segments of a connection after the exchange, before an Endpoint

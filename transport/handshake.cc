@@ -32,6 +32,17 @@ size_t MaxInlineBytes(const Options& options) {
                   options.max_message_bytes + (size_t{1} << 20));
 }
 
+// A session's messages waiting for its peer take at most arena_bytes of
+// shared memory and, once that is full, arena_bytes more of heap as inline
+// records; they wait for a peer that reads nothing stalled_peer_timeout.
+shm::InlineLimits SessionInlineLimits(const Options& options) {
+  shm::InlineLimits limits;
+  limits.max_record_bytes = MaxInlineBytes(options);
+  limits.stall_timeout = options.stalled_peer_timeout;
+  limits.max_queued_bytes = options.arena_bytes;
+  return limits;
+}
+
 absl::StatusOr<PeerCredentials> ReadPeerCredentials(int sock) {
   ucred cred{};
   socklen_t len = sizeof(cred);
@@ -278,8 +289,7 @@ absl::StatusOr<Handshaken> ExchangeSegments(
   result.max_concurrent_streams = limits.max_concurrent_streams;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local.first), local.second, std::move(peer->first),
-      peer->second, sock, options.wait, MaxInlineBytes(options),
-      options.stalled_peer_timeout);
+      peer->second, sock, options.wait, SessionInlineLimits(options));
   return result;
 }
 
@@ -396,8 +406,7 @@ absl::StatusOr<Handshaken> ServerHandshake(
   result.max_concurrent_streams = options.max_concurrent_streams;
   result.endpoint = std::make_unique<shm::Endpoint>(
       std::move(local->first), local->second, std::move(peer->first),
-      peer->second, sock, options.wait, MaxInlineBytes(options),
-      options.stalled_peer_timeout);
+      peer->second, sock, options.wait, SessionInlineLimits(options));
   return result;
 }
 
