@@ -34,7 +34,8 @@ size_t MaxInlineBytes(const Options& options) {
 
 // A session's messages waiting for its peer take at most arena_bytes of
 // shared memory and, once that is full, arena_bytes more of heap as inline
-// records; they wait for a peer that reads nothing stalled_peer_timeout.
+// records, which wait at most stalled_peer_timeout for a peer that reads
+// none of them.
 shm::InlineLimits SessionInlineLimits(const Options& options) {
   shm::InlineLimits limits;
   limits.max_record_bytes = MaxInlineBytes(options);
