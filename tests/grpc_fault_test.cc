@@ -517,6 +517,44 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
   ExpectServerStillServesShm(server.target());
 }
 
+// A status that cannot be kept for a stopped client (no shared memory left
+// for it: the small arena is full of replies the client has not read, and
+// its ring of inline ones) closes the session at once, not after
+// stalled_peer_timeout (30 s by default).
+TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
+  const std::string server_log = ::testing::TempDir() + "/no_memory.log";
+  ServerProcess server("sync",
+                       {"--arena_bytes=262144", "--ring_slots=8",
+                        "--stream_window_messages=4000"},
+                       "", server_log);
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  StoppedStreamingClient client(
+      server,
+      {"--size=32768", "--stream_window_messages=4000", "--deadline_ms=1000"},
+      "stopped_no_memory");
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  const std::optional<absl::Duration> closed_after =
+      NoSessionOpenAfter(server, client.stopped_at(), absl::Seconds(10));
+  ASSERT_TRUE(closed_after.has_value())
+      << "the stopped client's session was never closed";
+  EXPECT_LT(*closed_after, absl::Seconds(3));
+  std::printf("server closed the session %s after the stop\n",
+              absl::FormatDuration(*closed_after).c_str());
+  std::ifstream log(server_log);
+  const std::string logged((std::istreambuf_iterator<char>(log)),
+                           std::istreambuf_iterator<char>());
+  EXPECT_TRUE(absl::StrContains(
+      logged,
+      "RESOURCE_EXHAUSTED: no shared memory for a frame its peer "
+      "must not miss"))
+      << logged;
+
+  absl::StatusOr<std::string> said = client.ResumeUntilItsStreamEnds();
+  ASSERT_TRUE(said.ok()) << said.status();
+  ExpectServerIdle(server);
+  ExpectServerStillServesShm(server.target());
+}
+
 // The same for replies that wait on the socket (inline: the server's small
 // arena is full of replies the stopped client has not read): the session is
 // closed once the client has read none of them for stalled_peer_timeout
