@@ -207,7 +207,9 @@ TEST(InlineFallbackTest, QueuedRecordsAreBoundedAndTheSenderWaitsForTheReader) {
       sent, static_cast<unsigned long long>(full.inline_queued_bytes_peak));
   EXPECT_LE(full.inline_queued_bytes_peak, kMaxQueued);
   EXPECT_GE(full.inline_queued_bytes_peak, kMaxQueued - kSize);
-  EXPECT_EQ(full.inline_queue_waits, 1u);
+  // The one that gave up, and any that waited a moment for the writer to
+  // move a record into the socket's buffer.
+  EXPECT_GE(full.inline_queue_waits, 1u);
   // The rest wait for the reader, then go.
   while (sent < kMessages) {
     ASSERT_TRUE(send(absl::Seconds(30)).ok()) << "message " << sent;
