@@ -464,8 +464,8 @@ class StoppedStreamingClient {
   bool stopped_ = false;
 };
 
-// How long after `since` `server` had no shm session open, if it came to
-// that within `timeout`.
+// How long after `since` (a client's stop) `server` had no shm session
+// open, if it came to that within `timeout`; printed.
 std::optional<absl::Duration> NoSessionOpenAfter(const ServerProcess& server,
                                                  absl::Time since,
                                                  absl::Duration timeout) {
@@ -476,7 +476,10 @@ std::optional<absl::Duration> NoSessionOpenAfter(const ServerProcess& server,
           timeout)) {
     return std::nullopt;
   }
-  return absl::Now() - since;
+  const absl::Duration after = absl::Now() - since;
+  std::printf("server closed the session %s after the stop\n",
+              absl::FormatDuration(after).c_str());
+  return after;
 }
 
 // A client still stopped when its server's stalled_peer_timeout (here 1 s)
@@ -504,8 +507,6 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
       << "the stopped client's session was never closed";
   EXPECT_GE(*closed_after, absl::Milliseconds(1500));
   EXPECT_LT(*closed_after, absl::Seconds(5));
-  std::printf("server closed the stopped client's session %s after the stop\n",
-              absl::FormatDuration(*closed_after).c_str());
   EXPECT_EQ(FetchServerStats(server.target()).calls_active(), 0u);
 
   absl::StatusOr<std::string> said = client.ResumeUntilItsStreamEnds();
@@ -538,8 +539,6 @@ TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
   ASSERT_TRUE(closed_after.has_value())
       << "the stopped client's session was never closed";
   EXPECT_LT(*closed_after, absl::Seconds(3));
-  std::printf("server closed the session %s after the stop\n",
-              absl::FormatDuration(*closed_after).c_str());
   std::ifstream log(server_log);
   const std::string logged((std::istreambuf_iterator<char>(log)),
                            std::istreambuf_iterator<char>());
@@ -572,8 +571,6 @@ TEST(StoppedClientTest, InlineRepliesWaitForItNoLongerThanTheTimeout) {
       << "the stopped client's session was never closed";
   EXPECT_GE(*closed_after, absl::Seconds(1));
   EXPECT_LT(*closed_after, absl::Seconds(3));
-  std::printf("server closed the session %s after the stop\n",
-              absl::FormatDuration(*closed_after).c_str());
   EXPECT_GT(FetchServerStats(server.target()).inline_arena_full(), 0u)
       << "no reply went inline";
   EXPECT_EQ(FetchServerStats(server.target()).calls_active(), 0u);
@@ -658,6 +655,15 @@ void CancelACallWhileTheServerIsStopped(
   EXPECT_EQ(hanging_status.error_code(), grpc::StatusCode::CANCELLED);
 }
 
+// Once the server runs again, the handler of the call cancelled while it was
+// stopped (CancelACallWhileTheServerIsStopped) ends.
+void ExpectTheCancelledHandlerEnds(const ServerProcess& server) {
+  EXPECT_TRUE(WaitFor(
+      [&] { return FetchServerStats(server.target()).handlers_hanging() == 0; },
+      absl::Seconds(3)))
+      << "the cancelled call's handler runs on";
+}
+
 // The cancel waits for the server: once resumed, it hears of it and the
 // call's handler ends, instead of running on (it was dropped after 1 s).
 TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
@@ -671,10 +677,7 @@ TEST(StoppedServerTest, ACancelReachesTheServerOnceItReadsAgain) {
   absl::SleepFor(absl::Seconds(2));  // longer than the cancel waited before
 
   std::move(resume).Invoke();
-  EXPECT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).handlers_hanging() == 0; },
-      absl::Seconds(3)))
-      << "the cancelled call's handler runs on";
+  ExpectTheCancelledHandlerEnds(server);
   EXPECT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).calls_active() == 0; },
       absl::Seconds(3)));
@@ -708,10 +711,7 @@ TEST(StoppedServerTest, StoppedPastTheTimeoutTheClientClosesItsSession) {
               absl::FormatDuration(closed_after).c_str());
 
   std::move(resume).Invoke();
-  EXPECT_TRUE(WaitFor(
-      [&] { return FetchServerStats(server.target()).handlers_hanging() == 0; },
-      absl::Seconds(3)))
-      << "the cancelled call's handler runs on";
+  ExpectTheCancelledHandlerEnds(server);
   EXPECT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).sessions_open() == 0; },
       absl::Seconds(3)));
