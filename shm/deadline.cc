@@ -16,4 +16,12 @@ SteadyTime SteadyDeadline(absl::Time deadline) {
   return SteadyDeadlineAfter(deadline - absl::Now());
 }
 
+std::optional<std::chrono::system_clock::time_point> SystemWaitDeadline(
+    absl::Time deadline) {
+  const absl::Duration left = deadline - absl::Now();
+  if (SteadyDeadlineAfter(left) == kNoDeadline) return std::nullopt;
+  return std::chrono::system_clock::now() +
+         absl::ToChronoNanoseconds(std::max(left, absl::ZeroDuration()));
+}
+
 }  // namespace shmgrpc::shm

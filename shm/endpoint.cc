@@ -128,17 +128,12 @@ absl::Status Endpoint::LockSendUntil(std::unique_lock<std::timed_mutex>& lock,
   if (lock.try_lock()) return absl::OkStatus();  // the usual case: no clock
   // Bounded: the holder may be waiting for room in a full ring (its own
   // deadline may be far), and a sender's deadline must hold regardless.
-  const absl::Duration left = deadline - absl::Now();
-  if (SteadyDeadlineAfter(left) == kNoDeadline) {
+  const auto until = SystemWaitDeadline(deadline);
+  if (!until.has_value()) {
     lock.lock();
     return absl::OkStatus();
   }
-  // On the system clock, as the deadline is: libstdc++ waits for a steady
-  // deadline with pthread_mutex_clocklock, which GCC 12's ThreadSanitizer
-  // does not know (it then reports every unlock as of an unlocked mutex).
-  if (!lock.try_lock_until(
-          std::chrono::system_clock::now() +
-          absl::ToChronoNanoseconds(std::max(left, absl::ZeroDuration())))) {
+  if (!lock.try_lock_until(*until)) {
     return absl::DeadlineExceededError(
         "another sender waited for room in the full ring past the deadline");
   }

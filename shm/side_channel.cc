@@ -72,7 +72,7 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
   }
   {
     std::lock_guard<std::mutex> lock(write_mu_);
-    if (writer_failed_ || stopping_) {
+    if (!writer_error_.ok() || stopping_) {
       return absl::UnavailableError("connection closed: inline writer stopped");
     }
     if (!writer_.joinable()) {
@@ -90,31 +90,23 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
 
 absl::Status SideChannel::WaitForRoom(size_t bytes, absl::Time deadline) {
   std::unique_lock<std::mutex> lock(write_mu_);
-  bool waited = false;
-  for (;;) {
-    if (writer_failed_ || stopping_) return ClosedErrorLocked();
-    if (queued_bytes_ == 0 ||
-        queued_bytes_ + bytes <= limits_.max_queued_bytes) {
-      if (waited) ++queue_waits_;
-      return absl::OkStatus();
-    }
-    waited = true;
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      ++queue_waits_;
+  const auto can_go_on = [&] {  // room, or no point waiting
+    return !writer_error_.ok() || stopping_ || queued_bytes_ == 0 ||
+           queued_bytes_ + bytes <= limits_.max_queued_bytes;
+  };
+  if (!can_go_on()) {
+    ++queue_waits_;
+    const auto until = SystemWaitDeadline(deadline);
+    if (!until.has_value()) {
+      outbox_drained_.wait(lock, can_go_on);
+    } else if (!outbox_drained_.wait_until(lock, *until, can_go_on)) {
       return absl::DeadlineExceededError(absl::StrCat(
           "the peer read too little of the ", queued_bytes_,
           " bytes of inline records queued for it before the deadline"));
     }
-    // On the system clock, as the deadline is (and as ThreadSanitizer
-    // intercepts; see Endpoint::LockSendUntil).
-    if (SteadyDeadlineAfter(left) == kNoDeadline) {
-      outbox_drained_.wait(lock);
-    } else {
-      outbox_drained_.wait_until(lock, std::chrono::system_clock::now() +
-                                           absl::ToChronoNanoseconds(left));
-    }
   }
+  if (!writer_error_.ok() || stopping_) return ClosedErrorLocked();
+  return absl::OkStatus();
 }
 
 uint64_t SideChannel::queue_waits() {
@@ -145,7 +137,6 @@ void SideChannel::WriterLoop() {
     if (!written.ok()) {
       // Half a record cannot be taken back: end the connection so both
       // sides see it, and refuse further records.
-      writer_failed_ = true;
       writer_error_ = written;
       outbox_.clear();
       queued_bytes_ = 0;

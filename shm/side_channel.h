@@ -131,9 +131,9 @@ class SideChannel {
   uint64_t queue_waits_ = 0;
   bool record_in_flight_ = false;  // writer is writing without the lock
   bool doorbell_pending_ = false;  // rung during a record
-  bool writer_failed_ = false;
-  // Why the writer gave up (it then shut the socket down, which reads as
-  // the peer's hang-up): reported instead of "peer closed the connection".
+  // Why the writer gave up, once it has (it then shut the socket down,
+  // which reads as the peer's hang-up): further records are refused, and a
+  // closed connection reports this instead of "peer closed the connection".
   absl::Status writer_error_;
   bool stopping_ = false;
   Thread writer_;  // started with the first record
