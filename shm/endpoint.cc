@@ -213,16 +213,7 @@ bool Endpoint::TryPublishLocked(const Descriptor& descriptor,
                                 absl::Status* status) {
   switch (data_out_.Stage(descriptor)) {
     case RingWriter::Result::kOk:
-      data_out_.Publish();
-      messages_sent_.Add(1);
-      bytes_sent_.Add(descriptor.length);
-      if (data_out_.ConsumerNeedsDoorbell()) {
-        doorbells_sent_.Add(1);
-        *status = side_.Ring();
-      } else {
-        doorbells_suppressed_.Add(1);
-        *status = absl::OkStatus();
-      }
+      *status = PublishStagedLocked(1, descriptor.length);
       return true;
     case RingWriter::Result::kCorrupt:
       *status = absl::DataLossError("peer's ring head is impossible");
@@ -231,6 +222,47 @@ bool Endpoint::TryPublishLocked(const Descriptor& descriptor,
       return false;
   }
   return false;
+}
+
+absl::Status Endpoint::PublishStagedLocked(uint64_t messages, uint64_t bytes) {
+  data_out_.Publish();
+  messages_sent_.Add(messages);
+  bytes_sent_.Add(bytes);
+  if (data_out_.ConsumerNeedsDoorbell()) {
+    doorbells_sent_.Add(1);
+    return side_.Ring();
+  }
+  doorbells_suppressed_.Add(1);
+  return absl::OkStatus();
+}
+
+absl::Status Endpoint::TrySendAll(absl::Span<const Descriptor> descriptors) {
+  // A few yields for a sender that holds the lock only to publish (the
+  // usual case under load), not for one waiting for room.
+  constexpr int kLockAttempts = 8;
+  std::unique_lock<std::timed_mutex> lock(send_mu_, std::try_to_lock);
+  for (int i = 0; !lock.owns_lock() && i < kLockAttempts; ++i) {
+    sched_yield();
+    lock.try_lock();
+  }
+  if (!lock.owns_lock()) {
+    return absl::ResourceExhaustedError("another sender holds the ring");
+  }
+  uint64_t bytes = 0;
+  for (const Descriptor& descriptor : descriptors) {
+    switch (data_out_.Stage(descriptor)) {
+      case RingWriter::Result::kOk:
+        bytes += descriptor.length;
+        continue;
+      case RingWriter::Result::kCorrupt:
+        data_out_.Unstage();
+        return absl::DataLossError("peer's ring head is impossible");
+      case RingWriter::Result::kFull:
+        data_out_.Unstage();
+        return absl::ResourceExhaustedError("ring full");
+    }
+  }
+  return PublishStagedLocked(descriptors.size(), bytes);
 }
 
 absl::Status Endpoint::PublishLocked(const Descriptor& descriptor,

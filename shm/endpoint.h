@@ -40,6 +40,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "shm/arena.h"
 #include "shm/block_allocator.h"
 #include "shm/ring.h"
@@ -91,6 +92,12 @@ class Endpoint {
   // the send lock (it may be waiting for ring space) or the ring is full.
   // For threads that must not block (a session's reader).
   absl::Status TrySend(const Descriptor& descriptor);
+  // Publishes all of `descriptors`, in order, or none, never waiting for
+  // the peer: ResourceExhausted when the ring lacks room for all of them,
+  // or another sender keeps the send lock past a few yields (it may be
+  // waiting for room). At most one doorbell. For threads that must not
+  // block on the peer, sending several frames that belong together.
+  absl::Status TrySendAll(absl::Span<const Descriptor> descriptors);
   // Send that waits for room without holding the send lock (it polls,
   // backing off from 1 us to 1 ms), so other senders are not held up: for
   // a frame sent in the background with a long deadline. Unavailable once
@@ -137,6 +144,9 @@ class Endpoint {
   // descriptor is published (doorbell rung if the peer sleeps) or the ring
   // is corrupt, and `*status` says which.
   bool TryPublishLocked(const Descriptor& descriptor, absl::Status* status);
+  // Publishes what was staged (`messages` descriptors, `bytes` of payload),
+  // counts it and rings the doorbell if the peer sleeps.
+  absl::Status PublishStagedLocked(uint64_t messages, uint64_t bytes);
   // Attempts until published, waiting out a full ring until `deadline`.
   absl::Status PublishLocked(const Descriptor& descriptor, absl::Time deadline);
   // Takes send_mu_ into `lock`, waiting at most until `deadline`

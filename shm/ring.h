@@ -84,6 +84,8 @@ class RingWriter {
   Result Stage(const Descriptor& descriptor);
   // Makes every staged slot visible to the consumer (release store).
   void Publish();
+  // Drops the slots staged since the last Publish().
+  void Unstage() { tail_ = published_tail_; }
   // After Publish(): true when the consumer is asleep and has not been rung
   // for this sleep yet. Calling it marks that sleep as rung.
   bool ConsumerNeedsDoorbell();

@@ -47,6 +47,22 @@ grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
+// The same as core slices, for a call made with gRPC's core API.
+std::vector<grpc_slice> WrapRequestSlices(
+    const std::shared_ptr<Session>& session, const InboundMessage& message) {
+  std::vector<grpc_slice> slices;
+  for (const shm::ReceivedMessage& frame : message.frames) {
+    if (frame.descriptor.length == 0) {
+      session->Release(frame);
+      continue;
+    }
+    slices.push_back(grpc_slice_new_with_user_data(
+        const_cast<uint8_t*>(frame.data), frame.descriptor.length,
+        &ReleaseSlice, new SliceRelease{session, frame}));
+  }
+  return slices;
+}
+
 }  // namespace
 
 absl::Time InjectedCall::SendDeadline() const {
@@ -62,6 +78,7 @@ absl::Time InjectedCall::SendDeadline() const {
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                            grpc::GenericStub* stub, grpc::CompletionQueue* cq,
+                           const CoreTarget& core,
                            const WindowLimits& send_limits,
                            const WindowLimits& receive_limits, StreamSlot slot,
                            std::function<void(uint64_t)> on_done)
@@ -69,6 +86,7 @@ InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
       stream_id_(stream_id),
       stub_(stub),
       cq_(cq),
+      core_(core),
       on_done_(std::move(on_done)),
       send_window_(send_limits),
       receive_window_(receive_limits),
@@ -77,6 +95,7 @@ InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
 InjectedCall::~InjectedCall() {
   for (const InboundMessage& request : requests_) session_->Release(request);
   if (have_unary_request_) session_->Release(unary_request_);
+  for (grpc_slice& slice : unary_request_slices_) grpc_slice_unref(slice);
   session_->Release(assembler_.TakePending());
 }
 
@@ -84,6 +103,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
   std::unique_lock<std::mutex> lock(mu_);
   bool send_status = false;
   bool start_unary = false;
+  bool cancel_unary = false;  // after unlocking: see CancelUnary
   switch (static_cast<codec::FrameType>(message.descriptor.type)) {
     case codec::FrameType::kCallHeaders:
       if (call_ == nullptr && !unary_ && !finished_) {
@@ -140,7 +160,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     }
     case codec::FrameType::kHalfClose:
       half_closed_ = true;
-      if (unary_ && unary_call_ == nullptr && !finished_) {
+      if (unary_ && core_unary_ == nullptr && !finished_) {
         start_unary = PrepareUnaryLocked();
         send_status = !start_unary;
       } else {
@@ -163,9 +183,12 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kCancel:
       // The client has closed the stream (and counts it so already).
       stream_slot_.Release();
-      if (unary_ && unary_call_ == nullptr && !finished_) {
+      if (unary_ && core_unary_ == nullptr && !finished_) {
         send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
                                             "Cancelled by the client");
+      } else if (core_unary_ != nullptr) {
+        cancelled_ = true;
+        cancel_unary = true;
       } else {
         CancelLocked();
       }
@@ -190,8 +213,11 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     // callback and async services). Finish's completion counts as
     // outstanding already, so the call cannot end before it is asked for.
     lock.unlock();
-    unary_call_->StartCall();
-    unary_call_->Finish(&response_, &status_, &finish_tag_);
+    core_unary_->Start(std::move(unary_request_slices_), &unary_done_);
+  }
+  if (cancel_unary) {
+    lock.unlock();
+    core_unary_->Cancel();
   }
 }
 
@@ -212,10 +238,12 @@ bool InjectedCall::PrepareUnaryLocked() {
                           "unary call half-closed without a request");
     return false;
   }
-  grpc::ByteBuffer request = WrapRequest(session_, unary_request_);
+  unary_request_slices_ = WrapRequestSlices(session_, unary_request_);
   have_unary_request_ = false;
-  unary_call_ = stub_->PrepareUnaryCall(&context_, method_, request, cq_);
-  ++outstanding_ops_;  // Finish, asked for after unlocking
+  core_unary_ = std::make_unique<CoreUnaryCall>(
+      core_.channel, core_.cq, method_, authority_, deadline_,
+      std::move(unary_metadata_));
+  ++outstanding_ops_;  // the call's one batch, started after unlocking
   return true;
 }
 
@@ -272,27 +300,35 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
     // std::chrono::system_clock can hold).
     deadline_ =
         absl::FromUnixNanos(std::max<int64_t>(headers->deadline_unix_nanos, 1));
+  }
+  std::vector<std::pair<std::string, std::string>> metadata;
+  metadata.reserve(headers->metadata.size() + 4);
+  for (auto& [key, value] : headers->metadata) {
+    if (absl::StartsWith(key, kReservedMetadataPrefix)) continue;
+    metadata.emplace_back(std::move(key), std::move(value));
+  }
+  if (session_->token() != 0) {
+    metadata.emplace_back(std::string(kReplyToKey),
+                          ReplyToValue(*session_, stream_id_));
+  }
+  const PeerCredentials& peer = session_->peer();
+  metadata.emplace_back(absl::StrCat(kPeerMetadataPrefix, "pid"),
+                        absl::StrCat(peer.pid));
+  metadata.emplace_back(absl::StrCat(kPeerMetadataPrefix, "uid"),
+                        absl::StrCat(peer.uid));
+  metadata.emplace_back(absl::StrCat(kPeerMetadataPrefix, "gid"),
+                        absl::StrCat(peer.gid));
+  if (unary_) {
+    method_ = std::move(headers->method);
+    authority_ = std::move(headers->authority);
+    unary_metadata_ = std::move(metadata);
+    return true;  // waits for the request and half-close
+  }
+  if (deadline_ != absl::InfiniteFuture()) {
     context_.set_deadline(absl::ToChronoTime(deadline_));
   }
   if (!headers->authority.empty()) context_.set_authority(headers->authority);
-  for (const auto& [key, value] : headers->metadata) {
-    if (absl::StartsWith(key, kReservedMetadataPrefix)) continue;
-    context_.AddMetadata(key, value);
-  }
-  if (session_->token() != 0) {
-    context_.AddMetadata(kReplyToKey, ReplyToValue(*session_, stream_id_));
-  }
-  const PeerCredentials& peer = session_->peer();
-  context_.AddMetadata(absl::StrCat(kPeerMetadataPrefix, "pid"),
-                       absl::StrCat(peer.pid));
-  context_.AddMetadata(absl::StrCat(kPeerMetadataPrefix, "uid"),
-                       absl::StrCat(peer.uid));
-  context_.AddMetadata(absl::StrCat(kPeerMetadataPrefix, "gid"),
-                       absl::StrCat(peer.gid));
-  if (unary_) {
-    method_ = std::move(headers->method);
-    return true;  // waits for the request and half-close
-  }
+  for (const auto& [key, value] : metadata) context_.AddMetadata(key, value);
   call_ = stub_->PrepareCall(&context_, headers->method, cq_);
   ++outstanding_ops_;
   call_->StartCall(&start_tag_);
@@ -441,9 +477,12 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         finished_ = true;
         if (deadline_alarm_pending_) deadline_alarm_->Cancel();
         send_status = true;
-        if (unary_) SendUnaryReplyLocked();
         break;
       case Op::kSendStatus:
+        send_status = true;
+        break;
+      case Op::kSendReply:
+        SendHeldUnaryReplyLocked();
         send_status = true;
         break;
       case Op::kDeadline:
@@ -469,9 +508,97 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
   if (send_status) SendStatusAndFinish();
 }
 
+void InjectedCall::OnUnaryDone(bool ok) {
+  std::shared_ptr<InjectedCall> done;  // released after the lock
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --outstanding_ops_;
+    status_ = core_unary_->status();
+    if (!ok && status_.ok()) {
+      status_ = grpc::Status(grpc::StatusCode::INTERNAL,
+                             "the in-process call failed");
+    }
+    response_ = core_unary_->TakeResponse();
+    finished_ = true;
+    if (TrySendUnaryReplyLocked()) {
+      status_sent_ = true;
+    } else {
+      // This may be a thread that must not wait for ring space (the
+      // handler's, the session thread's): the CQ thread sends it.
+      ++outstanding_ops_;
+      reply_alarm_ = std::make_unique<grpc::Alarm>();
+      reply_alarm_->Set(cq_, std::chrono::system_clock::now(), &reply_tag_);
+    }
+    done = TakeIfDoneLocked();
+  }
+  if (done) on_done_(stream_id_);
+}
+
+bool InjectedCall::TrySendUnaryReplyLocked() {
+  std::vector<PreparedFrame>& frames = unary_reply_;
+  auto add = [&frames](std::optional<PreparedFrame> frame) {
+    if (frame) frames.push_back(*std::move(frame));
+    return frame.has_value();
+  };
+  const codec::Metadata initial_metadata = core_unary_->InitialMetadata();
+  std::optional<PreparedFrame> status =
+      session_->PrepareFrame(codec::FrameType::kStatus, stream_id_,
+                             codec::EncodeCallStatus(EncodableStatus()));
+  bool prepared =
+      status.has_value() &&
+      (initial_metadata.empty() ||
+       add(session_->PrepareFrame(codec::FrameType::kInitialMetadata,
+                                  stream_id_,
+                                  codec::EncodeMetadata(initial_metadata))));
+  // The response after the others: taking its arena slice cannot be undone.
+  if (prepared && status_.ok()) {
+    prepared = add(session_->PrepareByteBuffer(stream_id_, response_));
+  }
+  if (status) frames.push_back(*std::move(status));
+  if (!prepared) {
+    for (const PreparedFrame& unsent : frames) session_->FreePrepared(unsent);
+    frames.clear();
+    return false;
+  }
+  // Returned before the client can see the status (stream_slots.h).
+  stream_slot_.Release();
+  if (!session_->TrySendPrepared(frames).ok()) return false;
+  frames.clear();
+  response_.Clear();
+  return true;
+}
+
+void InjectedCall::SendHeldUnaryReplyLocked() {
+  if (unary_reply_.empty()) {  // nothing prepared: the usual sends
+    SendUnaryReplyLocked();
+    return;
+  }
+  absl::Status sent;
+  size_t i = 0;
+  for (; i + 1 < unary_reply_.size() && sent.ok(); ++i) {
+    sent = session_->SendPrepared(unary_reply_[i], SendDeadline());
+  }
+  if (!sent.ok()) --i;  // the one that failed
+  if (sent.ok()) {
+    // Only the status is left: SendStatusAndFinish re-encodes it (and posts
+    // it for a stalled client).
+    i = unary_reply_.size() - 1;
+  } else {
+    if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
+      client_stalled_ = true;
+    }
+    if (status_.ok()) {
+      status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             std::string(sent.message()));
+    }
+  }
+  for (; i < unary_reply_.size(); ++i) session_->FreePrepared(unary_reply_[i]);
+  unary_reply_.clear();
+  response_.Clear();
+}
+
 void InjectedCall::SendUnaryReplyLocked() {
-  const codec::Metadata metadata =
-      codec::CopyMetadata(context_.GetServerInitialMetadata());
+  const codec::Metadata metadata = core_unary_->InitialMetadata();
   // None when empty: the client completes the call's initial metadata with
   // its status then, and a failure without initial metadata or reply is,
   // as gRPC's trailers-only response is, one its client may retry. (A
@@ -498,15 +625,22 @@ void InjectedCall::SendUnaryReplyLocked() {
   response_.Clear();
 }
 
-void InjectedCall::SendStatusAndFinish() {
+codec::CallStatus InjectedCall::EncodableStatus() const {
   codec::CallStatus status;
   status.code = static_cast<int32_t>(status_.error_code());
   status.message = status_.error_message();
   status.details = status_.error_details();
-  if (call_ != nullptr || unary_call_ != nullptr) {
+  if (call_ != nullptr) {
     status.trailing_metadata =
         codec::CopyMetadata(context_.GetServerTrailingMetadata());
+  } else if (core_unary_ != nullptr) {
+    status.trailing_metadata = core_unary_->TrailingMetadata();
   }
+  return status;
+}
+
+void InjectedCall::SendStatusAndFinish() {
+  const codec::CallStatus status = EncodableStatus();
   bool client_stalled;
   {
     // Returned before the client can see the status (stream_slots.h).
@@ -565,10 +699,16 @@ std::string InjectedCall::DebugString() {
 
 void InjectedCall::Cancel() {
   std::unique_lock<std::mutex> lock(mu_);
-  if (unary_ && unary_call_ == nullptr && !finished_) {
+  if (unary_ && core_unary_ == nullptr && !finished_) {
     FinishUnstartedLocked(grpc::StatusCode::CANCELLED, "client went away");
     lock.unlock();
     SendStatusAndFinish();
+    return;
+  }
+  if (core_unary_ != nullptr) {
+    cancelled_ = true;
+    lock.unlock();
+    core_unary_->Cancel();
     return;
   }
   CancelLocked();

@@ -44,6 +44,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "shm/endpoint.h"
+#include "transport/core_unary_call.h"
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
 #include "transport/session.h"
@@ -62,11 +63,17 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     kResumeResponses,  // credit came for a held response (an alarm)
     kSendStatus,       // send an unstarted call's status (an alarm)
     kDeadline,         // the call's deadline, once a response was held
+    kSendReply,        // unary: a reply that could not go out at once
   };
   // A completion-queue tag: the call and which of its ops completed.
   struct Tag {
     InjectedCall* call;
     Op op;
+  };
+  // Where unary calls are made, with gRPC's core API (core_unary_call.h).
+  struct CoreTarget {
+    grpc_channel* channel;
+    grpc_completion_queue* cq;  // a callback queue
   };
 
   // `on_done` runs once, after the status went out and every op completed,
@@ -80,7 +87,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // RESOURCE_EXHAUSTED without reaching the service.
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
                grpc::GenericStub* stub, grpc::CompletionQueue* cq,
-               const WindowLimits& send_limits,
+               const CoreTarget& core, const WindowLimits& send_limits,
                const WindowLimits& receive_limits, StreamSlot slot,
                std::function<void(uint64_t)> on_done);
   ~InjectedCall();
@@ -89,6 +96,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void OnFrame(const shm::ReceivedMessage& message);
   // CQ thread.
   void OnCompletion(Op op, bool ok);
+  // Unary: the in-process call completed, on whichever thread completed it
+  // (the handler's, usually: core_unary_call.h).
+  void OnUnaryDone(bool ok);
   // The client is gone or asked to cancel.
   void Cancel();
   // One line of state, for shutdown diagnostics.
@@ -113,6 +123,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // was not ends the call (cancelled; marked stalled if the client's ring
   // stayed full, see client_stalled_).
   void OnSendLocked(absl::string_view what, const absl::Status& sent);
+  // Streams. A unary call is cancelled with core_unary_->Cancel() after
+  // unlocking instead: its completion may run inside the cancel, on the
+  // cancelling thread, and takes mu_.
   void CancelLocked();
   // A response is held for the client's window: at the call's deadline the
   // call ends (kDeadline), as over HTTP/2, where the server ends a stream
@@ -138,6 +151,16 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   void SendStatusAndFinish();
   // Unary: initial metadata and (if OK) the response, before the status.
   void SendUnaryReplyLocked();
+  // Unary, on whichever thread completed the call: the whole reply
+  // (initial metadata, response, status) at once if the ring has room now,
+  // without waiting. False when it did not go out: unary_reply_ then holds
+  // the frames prepared for it (empty when they could not be), which the
+  // CQ thread sends (kSendReply).
+  bool TrySendUnaryReplyLocked();
+  // CQ thread (kSendReply): sends what TrySendUnaryReplyLocked could not,
+  // waiting for room as any send from this thread does.
+  void SendHeldUnaryReplyLocked();
+  codec::CallStatus EncodableStatus() const;
   // How long a send to the client may wait for a ring slot.
   absl::Time SendDeadline() const;
 
@@ -145,6 +168,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   const uint64_t stream_id_;
   grpc::GenericStub* const stub_;
   grpc::CompletionQueue* const cq_;
+  const CoreTarget core_;
   std::function<void(uint64_t)> on_done_;
 
   Tag start_tag_{this, Op::kStart};
@@ -155,6 +179,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   Tag resume_tag_{this, Op::kResumeResponses};
   Tag status_tag_{this, Op::kSendStatus};
   Tag deadline_tag_{this, Op::kDeadline};
+  Tag reply_tag_{this, Op::kSendReply};
 
   std::mutex mu_;
   grpc::ClientContext context_;
@@ -165,7 +190,20 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   absl::Time deadline_ = absl::InfiniteFuture();  // the client's, if any
   bool have_unary_request_ = false;
   InboundMessage unary_request_;
-  std::unique_ptr<grpc::GenericClientAsyncResponseReader> unary_call_;
+  std::string authority_;  // the client's, if any
+  std::vector<std::pair<std::string, std::string>> unary_metadata_;
+  std::vector<grpc_slice> unary_request_slices_;  // until the call starts
+  std::unique_ptr<CoreUnaryCall> core_unary_;
+  class UnaryDone : public CoreUnaryCall::Completion {
+   public:
+    explicit UnaryDone(InjectedCall* call) : call_(call) {}
+    void Run(bool ok) override { call_->OnUnaryDone(ok); }
+
+   private:
+    InjectedCall* const call_;
+  };
+  UnaryDone unary_done_{this};
+  std::vector<PreparedFrame> unary_reply_;  // see TrySendUnaryReplyLocked
   std::shared_ptr<InjectedCall> self_;  // alive until done
   int outstanding_ops_ = 0;
   bool started_ = false;
@@ -187,6 +225,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool resume_pending_ = false;  // resume_alarm_ is set
   std::unique_ptr<grpc::Alarm> resume_alarm_;
   std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
+  std::unique_ptr<grpc::Alarm> reply_alarm_;   // see OnUnaryDone
   // Set at the call's deadline once a response is held (ArmDeadlineLocked);
   // cancelled when the call finishes first.
   std::unique_ptr<grpc::Alarm> deadline_alarm_;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "codec/message_codec.h"
 #include "grpc/slice.h"
@@ -418,6 +419,82 @@ absl::Status Session::SendByteBuffer(uint64_t stream,
                     [&](absl::Span<const codec::OutChunk> chunks) {
                       return codec::CopyByteBuffer(buffer, chunks);
                     });
+}
+
+std::optional<PreparedFrame> Session::PrepareFrame(codec::FrameType type,
+                                                  uint64_t stream,
+                                                  absl::string_view bytes) {
+  if (!alive()) return std::nullopt;
+  PreparedFrame frame;
+  frame.descriptor = ControlFrame(type, stream, 0);
+  if (bytes.empty()) return frame;
+  absl::StatusOr<shm::Block> block = endpoint_->Allocate(bytes.size(), stream);
+  if (!block.ok()) return std::nullopt;
+  std::memcpy(block->data, bytes.data(), bytes.size());
+  frame.descriptor.offset = block->offset;
+  frame.descriptor.length = static_cast<uint32_t>(bytes.size());
+  frame.block = *block;
+  return frame;
+}
+
+std::optional<PreparedFrame> Session::PrepareByteBuffer(
+    uint64_t stream, const grpc::ByteBuffer& buffer) {
+  if (!alive()) return std::nullopt;
+  PreparedFrame frame;
+  frame.descriptor = ControlFrame(codec::FrameType::kMessage, stream, 0);
+  const size_t size = buffer.Length();
+  if (size == 0) return frame;
+  if (std::optional<shm::Block> slice = TakeArenaSlice(buffer)) {
+    frame.block = *slice;
+    frame.arena_slice = true;
+  } else {
+    if (max_block_bytes_ != 0 && size > max_block_bytes_) return std::nullopt;
+    absl::StatusOr<shm::Block> block = endpoint_->Allocate(size, stream);
+    if (!block.ok()) return std::nullopt;
+    const codec::OutChunk chunk{block->data, size};
+    if (!codec::CopyByteBuffer(buffer, absl::MakeConstSpan(&chunk, 1)).ok()) {
+      endpoint_->FreeUnsent(*block).IgnoreError();
+      return std::nullopt;
+    }
+    frame.block = *block;
+  }
+  frame.descriptor.offset = frame.block->offset;
+  frame.descriptor.length = static_cast<uint32_t>(size);
+  return frame;
+}
+
+absl::Status Session::TrySendPrepared(absl::Span<const PreparedFrame> frames) {
+  if (!alive()) return absl::UnavailableError("shm session is closed");
+  absl::InlinedVector<shm::Descriptor, 4> descriptors;
+  uint64_t arena_slices = 0;
+  for (const PreparedFrame& frame : frames) {
+    descriptors.push_back(frame.descriptor);
+    arena_slices += frame.arena_slice ? 1 : 0;
+  }
+  absl::Status sent = endpoint_->TrySendAll(descriptors);
+  if (sent.ok()) {
+    arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
+  }
+  return sent;
+}
+
+absl::Status Session::SendPrepared(const PreparedFrame& frame,
+                                   absl::Time deadline) {
+  if (!alive()) return absl::UnavailableError("shm session is closed");
+  absl::Status sent = endpoint_->Send(frame.descriptor, deadline);
+  if (sent.ok() && frame.arena_slice) {
+    arena_slices_sent_.fetch_add(1, std::memory_order_relaxed);
+  }
+  return sent;
+}
+
+void Session::FreePrepared(const PreparedFrame& frame) {
+  if (!frame.block) return;
+  if (frame.arena_slice) {
+    std::lock_guard<std::mutex> lock(arena_slices_mu_);
+    if (arena_reclaimed_) return;  // freed with the rest of the arena
+  }
+  endpoint_->FreeUnsent(*frame.block).IgnoreError();
 }
 
 absl::StatusOr<grpc::Slice> Session::WriteArenaSlice(

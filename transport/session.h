@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "codec/frame_type.h"
 #include "codec/message_codec.h"
 #include "google/protobuf/message_lite.h"
@@ -62,6 +63,15 @@ struct SendPathStats {
     arena_slices += other.arena_slices;
     return *this;
   }
+};
+
+// A frame built ahead of its send: its payload (if any) already in a block
+// of this side's arena, so that it can go out with others at once
+// (Session::TrySendPrepared), or later from another thread.
+struct PreparedFrame {
+  shm::Descriptor descriptor;
+  std::optional<shm::Block> block;
+  bool arena_slice = false;  // the block was an arena slice (WriteArenaSlice)
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -122,6 +132,25 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::Status SendFrame(codec::FrameType type, uint64_t stream,
                          absl::string_view bytes, absl::Time deadline,
                          uint16_t flags = 0, uint64_t aux = 0);
+  // Prepared frames (see PreparedFrame), for a thread that must not wait
+  // for the peer: nullopt when the payload gets no single block now (the
+  // caller then sends it the usual way) or the session has closed. A
+  // prepared frame is the caller's until sent, or freed with FreePrepared.
+  std::optional<PreparedFrame> PrepareFrame(codec::FrameType type,
+                                            uint64_t stream,
+                                            absl::string_view bytes);
+  // A kMessage of `buffer`: its arena slice as it is (see SendByteBuffer),
+  // else copied into one block.
+  std::optional<PreparedFrame> PrepareByteBuffer(
+      uint64_t stream, const grpc::ByteBuffer& buffer);
+  // All of `frames`, in order, or none, without waiting for the peer
+  // (Endpoint::TrySendAll): ResourceExhausted when the ring has no room
+  // for them now; unsent frames stay the caller's.
+  absl::Status TrySendPrepared(absl::Span<const PreparedFrame> frames);
+  // One frame, waiting for room until `deadline`; unsent, it stays the
+  // caller's.
+  absl::Status SendPrepared(const PreparedFrame& frame, absl::Time deadline);
+  void FreePrepared(const PreparedFrame& frame);
   // A frame without payload (kWindowUpdate, kCancel) carrying `aux`.
   absl::Status SendControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                            absl::Time deadline);

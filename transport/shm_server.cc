@@ -98,6 +98,7 @@ ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
   args.SetMaxSendMessageSize(-1);
   inproc_channel_ = server->InProcessChannel(args);
   stub_ = std::make_unique<grpc::GenericStub>(inproc_channel_);
+  core_cq_ = std::make_unique<transport::CoreCallbackQueue>();
 }
 
 ShmServer::~ShmServer() { Shutdown(absl::Now()); }
@@ -333,6 +334,8 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
       }
       call = std::make_shared<InjectedCall>(
           s->session, stream_id, stub_.get(), &s->cq,
+          InjectedCall::CoreTarget{transport::CoreChannelOf(*inproc_channel_),
+                                   core_cq_->get()},
           transport::SenderLimits(own_window, message.descriptor.aux),
           own_window, std::move(slot), [weak](uint64_t id) {
             if (auto session = weak.lock()) {

@@ -45,6 +45,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/server.h"
 #include "shm/thread.h"
+#include "transport/core_unary_call.h"
 #include "transport/handshake.h"
 #include "transport/log_rate_limiter.h"
 #include "transport/options.h"
@@ -169,6 +170,9 @@ class ShmServer {
   const int wake_fd_;
   std::shared_ptr<grpc::Channel> inproc_channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
+  // Where unary calls complete (core_unary_call.h); its destructor waits
+  // for the last one.
+  std::unique_ptr<transport::CoreCallbackQueue> core_cq_;
   shm::Thread accept_thread_;  // started by Start()
 
   std::mutex mu_;
