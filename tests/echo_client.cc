@@ -20,6 +20,10 @@
 //   server-stream  one server stream of endless --size replies, read
 //                forever; prints "in-call" after 100 (for tests that stop
 //                this process while the server keeps writing to it).
+//   unary-burst  N unary calls at once (a thread each), each answered after
+//                a 1 s delay; prints "calling" once all are started (for
+//                tests that stop this process while the replies come);
+//                exits 0 only if every reply came over shm, intact.
 #include <grp.h>
 #include <unistd.h>
 
@@ -29,6 +33,8 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -53,7 +59,8 @@ class CallContext : public grpc::ClientContext {
 
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
-    "[--mode=unary|hang-unary|stream|server-stream] [--expect=shm|plain] "
+    "[--mode=unary|hang-unary|stream|server-stream|unary-burst] "
+    "[--expect=shm|plain] "
     "[--deadline_ms=N] [--stream_window_messages=N] [--uid=N]\n"
     "  --deadline_ms=N: every call's deadline (default: none)\n"
     "  --stream_window_messages=N: Options::stream_window_messages\n"
@@ -86,6 +93,38 @@ int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
                  static_cast<unsigned long>(stats->calls_on_shm), calls,
                  static_cast<unsigned long>(want));
     return 1;
+  }
+  return 0;
+}
+
+int RunUnaryBurst(EchoService::Stub& stub, int calls, size_t size,
+                  int deadline_ms) {
+  std::vector<std::thread> callers;
+  std::vector<int> failed(calls, 0);
+  for (int i = 0; i < calls; ++i) {
+    callers.emplace_back([&, i] {
+      EchoRequest request;
+      FillRequest(&request, size, i);
+      request.set_delay_ms(1000);
+      EchoResponse response;
+      CallContext context(deadline_ms);
+      const grpc::Status status = stub.Unary(&context, request, &response);
+      if (!status.ok()) {
+        std::fprintf(stderr, "call %d: %s\n", i,
+                     status.error_message().c_str());
+        failed[i] = 1;
+      } else if (!PayloadIntact(response) || response.seq() != i ||
+                 response.peer_pid() != std::to_string(getpid())) {
+        std::fprintf(stderr, "call %d: wrong reply\n", i);
+        failed[i] = 1;
+      }
+    });
+  }
+  std::printf("calling\n");
+  std::fflush(stdout);
+  for (std::thread& caller : callers) caller.join();
+  for (int f : failed) {
+    if (f != 0) return 1;
   }
   return 0;
 }
@@ -160,7 +199,7 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--mode=")) {
       mode = arg.substr(7);
       ok = mode == "unary" || mode == "hang-unary" || mode == "stream" ||
-           mode == "server-stream";
+           mode == "server-stream" || mode == "unary-burst";
     } else if (arg == "--expect=shm" || arg == "--expect=plain") {
       expect_shm = arg == "--expect=shm";
     } else if (absl::StartsWith(arg, "--deadline_ms=")) {
@@ -195,6 +234,9 @@ int Main(int argc, char** argv) {
   if (mode == "stream") return RunStreamForever(*stub, size, deadline_ms);
   if (mode == "server-stream") {
     return RunServerStreamForever(*stub, size, deadline_ms);
+  }
+  if (mode == "unary-burst") {
+    return RunUnaryBurst(*stub, calls, size, deadline_ms);
   }
   return RunUnary(*stub, *channel, calls, size, expect_shm, deadline_ms);
 }

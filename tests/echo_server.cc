@@ -76,6 +76,7 @@ class StatsService final : public ServerStatsService::Service {
     reply->set_blocks_reclaimed(stats.blocks_reclaimed);
     reply->set_messages_chained(stats.messages_chained);
     reply->set_arena_replies(stats.arena_replies);
+    reply->set_replies_deferred(stats.replies_deferred);
     reply->set_worker_threads(stats.worker_threads);
     return grpc::Status::OK;
   }

@@ -329,6 +329,43 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
   ExpectServerStillServesShm(server.target());
 }
 
+// A unary reply goes out from the handler's own thread when the client's
+// ring has room; when it has none (the client stopped reading), the
+// thread that must not wait leaves it to the session's completion thread,
+// which waits for room. Nothing is lost or reordered: once resumed, every
+// call gets its own reply.
+TEST(StoppedClientTest, UnaryRepliesItHadNoRoomForArriveOnceResumed) {
+  // 8 ring slots: 4 replies (message + status each) fill it.
+  ServerProcess server("sync", {"--ring_slots=8"});
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  constexpr int kCalls = 32;
+  ChildProcess client({RunfilePath("tests/echo_client"),
+                       "--target=" + server.target(), "--mode=unary-burst",
+                       "--calls=" + std::to_string(kCalls), "--size=1024"},
+                      "calling");
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  // Stopped once its requests are in (the handlers answer after 1 s).
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return FetchServerStats(server.target()).calls_active() == kCalls;
+      },
+      absl::Seconds(5)));
+  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
+  absl::SleepFor(absl::Milliseconds(1500));  // every reply is due by now
+  const uint64_t deferred =
+      FetchServerStats(server.target()).replies_deferred();
+  std::printf("replies deferred while it was stopped: %lu of %d\n",
+              static_cast<unsigned long>(deferred), kCalls);
+  std::move(resume).Invoke();
+  const std::optional<int> exit_code = client.WaitFor(absl::Seconds(5));
+  ASSERT_TRUE(exit_code.has_value()) << "its calls did not end";
+  EXPECT_EQ(*exit_code, 0) << "a call failed or got a wrong reply";
+  EXPECT_GE(deferred, kCalls - 4u - 2u)
+      << "replies the stopped client had no room for were not deferred";
+  ExpectServerIdle(server);
+}
+
 // A stopped client's calls still end at the server while it stays stopped:
 // a send that finds the client's ring full waits until the call's deadline,
 // or 5 s for a call without one, and then the server cancels that call (its

@@ -525,6 +525,7 @@ void InjectedCall::OnUnaryDone(bool ok) {
     } else {
       // This may be a thread that must not wait for ring space (the
       // handler's, the session thread's): the CQ thread sends it.
+      session_->CountDeferredReply();
       ++outstanding_ops_;
       reply_alarm_ = std::make_unique<grpc::Alarm>();
       reply_alarm_->Set(cq_, std::chrono::system_clock::now(), &reply_tag_);

@@ -373,6 +373,7 @@ SendPathStats Session::send_path_stats() const {
   stats.inline_arena_full = inline_arena_full_.load(std::memory_order_relaxed);
   stats.inline_too_large = inline_too_large_.load(std::memory_order_relaxed);
   stats.arena_slices = arena_slices_sent_.load(std::memory_order_relaxed);
+  stats.replies_deferred = replies_deferred_.load(std::memory_order_relaxed);
   return stats;
 }
 

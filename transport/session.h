@@ -56,11 +56,16 @@ struct SendPathStats {
   // Sent as arena slices, written there before gRPC carried them (never
   // copied; see Session::WriteArenaSlice).
   uint64_t arena_slices = 0;
+  // Unary replies that could not go out at once from the thread that
+  // finished the call (no room in the ring, or no single block) and were
+  // sent by the session's completion thread.
+  uint64_t replies_deferred = 0;
   SendPathStats& operator+=(const SendPathStats& other) {
     chained += other.chained;
     inline_arena_full += other.inline_arena_full;
     inline_too_large += other.inline_too_large;
     arena_slices += other.arena_slices;
+    replies_deferred += other.replies_deferred;
     return *this;
   }
 };
@@ -151,6 +156,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // caller's.
   absl::Status SendPrepared(const PreparedFrame& frame, absl::Time deadline);
   void FreePrepared(const PreparedFrame& frame);
+  // Counts a reply that its owner left to a thread that may wait
+  // (SendPathStats::replies_deferred).
+  void CountDeferredReply() {
+    replies_deferred_.fetch_add(1, std::memory_order_relaxed);
+  }
   // A frame without payload (kWindowUpdate, kCancel) carrying `aux`.
   absl::Status SendControl(codec::FrameType type, uint64_t stream, uint64_t aux,
                            absl::Time deadline);
@@ -305,6 +315,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool arena_reclaimed_ = false;  // guarded by arena_slices_mu_
   std::atomic<size_t> unsent_arena_slice_count_{0};
   std::atomic<uint64_t> arena_slices_sent_{0};
+  std::atomic<uint64_t> replies_deferred_{0};
   std::atomic<uint64_t> chained_{0}, inline_arena_full_{0},
       inline_too_large_{0}, blocks_reclaimed_{0};
   shm::Thread thread_;

@@ -511,6 +511,7 @@ ServerStats ShmServer::Stats() {
   stats.inline_arena_full = paths.inline_arena_full;
   stats.inline_too_large = paths.inline_too_large;
   stats.arena_replies = paths.arena_slices;
+  stats.replies_deferred = paths.replies_deferred;
   return stats;
 }
 
