@@ -185,6 +185,45 @@ TEST(EndpointTest, DenseOneWayTrafficRarelyRingsTheDoorbell) {
   EXPECT_LT(per_message, 0.05);
 }
 
+// TrySendAll publishes a batch whole or not at all: a batch larger than the
+// free ring is refused with nothing of it visible to the peer, and one that
+// fits arrives complete and in order.
+TEST(EndpointTest, TrySendAllPublishesAllOrNone) {
+  EndpointConfig config;
+  config.ring_slots = 8;
+  constexpr uint64_t kRefusedTag = 100;
+  auto peer = ForkPeer([&](int sock) {
+    auto endpoint = ConnectEndpoint(sock, config, "producer");
+    if (!endpoint.ok()) return 1;
+    std::vector<Descriptor> too_many, fitting;
+    for (uint64_t i = 0; i < 9; ++i) {
+      too_many.push_back(EmptyFrame(kDataType, kRefusedTag + i));
+    }
+    for (uint64_t i = 0; i < 8; ++i) fitting.push_back(EmptyFrame(kDataType, i));
+    if ((*endpoint)->TrySendAll(too_many).code() !=
+        absl::StatusCode::kResourceExhausted) {
+      return 2;
+    }
+    if (!(*endpoint)->TrySendAll(fitting).ok()) return 3;
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    if (!(*endpoint)->Send(EmptyFrame(kSummaryType, 8), deadline).ok()) {
+      return 4;
+    }
+    return 0;
+  });
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  auto endpoint = ConnectEndpoint(peer->sock, config, "consumer");
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  for (uint64_t tag = 0; tag <= 8; ++tag) {
+    auto message = (*endpoint)->Receive(absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(message.ok()) << message.status();
+    EXPECT_EQ(message->descriptor.tag, tag)
+        << "a frame of the refused batch was published";
+    (*endpoint)->Release(*message);
+  }
+  EXPECT_EQ(WaitPeer(peer->pid), 0);
+}
+
 // Both processes on one CPU, both spinning (poll): a spinner that only
 // paused would hold the core for its whole time slice (milliseconds) while
 // the peer that must answer waits in the run queue. Spinners yield, so a
