@@ -472,9 +472,12 @@ absl::Status Session::TrySendPrepared(absl::Span<const PreparedFrame> frames) {
     descriptors.push_back(frame.descriptor);
     arena_slices += frame.arena_slice ? 1 : 0;
   }
+  // Counted before the peer can see them (a test reads the count once its
+  // call is done), taken back if they do not go.
+  arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
   absl::Status sent = endpoint_->TrySendAll(descriptors);
-  if (sent.ok()) {
-    arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
+  if (!sent.ok()) {
+    arena_slices_sent_.fetch_sub(arena_slices, std::memory_order_relaxed);
   }
   return sent;
 }
@@ -482,9 +485,11 @@ absl::Status Session::TrySendPrepared(absl::Span<const PreparedFrame> frames) {
 absl::Status Session::SendPrepared(const PreparedFrame& frame,
                                    absl::Time deadline) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
+  const uint64_t arena_slices = frame.arena_slice ? 1 : 0;
+  arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
   absl::Status sent = endpoint_->Send(frame.descriptor, deadline);
-  if (sent.ok() && frame.arena_slice) {
-    arena_slices_sent_.fetch_add(1, std::memory_order_relaxed);
+  if (!sent.ok()) {
+    arena_slices_sent_.fetch_sub(arena_slices, std::memory_order_relaxed);
   }
   return sent;
 }
