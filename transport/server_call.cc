@@ -30,24 +30,8 @@ void ReleaseSlice(void* arg) {
   delete release;
 }
 
-// One slice per frame (a chained message becomes a multi-slice buffer).
-grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
-                             const InboundMessage& message) {
-  absl::InlinedVector<grpc::Slice, 1> slices;
-  for (const shm::ReceivedMessage& frame : message.frames) {
-    if (frame.descriptor.length == 0) {
-      session->Release(frame);
-      continue;
-    }
-    slices.emplace_back(const_cast<uint8_t*>(frame.data),
-                        frame.descriptor.length, &ReleaseSlice,
-                        new SliceRelease{session, frame});
-  }
-  if (slices.empty()) slices.emplace_back();
-  return grpc::ByteBuffer(slices.data(), slices.size());
-}
-
-// The same as core slices, for a call made with gRPC's core API.
+// One slice per frame (a chained message becomes several), each giving its
+// block back when gRPC drops it.
 std::vector<grpc_slice> WrapRequestSlices(
     const std::shared_ptr<Session>& session, const InboundMessage& message) {
   std::vector<grpc_slice> slices;
@@ -61,6 +45,17 @@ std::vector<grpc_slice> WrapRequestSlices(
         &ReleaseSlice, new SliceRelease{session, frame}));
   }
   return slices;
+}
+
+// The same as a buffer, for the C++ API (streams).
+grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
+                             const InboundMessage& message) {
+  absl::InlinedVector<grpc::Slice, 1> slices;
+  for (grpc_slice slice : WrapRequestSlices(session, message)) {
+    slices.emplace_back(slice, grpc::Slice::STEAL_REF);
+  }
+  if (slices.empty()) slices.emplace_back();
+  return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
 }  // namespace
@@ -103,7 +98,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
   std::unique_lock<std::mutex> lock(mu_);
   bool send_status = false;
   bool start_unary = false;
-  bool cancel_unary = false;  // after unlocking: see CancelUnary
+  bool cancel_unary = false;  // after unlocking: see CancelLocked
   switch (static_cast<codec::FrameType>(message.descriptor.type)) {
     case codec::FrameType::kCallHeaders:
       if (call_ == nullptr && !unary_ && !finished_) {
@@ -210,8 +205,8 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     // and wakes the thread that will run the handler, which often preempts
     // this one. The call can complete meanwhile, and the CQ thread must then
     // not wait for this thread to be scheduled again (it took 20-60 us with
-    // callback and async services). Finish's completion counts as
-    // outstanding already, so the call cannot end before it is asked for.
+    // callback and async services). The batch's completion counts as
+    // outstanding already, so the call cannot end before it is started.
     lock.unlock();
     core_unary_->Start(std::move(unary_request_slices_), &unary_done_);
   }
