@@ -394,8 +394,11 @@ TEST_F(ChainedTest, LargeUnaryRequestsAndRepliesAreChainedBothWays) {
   EXPECT_EQ(stats.calls_on_shm, 4u);
   EXPECT_EQ(stats.messages_chained, uint64_t(chained_each_way));
   EXPECT_EQ(stats.inline_arena_full + stats.inline_too_large, 0u);
-  EXPECT_EQ(FetchServerStats(server_->target()).messages_chained(),
-            uint64_t(chained_each_way));
+  const ServerStatsReply server_stats = FetchServerStats(server_->target());
+  EXPECT_EQ(server_stats.messages_chained(), uint64_t(chained_each_way));
+  // A reply no single block holds is left by the handler's thread, which
+  // must not wait, to the session's completion thread.
+  EXPECT_EQ(server_stats.replies_deferred(), uint64_t(chained_each_way));
   EXPECT_TRUE(WaitFor(
       [&] {
         return GetChannelStats(channel_.get())->session.arena.blocks_in_use ==
