@@ -1,11 +1,13 @@
 // InjectedCall: one shm stream replayed into the unchanged grpc::Server
-// through its in-process channel, with the generic completion-queue API
-// driven by the ShmServer's own threads.
+// through its in-process channel.
 //
 // Unary calls (flagged by the client) take a fast path: once the request and
-// half-close are in, one PrepareUnaryCall + Finish batch runs the handler,
-// so the call costs one completion instead of seven. Streams use the full
-// reader-writer.
+// half-close are in, one batch made with gRPC's core API runs the handler
+// (one completion instead of seven), and its completion runs on the thread
+// that finishes the call, usually the handler's (core_unary_call.h), which
+// sends the whole reply at once if the client's ring has room and leaves it
+// to the CQ thread otherwise. Streams use the generic completion-queue
+// reader-writer, driven by the session's CQ thread.
 //
 // Requests enter zero-copy: each message is a grpc::Slice over the client's
 // arena (one slice per block of a chained message), released back to the
@@ -22,9 +24,11 @@
 // read, until credit comes (sent from the CQ thread: the session thread never
 // waits for ring space).
 //
-// Thread-safety: frames arrive on the session thread, completions on CQ
-// threads; all state is under mu_, and no gRPC call is made under it except
-// the non-blocking op starts.
+// Thread-safety: frames arrive on the session thread, stream completions on
+// the CQ thread, a unary call's completion on any thread; all state is under
+// mu_, and no gRPC call is made under it except the non-blocking op starts
+// of streams (a unary call's start and cancel, which may run its completion
+// inline, are made after unlocking).
 #ifndef SHMGRPC_TRANSPORT_SERVER_CALL_H_
 #define SHMGRPC_TRANSPORT_SERVER_CALL_H_
 
@@ -160,6 +164,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // CQ thread (kSendReply): sends what TrySendUnaryReplyLocked could not,
   // waiting for room as any send from this thread does.
   void SendHeldUnaryReplyLocked();
+  // The status frame's content: status_ and the handler's trailing
+  // metadata.
   codec::CallStatus EncodableStatus() const;
   // How long a send to the client may wait for a ring slot.
   absl::Time SendDeadline() const;
