@@ -5,7 +5,10 @@
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
 
+#include <chrono>
+
 #include "absl/strings/string_view.h"
+#include "grpcpp/support/time.h"
 #include "grpcpp/version_info.h"
 
 // gRPC 1.51's Channel names grpc::testing::ChannelTestPeer a friend without
@@ -46,16 +49,15 @@ codec::Metadata Copy(const grpc_metadata_array& array) {
   return metadata;
 }
 
+// Converted as ClientContext::set_deadline converts one: a handler sees
+// its deadline as a std::chrono::system_clock time point (int64
+// nanoseconds), so the largest one, and anything past it, is no deadline
+// (one converted as it is overflowed in the handler's
+// ServerContext::deadline(): UBSan, ProtocolTest.PastAndExtremeDeadlines).
 gpr_timespec GprDeadline(absl::Time deadline) {
-  if (deadline == absl::InfiniteFuture()) {
-    return gpr_inf_future(GPR_CLOCK_REALTIME);
-  }
-  const timespec ts = absl::ToTimespec(deadline);
-  gpr_timespec out;
-  out.tv_sec = ts.tv_sec;
-  out.tv_nsec = static_cast<int32_t>(ts.tv_nsec);
-  out.clock_type = GPR_CLOCK_REALTIME;
-  return out;
+  return grpc::TimePoint<std::chrono::system_clock::time_point>(
+             absl::ToChronoTime(deadline))
+      .raw_time();
 }
 
 }  // namespace
