@@ -3,10 +3,11 @@
 //
 //   echo_client --target=unix:/path [--calls=N] [--size=BYTES] [--mode=M]
 //               [--expect=shm|plain] [--deadline_ms=N]
-//               [--stream_window_messages=N] [--uid=N]
+//               [--stream_window_messages=N] [--stream_window_bytes=N]
+//               [--uid=N]
 //
 // --deadline_ms gives every call that deadline (default: none);
-// --stream_window_messages sets Options::stream_window_messages.
+// --stream_window_messages and --stream_window_bytes set those Options.
 //
 // Modes:
 //   unary        (default) N unary calls over shmgrpc::CreateChannel, every
@@ -61,9 +62,11 @@ constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
     "[--mode=unary|hang-unary|stream|server-stream|unary-burst] "
     "[--expect=shm|plain] "
-    "[--deadline_ms=N] [--stream_window_messages=N] [--uid=N]\n"
+    "[--deadline_ms=N] [--stream_window_messages=N] "
+    "[--stream_window_bytes=N] [--uid=N]\n"
     "  --deadline_ms=N: every call's deadline (default: none)\n"
     "  --stream_window_messages=N: Options::stream_window_messages\n"
+    "  --stream_window_bytes=N: Options::stream_window_bytes\n"
     "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
@@ -207,6 +210,9 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--stream_window_messages=")) {
       ok = absl::SimpleAtoi(arg.substr(25), &options.stream_window_messages) &&
            options.stream_window_messages > 0;
+    } else if (absl::StartsWith(arg, "--stream_window_bytes=")) {
+      ok = absl::SimpleAtoi(arg.substr(22), &options.stream_window_bytes) &&
+           options.stream_window_bytes > 0;
     } else if (absl::StartsWith(arg, "--uid=")) {
       ok = absl::SimpleAtoi(arg.substr(6), &uid);
     } else {

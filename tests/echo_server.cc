@@ -5,6 +5,7 @@
 //               [--arena_bytes=N] [--wait=notify|poll|periodic]
 //               [--tcp_port=P] [--max_block_bytes=N] [--ring_slots=N]
 //               [--max_sessions=N] [--stream_window_messages=N]
+//               [--stream_window_bytes=N]
 //               [--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N]
 //               [--max_receive_bytes=N]   (the server's limit; default none)
 //
@@ -128,7 +129,7 @@ constexpr char kUsage[] =
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
     "[--max_sessions=N] [--stream_window_messages=N] "
-    "[--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N] "
+    "[--stream_window_bytes=N] [--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N] "
     "[--local_credentials] [--server_interceptor] [--no_arena_replies] "
     "[--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
@@ -169,6 +170,12 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--stream_window_messages=")) {
       if (!absl::SimpleAtoi(arg.substr(25), &options.stream_window_messages) ||
           options.stream_window_messages == 0) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+    } else if (absl::StartsWith(arg, "--stream_window_bytes=")) {
+      if (!absl::SimpleAtoi(arg.substr(22), &options.stream_window_bytes) ||
+          options.stream_window_bytes == 0) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }

@@ -596,11 +596,23 @@ TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
 // closed once the client has read none of them for stalled_peer_timeout
 // (1 s here), not after a fixed 10 s.
 TEST(StoppedClientTest, InlineRepliesWaitForItNoLongerThanTheTimeout) {
-  ServerProcess server(
-      "sync", {"--arena_bytes=262144", "--stalled_peer_timeout_ms=1000"});
+  // Stream windows (8 MiB, 4000 messages) far larger than the arena (256
+  // KiB), what inline records may queue (as much) and the socket's buffer:
+  // the replies must wait for room there, not for the window. (With the
+  // default 1 MiB window, replies the client had taken but not yet
+  // credited when it stopped could leave the window the smaller room: the
+  // next reply then waited for credit, without a deadline, and nothing
+  // closed the session; one CI run.)
+  const std::vector<std::string> windows = {"--stream_window_bytes=8388608",
+                                            "--stream_window_messages=4000"};
+  std::vector<std::string> server_flags = {"--arena_bytes=262144",
+                                           "--stalled_peer_timeout_ms=1000"};
+  server_flags.insert(server_flags.end(), windows.begin(), windows.end());
+  ServerProcess server("sync", server_flags);
   ASSERT_TRUE(server.status().ok()) << server.status();
-  StoppedStreamingClient client(server, {"--size=65536", "--deadline_ms=0"},
-                                "stopped_inline");
+  std::vector<std::string> client_flags = {"--size=65536", "--deadline_ms=0"};
+  client_flags.insert(client_flags.end(), windows.begin(), windows.end());
+  StoppedStreamingClient client(server, client_flags, "stopped_inline");
   ASSERT_TRUE(client.status().ok()) << client.status();
   const std::optional<absl::Duration> closed_after =
       NoSessionOpenAfter(server, client.stopped_at(), absl::Seconds(15));
