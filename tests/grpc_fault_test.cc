@@ -286,6 +286,18 @@ TEST(ClientDeathTest, GoneMidHandshakeCostsOnlyItsConnection) {
 
 // ---- a client stops -------------------------------------------------------
 
+// `flags` plus stream windows (8 MiB, 4000 messages) far larger than a
+// 256 KiB arena, what inline records may queue and a socket's buffer, for
+// both sides of a test whose replies must wait for room there, never for
+// the window: with the default 1 MiB, replies the client had taken but not
+// yet credited when it was stopped could leave the window the smaller room,
+// and the next reply then waited for credit instead (CI runs failed so).
+std::vector<std::string> WithWideWindows(std::vector<std::string> flags) {
+  flags.push_back("--stream_window_bytes=8388608");
+  flags.push_back("--stream_window_messages=4000");
+  return flags;
+}
+
 // A client process stopped (SIGSTOP: a debugger, a frozen cgroup) while the
 // server streams to it stops draining its ring, and the server's sends to it
 // wait (up to 5 s each). The server's other clients must not wait with them:
@@ -561,19 +573,12 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
 // stalled_peer_timeout (30 s by default).
 TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
   const std::string server_log = ::testing::TempDir() + "/no_memory.log";
-  // Windows far larger than the arena and ring (as in the next test): with
-  // the default 1 MiB, replies taken but not yet credited at the stop could
-  // leave the window the smaller room, and the status then found memory.
   ServerProcess server("sync",
-                       {"--arena_bytes=262144", "--ring_slots=8",
-                        "--stream_window_messages=4000",
-                        "--stream_window_bytes=8388608"},
+                       WithWideWindows({"--arena_bytes=262144", "--ring_slots=8"}),
                        "", server_log);
   ASSERT_TRUE(server.status().ok()) << server.status();
   StoppedStreamingClient client(
-      server,
-      {"--size=32768", "--stream_window_messages=4000",
-       "--stream_window_bytes=8388608", "--deadline_ms=1000"},
+      server, WithWideWindows({"--size=32768", "--deadline_ms=1000"}),
       "stopped_no_memory");
   ASSERT_TRUE(client.status().ok()) << client.status();
   const std::optional<absl::Duration> closed_after =
@@ -601,23 +606,12 @@ TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
 // closed once the client has read none of them for stalled_peer_timeout
 // (1 s here), not after a fixed 10 s.
 TEST(StoppedClientTest, InlineRepliesWaitForItNoLongerThanTheTimeout) {
-  // Stream windows (8 MiB, 4000 messages) far larger than the arena (256
-  // KiB), what inline records may queue (as much) and the socket's buffer:
-  // the replies must wait for room there, not for the window. (With the
-  // default 1 MiB window, replies the client had taken but not yet
-  // credited when it stopped could leave the window the smaller room: the
-  // next reply then waited for credit, without a deadline, and nothing
-  // closed the session; one CI run.)
-  const std::vector<std::string> windows = {"--stream_window_bytes=8388608",
-                                            "--stream_window_messages=4000"};
-  std::vector<std::string> server_flags = {"--arena_bytes=262144",
-                                           "--stalled_peer_timeout_ms=1000"};
-  server_flags.insert(server_flags.end(), windows.begin(), windows.end());
-  ServerProcess server("sync", server_flags);
+  ServerProcess server("sync", WithWideWindows({"--arena_bytes=262144",
+                                                "--stalled_peer_timeout_ms=1000"}));
   ASSERT_TRUE(server.status().ok()) << server.status();
-  std::vector<std::string> client_flags = {"--size=65536", "--deadline_ms=0"};
-  client_flags.insert(client_flags.end(), windows.begin(), windows.end());
-  StoppedStreamingClient client(server, client_flags, "stopped_inline");
+  StoppedStreamingClient client(
+      server, WithWideWindows({"--size=65536", "--deadline_ms=0"}),
+      "stopped_inline");
   ASSERT_TRUE(client.status().ok()) << client.status();
   const std::optional<absl::Duration> closed_after =
       NoSessionOpenAfter(server, client.stopped_at(), absl::Seconds(15));

@@ -142,7 +142,7 @@ CoreUnaryCall::~CoreUnaryCall() {
   grpc_call_unref(call_);
 }
 
-void CoreUnaryCall::Start(std::vector<grpc_slice> request, Completion* done) {
+void CoreUnaryCall::Start(Slices request, Completion* done) {
   request_ = grpc_raw_byte_buffer_create(request.data(), request.size());
   for (grpc_slice& slice : request) grpc_slice_unref(slice);
   grpc_op ops[6] = {};
@@ -199,7 +199,7 @@ grpc::Status CoreUnaryCall::status() const {
 
 grpc::ByteBuffer CoreUnaryCall::TakeResponse() {
   if (response_ == nullptr) return grpc::ByteBuffer();
-  std::vector<grpc::Slice> slices;
+  absl::InlinedVector<grpc::Slice, 1> slices;
   grpc_byte_buffer_reader reader;
   if (grpc_byte_buffer_reader_init(&reader, response_)) {
     grpc_slice slice;

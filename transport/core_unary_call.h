@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/time/time.h"
 #include "codec/call_frames.h"
 #include "grpc/grpc.h"
@@ -63,6 +64,9 @@ class CoreCallbackQueue {
 
 class CoreUnaryCall {
  public:
+  // A message's slices: one for a message in one block (the usual case),
+  // without a heap allocation.
+  using Slices = absl::InlinedVector<grpc_slice, 1>;
   // Runs `Run(ok)` once when the call completes, inline on the completing
   // thread (see the top of this file).
   class Completion : public grpc_completion_queue_functor {
@@ -90,7 +94,7 @@ class CoreUnaryCall {
   // half-close, and asks for the reply and status, as one batch; `done`
   // (which must outlive the call's completion) runs when it completes.
   // Once only.
-  void Start(std::vector<grpc_slice> request, Completion* done);
+  void Start(Slices request, Completion* done);
   // Ends the call CANCELLED unless it has completed. Any thread.
   void Cancel();
 

@@ -32,9 +32,9 @@ void ReleaseSlice(void* arg) {
 
 // One slice per frame (a chained message becomes several), each giving its
 // block back when gRPC drops it.
-std::vector<grpc_slice> WrapRequestSlices(
-    const std::shared_ptr<Session>& session, const InboundMessage& message) {
-  std::vector<grpc_slice> slices;
+CoreUnaryCall::Slices WrapRequestSlices(const std::shared_ptr<Session>& session,
+                                        const InboundMessage& message) {
+  CoreUnaryCall::Slices slices;
   for (const shm::ReceivedMessage& frame : message.frames) {
     if (frame.descriptor.length == 0) {
       session->Release(frame);
@@ -200,19 +200,21 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     status_alarm_ = std::make_unique<grpc::Alarm>();
     status_alarm_->Set(cq_, std::chrono::system_clock::now(), &status_tag_);
   }
-  if (start_unary) {
-    // Outside the lock: starting the call runs the server's matching inline
-    // and wakes the thread that will run the handler, which often preempts
-    // this one. The call can complete meanwhile, and the CQ thread must then
-    // not wait for this thread to be scheduled again (it took 20-60 us with
-    // callback and async services). The batch's completion counts as
-    // outstanding already, so the call cannot end before it is started.
+  if (start_unary || cancel_unary) {
+    // Outside the lock: the unary call's completion may run inside either,
+    // on this thread, and takes mu_. Starting the call also runs the
+    // server's matching inline and wakes the thread that will run the
+    // handler, which often preempts this one; the call can complete
+    // meanwhile, and its completion must not wait for this thread to be
+    // scheduled again (it took 20-60 us with callback and async services).
+    // The batch's completion counts as outstanding already, so the call
+    // cannot end before it is started.
     lock.unlock();
-    core_unary_->Start(std::move(unary_request_slices_), &unary_done_);
-  }
-  if (cancel_unary) {
-    lock.unlock();
-    core_unary_->Cancel();
+    if (start_unary) {
+      core_unary_->Start(std::move(unary_request_slices_), &unary_done_);
+    } else {
+      core_unary_->Cancel();
+    }
   }
 }
 
@@ -531,7 +533,7 @@ void InjectedCall::OnUnaryDone(bool ok) {
 }
 
 bool InjectedCall::TrySendUnaryReplyLocked() {
-  std::vector<PreparedFrame>& frames = unary_reply_;
+  absl::InlinedVector<PreparedFrame, 3>& frames = unary_reply_;
   auto add = [&frames](std::optional<PreparedFrame> frame) {
     if (frame) frames.push_back(*std::move(frame));
     return frame.has_value();

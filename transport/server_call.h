@@ -39,6 +39,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -198,7 +199,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   InboundMessage unary_request_;
   std::string authority_;  // the client's, if any
   std::vector<std::pair<std::string, std::string>> unary_metadata_;
-  std::vector<grpc_slice> unary_request_slices_;  // until the call starts
+  CoreUnaryCall::Slices unary_request_slices_;  // until the call starts
   std::unique_ptr<CoreUnaryCall> core_unary_;
   class UnaryDone : public CoreUnaryCall::Completion {
    public:
@@ -209,7 +210,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     InjectedCall* const call_;
   };
   UnaryDone unary_done_{this};
-  std::vector<PreparedFrame> unary_reply_;  // see TrySendUnaryReplyLocked
+  // See TrySendUnaryReplyLocked: at most initial metadata, message, status.
+  absl::InlinedVector<PreparedFrame, 3> unary_reply_;
   std::shared_ptr<InjectedCall> self_;  // alive until done
   int outstanding_ops_ = 0;
   bool started_ = false;

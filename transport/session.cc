@@ -395,6 +395,18 @@ absl::Status Session::SendMessage(uint64_t stream,
                     });
 }
 
+absl::Status Session::CountingArenaSlices(
+    uint64_t arena_slices, absl::FunctionRef<absl::Status()> send) {
+  // Counted before the peer can see them (a test reads the count once its
+  // call is done), taken back if they do not go.
+  arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
+  absl::Status sent = send();
+  if (!sent.ok()) {
+    arena_slices_sent_.fetch_sub(arena_slices, std::memory_order_relaxed);
+  }
+  return sent;
+}
+
 absl::Status Session::SendByteBuffer(uint64_t stream,
                                      const grpc::ByteBuffer& buffer,
                                      absl::Time deadline, uint16_t flags) {
@@ -406,10 +418,9 @@ absl::Status Session::SendByteBuffer(uint64_t stream,
         flags,
         stream,
         0};
-    absl::Status sent = endpoint_->Send(descriptor, deadline);
-    if (sent.ok()) {
-      arena_slices_sent_.fetch_add(1, std::memory_order_relaxed);
-    } else {
+    absl::Status sent = CountingArenaSlices(
+        1, [&] { return endpoint_->Send(descriptor, deadline); });
+    if (!sent.ok()) {
       std::lock_guard<std::mutex> lock(arena_slices_mu_);
       if (!arena_reclaimed_) endpoint_->FreeUnsent(*block).IgnoreError();
     }
@@ -472,26 +483,16 @@ absl::Status Session::TrySendPrepared(absl::Span<const PreparedFrame> frames) {
     descriptors.push_back(frame.descriptor);
     arena_slices += frame.arena_slice ? 1 : 0;
   }
-  // Counted before the peer can see them (a test reads the count once its
-  // call is done), taken back if they do not go.
-  arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
-  absl::Status sent = endpoint_->TrySendAll(descriptors);
-  if (!sent.ok()) {
-    arena_slices_sent_.fetch_sub(arena_slices, std::memory_order_relaxed);
-  }
-  return sent;
+  return CountingArenaSlices(
+      arena_slices, [&] { return endpoint_->TrySendAll(descriptors); });
 }
 
 absl::Status Session::SendPrepared(const PreparedFrame& frame,
                                    absl::Time deadline) {
   if (!alive()) return absl::UnavailableError("shm session is closed");
-  const uint64_t arena_slices = frame.arena_slice ? 1 : 0;
-  arena_slices_sent_.fetch_add(arena_slices, std::memory_order_relaxed);
-  absl::Status sent = endpoint_->Send(frame.descriptor, deadline);
-  if (!sent.ok()) {
-    arena_slices_sent_.fetch_sub(arena_slices, std::memory_order_relaxed);
-  }
-  return sent;
+  return CountingArenaSlices(frame.arena_slice ? 1 : 0, [&] {
+    return endpoint_->Send(frame.descriptor, deadline);
+  });
 }
 
 void Session::FreePrepared(const PreparedFrame& frame) {

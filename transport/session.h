@@ -270,6 +270,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // the entry `owner` made is freed.)
   void DropArenaSlice(const uint8_t* data, const void* owner);
   static void DestroyArenaSlice(void* owner);
+  // Runs `send`, which publishes frames carrying `arena_slices` arena
+  // slices, counting them in arena_slices_sent_ before the peer can see
+  // them and taking them back if it fails.
+  absl::Status CountingArenaSlices(uint64_t arena_slices,
+                                   absl::FunctionRef<absl::Status()> send);
 
   // Allocates one block (or, for kMessage, a chain), lets `fill` write the
   // `size` bytes into it, and sends; inline when there is no shared memory.
