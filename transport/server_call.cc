@@ -32,9 +32,9 @@ void ReleaseSlice(void* arg) {
 
 // One slice per frame (a chained message becomes several), each giving its
 // block back when gRPC drops it.
-CoreUnaryCall::Slices WrapRequestSlices(const std::shared_ptr<Session>& session,
+CoreCall::Slices WrapRequestSlices(const std::shared_ptr<Session>& session,
                                         const InboundMessage& message) {
-  CoreUnaryCall::Slices slices;
+  CoreCall::Slices slices;
   for (const shm::ReceivedMessage& frame : message.frames) {
     if (frame.descriptor.length == 0) {
       session->Release(frame);
@@ -45,17 +45,6 @@ CoreUnaryCall::Slices WrapRequestSlices(const std::shared_ptr<Session>& session,
         &ReleaseSlice, new SliceRelease{session, frame}));
   }
   return slices;
-}
-
-// The same as a buffer, for the C++ API (streams).
-grpc::ByteBuffer WrapRequest(const std::shared_ptr<Session>& session,
-                             const InboundMessage& message) {
-  absl::InlinedVector<grpc::Slice, 1> slices;
-  for (grpc_slice slice : WrapRequestSlices(session, message)) {
-    slices.emplace_back(slice, grpc::Slice::STEAL_REF);
-  }
-  if (slices.empty()) slices.emplace_back();
-  return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
 }  // namespace
@@ -72,14 +61,13 @@ absl::Time InjectedCall::SendDeadline() const {
 }
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
-                           grpc::GenericStub* stub, grpc::CompletionQueue* cq,
+                           grpc::CompletionQueue* cq,
                            const CoreTarget& core,
                            const WindowLimits& send_limits,
                            const WindowLimits& receive_limits, StreamSlot slot,
                            std::function<void(uint64_t)> on_done)
     : session_(std::move(session)),
       stream_id_(stream_id),
-      stub_(stub),
       cq_(cq),
       core_(core),
       on_done_(std::move(on_done)),
@@ -90,18 +78,21 @@ InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
 InjectedCall::~InjectedCall() {
   for (const InboundMessage& request : requests_) session_->Release(request);
   if (have_unary_request_) session_->Release(unary_request_);
-  for (grpc_slice& slice : unary_request_slices_) grpc_slice_unref(slice);
+  for (QueuedOp& op : ops_to_start_) {
+    for (grpc_slice& slice : op.message) grpc_slice_unref(slice);
+  }
+  DropDeferredLocked();  // none left but after a failure to start at all
   session_->Release(assembler_.TakePending());
 }
 
 void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
+  std::shared_ptr<InjectedCall> op_starter;
   std::unique_lock<std::mutex> lock(mu_);
   bool send_status = false;
-  bool start_unary = false;
-  bool cancel_unary = false;  // after unlocking: see CancelLocked
   switch (static_cast<codec::FrameType>(message.descriptor.type)) {
     case codec::FrameType::kCallHeaders:
-      if (call_ == nullptr && !unary_ && !finished_) {
+      if (!headers_seen_) {
+        headers_seen_ = true;
         unary_ = (message.descriptor.flags & codec::kUnaryCallFlag) != 0;
         if (unary_) SetBusyLocked(true);  // until the call is done
         send_status = !StartLocked(message);
@@ -112,7 +103,8 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kMessage: {
       const bool wanted =
           (unary_ && !have_unary_request_ && !half_closed_ && !finished_) ||
-          (call_ != nullptr && !half_closed_ && !write_failed_ &&
+          (!unary_ && core_call_ != nullptr && !half_closed_ &&
+           !write_failed_ &&
            !status_override_.has_value());
       if (!wanted) {
         session_->Release(message);  // a protocol error, or after the end
@@ -155,9 +147,8 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     }
     case codec::FrameType::kHalfClose:
       half_closed_ = true;
-      if (unary_ && core_unary_ == nullptr && !finished_) {
-        start_unary = PrepareUnaryLocked();
-        send_status = !start_unary;
+      if (unary_ && core_call_ == nullptr && !finished_) {
+        send_status = !PrepareUnaryLocked();
       } else {
         MaybeWriteLocked();
       }
@@ -170,20 +161,15 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
         // readers could each wait for the other to drain (see
         // ARCHITECTURE, fallback).
         resume_pending_ = true;
-        ++outstanding_ops_;
-        resume_alarm_ = std::make_unique<grpc::Alarm>();
-        resume_alarm_->Set(cq_, std::chrono::system_clock::now(), &resume_tag_);
+        AlarmNowLocked(&resume_alarm_, &resume_tag_);
       }
       break;
     case codec::FrameType::kCancel:
       // The client has closed the stream (and counts it so already).
       stream_slot_.Release();
-      if (unary_ && core_unary_ == nullptr && !finished_) {
+      if (unary_ && core_call_ == nullptr && !finished_) {
         send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
                                             "Cancelled by the client");
-      } else if (core_unary_ != nullptr) {
-        cancelled_ = true;
-        cancel_unary = true;
       } else {
         CancelLocked();
       }
@@ -196,26 +182,16 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     // The status of a call that never started (bad headers, cancelled or
     // half-closed without a request). This is the session thread, which
     // must never wait for ring space: the CQ thread sends it.
-    ++outstanding_ops_;
-    status_alarm_ = std::make_unique<grpc::Alarm>();
-    status_alarm_->Set(cq_, std::chrono::system_clock::now(), &status_tag_);
+    AlarmNowLocked(&status_alarm_, &status_tag_);
   }
-  if (start_unary || cancel_unary) {
-    // Outside the lock: the unary call's completion may run inside either,
-    // on this thread, and takes mu_. Starting the call also runs the
-    // server's matching inline and wakes the thread that will run the
-    // handler, which often preempts this one; the call can complete
-    // meanwhile, and its completion must not wait for this thread to be
-    // scheduled again (it took 20-60 us with callback and async services).
-    // The batch's completion counts as outstanding already, so the call
-    // cannot end before it is started.
-    lock.unlock();
-    if (start_unary) {
-      core_unary_->Start(std::move(unary_request_slices_), &unary_done_);
-    } else {
-      core_unary_->Cancel();
-    }
-  }
+  op_starter = TakeOpStarterLocked();
+  lock.unlock();
+  // Starting the unary call also runs the server's matching inline and
+  // wakes the thread that will run the handler, which often preempts this
+  // one; the call can complete meanwhile, and its completion must not wait
+  // for this thread to be scheduled again (it took 20-60 us with callback
+  // and async services when the call was started under the lock).
+  if (op_starter) op_starter->StartQueuedOps();
 }
 
 bool InjectedCall::FinishUnstartedLocked(grpc::StatusCode code,
@@ -235,12 +211,13 @@ bool InjectedCall::PrepareUnaryLocked() {
                           "unary call half-closed without a request");
     return false;
   }
-  unary_request_slices_ = WrapRequestSlices(session_, unary_request_);
+  CoreCall::Slices request = WrapRequestSlices(session_, unary_request_);
   have_unary_request_ = false;
-  core_unary_ = std::make_unique<CoreUnaryCall>(
-      core_.channel, core_.cq, method_, authority_, deadline_,
-      std::move(unary_metadata_));
-  ++outstanding_ops_;  // the call's one batch, started after unlocking
+  core_call_ = std::make_unique<CoreCall>(core_.channel, core_.cq, method_,
+                                          authority_, deadline_,
+                                          std::move(unary_metadata_));
+  ++outstanding_ops_;  // the call's one batch
+  QueueOpLocked(OpStart::kStartUnary, std::move(request));
   return true;
 }
 
@@ -321,14 +298,11 @@ bool InjectedCall::StartLocked(const shm::ReceivedMessage& message) {
     unary_metadata_ = std::move(metadata);
     return true;  // waits for the request and half-close
   }
-  if (deadline_ != absl::InfiniteFuture()) {
-    context_.set_deadline(absl::ToChronoTime(deadline_));
-  }
-  if (!headers->authority.empty()) context_.set_authority(headers->authority);
-  for (const auto& [key, value] : metadata) context_.AddMetadata(key, value);
-  call_ = stub_->PrepareCall(&context_, headers->method, cq_);
+  core_call_ = std::make_unique<CoreCall>(core_.channel, core_.cq,
+                                          headers->method, headers->authority,
+                                          deadline_, std::move(metadata));
   ++outstanding_ops_;
-  call_->StartCall(&start_tag_);
+  QueueOpLocked(OpStart::kStartStream);
   return true;
 }
 
@@ -347,34 +321,123 @@ void InjectedCall::MaybeWriteLocked() {
     requests_.pop_front();
     writing_bytes_ = request.bytes;
     writing_sender_waits_ = request.SenderWaits();
-    grpc::ByteBuffer buffer = WrapRequest(session_, request);
     writing_ = true;
     ++outstanding_ops_;
-    call_->Write(buffer, &write_tag_);
+    QueueOpLocked(OpStart::kWrite, WrapRequestSlices(session_, request));
     return;
   }
   if (half_closed_ || write_failed_) {
     writes_done_sent_ = true;
     writing_ = true;
     ++outstanding_ops_;
-    call_->WritesDone(&write_tag_);
+    QueueOpLocked(OpStart::kWritesDone);
   }
 }
 
 void InjectedCall::ReadNextResponseLocked() {
   ++outstanding_ops_;
-  call_->Read(&response_, &read_tag_);
+  QueueOpLocked(OpStart::kRead);
 }
 
-void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response) {
+void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response,
+                                      bool on_cq_thread) {
   SetBusyLocked(false);
+  OutgoingFrame frame{"response", codec::FrameType::kMessage};
   // Counted before it leaves (its credit could come back first).
-  const uint16_t flags =
+  frame.flags =
       send_window_.OnSent(response->Length()) ? codec::kWindowFullFlag : 0;
-  absl::Status sent =
-      session_->SendByteBuffer(stream_id_, *response, SendDeadline(), flags);
-  response->Clear();
-  OnSendLocked("response", sent);
+  frame.message.Swap(response);
+  SendToClientLocked(std::move(frame), on_cq_thread);
+}
+
+void InjectedCall::SendToClientLocked(OutgoingFrame frame, bool on_cq_thread) {
+  if (on_cq_thread) {
+    SendDeferredLocked();
+    const absl::Status sent = SendWaitingLocked(frame);
+    OnSendLocked(frame.what, sent);
+    return;
+  }
+  if (deferred_.empty()) {
+    frame.prepared =
+        frame.type == codec::FrameType::kMessage
+            ? session_->PrepareByteBuffer(stream_id_, frame.message)
+            : session_->PrepareFrame(frame.type, stream_id_, frame.bytes);
+    if (frame.prepared) {
+      frame.prepared->descriptor.flags |= frame.flags;
+      frame.prepared->descriptor.aux = frame.aux;
+      frame.message.Clear();  // in the block now (or it is the block)
+      if (session_->TrySendPrepared(absl::MakeConstSpan(&*frame.prepared, 1))
+              .ok()) {
+        return;
+      }
+    }
+  }
+  if (frame.type == codec::FrameType::kMessage) session_->CountDeferredReply();
+  deferred_.push_back(std::move(frame));
+  if (!deferred_pending_) {
+    deferred_pending_ = true;
+    AlarmNowLocked(&deferred_alarm_, &deferred_tag_);
+  }
+}
+
+absl::Status InjectedCall::SendWaitingLocked(OutgoingFrame& frame) {
+  if (frame.prepared) {
+    const absl::Status sent =
+        session_->SendPrepared(*frame.prepared, SendDeadline());
+    if (!sent.ok()) session_->FreePrepared(*frame.prepared);
+    frame.prepared.reset();
+    return sent;
+  }
+  switch (frame.type) {
+    case codec::FrameType::kMessage:
+      return session_->SendByteBuffer(stream_id_, frame.message,
+                                      SendDeadline(), frame.flags);
+    case codec::FrameType::kWindowUpdate:
+      return session_->SendControl(frame.type, stream_id_, frame.aux,
+                                   SendDeadline());
+    default:
+      return session_->SendFrame(frame.type, stream_id_, frame.bytes,
+                                 SendDeadline(), frame.flags, frame.aux);
+  }
+}
+
+void InjectedCall::SendDeferredLocked() {
+  while (!deferred_.empty()) {
+    OutgoingFrame frame = std::move(deferred_.front());
+    deferred_.pop_front();
+    const absl::Status sent = SendWaitingLocked(frame);
+    if (!sent.ok()) {
+      OnSendLocked(frame.what, sent);
+      DropDeferredLocked();
+      return;
+    }
+  }
+}
+
+void InjectedCall::DropDeferredLocked() {
+  for (const OutgoingFrame& frame : deferred_) {
+    if (frame.prepared) session_->FreePrepared(*frame.prepared);
+  }
+  deferred_.clear();
+}
+
+void InjectedCall::SendStreamStatusLocked() {
+  if (deferred_.empty() && !client_stalled_) {
+    std::optional<PreparedFrame> status =
+        session_->PrepareFrame(codec::FrameType::kStatus, stream_id_,
+                               codec::EncodeCallStatus(EncodableStatus()));
+    if (status) {
+      // Returned before the client can see the status (stream_slots.h).
+      stream_slot_.Release();
+      if (session_->TrySendPrepared(absl::MakeConstSpan(&*status, 1)).ok()) {
+        status_sent_ = true;
+        return;
+      }
+      session_->FreePrepared(*status);
+    }
+  }
+  // SendStatusAndFinish, after the deferred frames.
+  AlarmNowLocked(&status_alarm_, &status_tag_);
 }
 
 void InjectedCall::OnSendLocked(absl::string_view what,
@@ -391,8 +454,21 @@ void InjectedCall::OnSendLocked(absl::string_view what,
   CancelLocked();
 }
 
+void InjectedCall::OpDone::Run(bool ok) {
+  if (op_ == Op::kUnaryDone) {
+    call_->OnUnaryDone(ok);
+  } else {
+    call_->Complete(op_, ok, /*on_cq_thread=*/false);
+  }
+}
+
 void InjectedCall::OnCompletion(Op op, bool ok) {
+  Complete(op, ok, /*on_cq_thread=*/true);
+}
+
+void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
   bool send_status = false;
+  std::shared_ptr<InjectedCall> op_starter;
   std::shared_ptr<InjectedCall> done;  // released after the lock
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -402,34 +478,30 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         started_ = true;
         if (!ok) {
           ++outstanding_ops_;
-          call_->Finish(&status_, &finish_tag_);
+          QueueOpLocked(OpStart::kFinish);
           break;
         }
         ++outstanding_ops_;
-        call_->ReadInitialMetadata(&metadata_tag_);
+        QueueOpLocked(OpStart::kReadInitialMetadata);
         MaybeWriteLocked();
         break;
-      case Op::kInitialMetadata: {
+      case Op::kInitialMetadata:
         if (ok) {
-          OnSendLocked("initial metadata",
-                       session_->SendFrame(
-                           codec::FrameType::kInitialMetadata, stream_id_,
-                           codec::EncodeMetadata(codec::CopyMetadata(
-                               context_.GetServerInitialMetadata())),
-                           SendDeadline()));
-        }
-        if (ok) {
+          OutgoingFrame frame{"initial metadata",
+                              codec::FrameType::kInitialMetadata};
+          frame.bytes = codec::EncodeMetadata(core_call_->InitialMetadata());
+          SendToClientLocked(std::move(frame), on_cq_thread);
           ReadNextResponseLocked();
         } else {
           ++outstanding_ops_;
-          call_->Finish(&status_, &finish_tag_);
+          QueueOpLocked(OpStart::kFinish);
         }
         break;
-      }
-      case Op::kRead:
+      case Op::kRead: {
+        grpc::ByteBuffer response;
+        if (ok) response = core_call_->TakeResponse();
         if (ok && cancelled_) {
-          response_.Clear();  // nobody wants it; read on to the end
-          ReadNextResponseLocked();
+          ReadNextResponseLocked();  // nobody wants it; read on to the end
         } else if (ok && !send_window_.HasRoom()) {
           // Hold it, and read no further, until the client has room: the
           // handler's next Write then waits, as gRPC flow control would make
@@ -437,17 +509,18 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           // handler's end of stream and status through: the client may be
           // waiting for those before it consumes, e.g. a client-streaming
           // Finish, which receives the reply and the status together.)
-          held_response_.Swap(&response_);
+          held_response_.Swap(&response);
           holding_response_ = true;
           ArmDeadlineLocked();
         } else if (ok) {
-          SendResponseLocked(&response_);
+          SendResponseLocked(&response, on_cq_thread);
           ReadNextResponseLocked();
         } else {
           ++outstanding_ops_;
-          call_->Finish(&status_, &finish_tag_);
+          QueueOpLocked(OpStart::kFinish);
         }
         break;
+      }
       case Op::kWrite:
         writing_ = false;
         if (!ok) write_failed_ = true;  // the handler finished early
@@ -455,10 +528,9 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
           // The handler's side took the request: credit the client.
           if (std::optional<Credit> credit = receive_window_.OnConsumed(
                   writing_bytes_, writing_sender_waits_)) {
-            OnSendLocked("credit",
-                         session_->SendControl(
-                             codec::FrameType::kWindowUpdate, stream_id_,
-                             EncodeCredit(*credit), SendDeadline()));
+            OutgoingFrame frame{"credit", codec::FrameType::kWindowUpdate};
+            frame.aux = EncodeCredit(*credit);
+            SendToClientLocked(std::move(frame), on_cq_thread);
           }
         }
         if (write_failed_) {
@@ -470,13 +542,23 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         MaybeWriteLocked();
         break;
       case Op::kFinish:
-        if (status_override_.has_value()) status_ = *status_override_;
+        status_ = status_override_.has_value() ? *status_override_
+                                               : core_call_->status();
         finished_ = true;
         if (deadline_alarm_pending_) deadline_alarm_->Cancel();
-        send_status = true;
+        if (on_cq_thread) {
+          send_status = true;
+        } else {
+          SendStreamStatusLocked();
+        }
         break;
       case Op::kSendStatus:
+        SendDeferredLocked();
         send_status = true;
+        break;
+      case Op::kSendDeferred:
+        deferred_pending_ = false;
+        SendDeferredLocked();
         break;
       case Op::kSendReply:
         SendHeldUnaryReplyLocked();
@@ -494,15 +576,83 @@ void InjectedCall::OnCompletion(Op op, bool ok) {
         resume_pending_ = false;
         if (holding_response_ && send_window_.HasRoom()) {
           holding_response_ = false;
-          SendResponseLocked(&held_response_);
+          SendResponseLocked(&held_response_, on_cq_thread);
           ReadNextResponseLocked();
         }
         break;
+      case Op::kUnaryDone:
+        break;  // OnUnaryDone
     }
+    op_starter = TakeOpStarterLocked();
     done = TakeIfDoneLocked();
   }
   if (done) on_done_(stream_id_);
   if (send_status) SendStatusAndFinish();
+  if (op_starter) op_starter->StartQueuedOps();
+}
+
+void InjectedCall::QueueOpLocked(OpStart op, CoreCall::Slices message) {
+  ops_to_start_.push_back(QueuedOp{op, std::move(message)});
+}
+
+std::shared_ptr<InjectedCall> InjectedCall::TakeOpStarterLocked() {
+  if (ops_to_start_.empty() || starting_ops_) return nullptr;
+  if (self_ == nullptr) {
+    // Done (or never started): only a cancel can be queued, for nothing.
+    ops_to_start_.clear();
+    return nullptr;
+  }
+  starting_ops_ = true;
+  return self_;
+}
+
+void InjectedCall::StartQueuedOps() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!ops_to_start_.empty()) {
+    std::vector<QueuedOp> ops;
+    ops.swap(ops_to_start_);
+    lock.unlock();
+    for (QueuedOp& op : ops) StartOp(op);
+    lock.lock();
+  }
+  starting_ops_ = false;
+}
+
+void InjectedCall::StartOp(QueuedOp& op) {
+  switch (op.op) {
+    case OpStart::kStartUnary:
+      core_call_->StartUnary(std::move(op.message), &unary_done_);
+      break;
+    case OpStart::kStartStream:
+      core_call_->StartStream(&start_done_);
+      break;
+    case OpStart::kReadInitialMetadata:
+      core_call_->ReadInitialMetadata(&metadata_done_);
+      break;
+    case OpStart::kRead:
+      core_call_->Read(&read_done_);
+      break;
+    case OpStart::kWrite:
+      core_call_->Write(std::move(op.message), &write_done_);
+      break;
+    case OpStart::kWritesDone:
+      core_call_->WritesDone(&write_done_);
+      break;
+    case OpStart::kFinish:
+      core_call_->Finish(&finish_done_);
+      break;
+    case OpStart::kCancel:
+      core_call_->Cancel();
+      break;
+  }
+  op.message.clear();  // taken
+}
+
+void InjectedCall::AlarmNowLocked(std::unique_ptr<grpc::Alarm>* alarm,
+                                  Tag* tag) {
+  ++outstanding_ops_;
+  *alarm = std::make_unique<grpc::Alarm>();
+  (*alarm)->Set(cq_, std::chrono::system_clock::now(), tag);
 }
 
 void InjectedCall::OnUnaryDone(bool ok) {
@@ -510,12 +660,12 @@ void InjectedCall::OnUnaryDone(bool ok) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     --outstanding_ops_;
-    status_ = core_unary_->status();
+    status_ = core_call_->status();
     if (!ok && status_.ok()) {
       status_ = grpc::Status(grpc::StatusCode::INTERNAL,
                              "the in-process call failed");
     }
-    response_ = core_unary_->TakeResponse();
+    response_ = core_call_->TakeResponse();
     finished_ = true;
     if (TrySendUnaryReplyLocked()) {
       status_sent_ = true;
@@ -523,9 +673,7 @@ void InjectedCall::OnUnaryDone(bool ok) {
       // This may be a thread that must not wait for ring space (the
       // handler's, the session thread's): the CQ thread sends it.
       session_->CountDeferredReply();
-      ++outstanding_ops_;
-      reply_alarm_ = std::make_unique<grpc::Alarm>();
-      reply_alarm_->Set(cq_, std::chrono::system_clock::now(), &reply_tag_);
+      AlarmNowLocked(&reply_alarm_, &reply_tag_);
     }
     done = TakeIfDoneLocked();
   }
@@ -538,7 +686,7 @@ bool InjectedCall::TrySendUnaryReplyLocked() {
     if (frame) frames.push_back(*std::move(frame));
     return frame.has_value();
   };
-  const codec::Metadata initial_metadata = core_unary_->InitialMetadata();
+  const codec::Metadata initial_metadata = core_call_->InitialMetadata();
   std::optional<PreparedFrame> status =
       session_->PrepareFrame(codec::FrameType::kStatus, stream_id_,
                              codec::EncodeCallStatus(EncodableStatus()));
@@ -596,7 +744,7 @@ void InjectedCall::SendHeldUnaryReplyLocked() {
 }
 
 void InjectedCall::SendUnaryReplyLocked() {
-  const codec::Metadata metadata = core_unary_->InitialMetadata();
+  const codec::Metadata metadata = core_call_->InitialMetadata();
   // None when empty: the client completes the call's initial metadata with
   // its status then, and a failure without initial metadata or reply is,
   // as gRPC's trailers-only response is, one its client may retry. (A
@@ -628,11 +776,8 @@ codec::CallStatus InjectedCall::EncodableStatus() const {
   status.code = static_cast<int32_t>(status_.error_code());
   status.message = status_.error_message();
   status.details = status_.error_details();
-  if (call_ != nullptr) {
-    status.trailing_metadata =
-        codec::CopyMetadata(context_.GetServerTrailingMetadata());
-  } else if (core_unary_ != nullptr) {
-    status.trailing_metadata = core_unary_->TrailingMetadata();
+  if (core_call_ != nullptr) {
+    status.trailing_metadata = core_call_->TrailingMetadata();
   }
   return status;
 }
@@ -696,20 +841,20 @@ std::string InjectedCall::DebugString() {
 }
 
 void InjectedCall::Cancel() {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (unary_ && core_unary_ == nullptr && !finished_) {
-    FinishUnstartedLocked(grpc::StatusCode::CANCELLED, "client went away");
-    lock.unlock();
-    SendStatusAndFinish();
-    return;
+  std::shared_ptr<InjectedCall> op_starter;
+  bool send_status = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (unary_ && core_call_ == nullptr && !finished_) {
+      send_status =
+          FinishUnstartedLocked(grpc::StatusCode::CANCELLED, "client went away");
+    } else {
+      CancelLocked();
+    }
+    op_starter = TakeOpStarterLocked();
   }
-  if (core_unary_ != nullptr) {
-    cancelled_ = true;
-    lock.unlock();
-    core_unary_->Cancel();
-    return;
-  }
-  CancelLocked();
+  if (send_status) SendStatusAndFinish();
+  if (op_starter) op_starter->StartQueuedOps();
 }
 
 void InjectedCall::ArmDeadlineLocked() {
@@ -723,8 +868,9 @@ void InjectedCall::ArmDeadlineLocked() {
 }
 
 void InjectedCall::CancelLocked() {
+  if (core_call_ == nullptr) return;  // nothing started
   cancelled_ = true;
-  context_.TryCancel();
+  QueueOpLocked(OpStart::kCancel);
   if (holding_response_) {
     holding_response_ = false;
     held_response_.Clear();

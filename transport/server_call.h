@@ -1,15 +1,19 @@
 // InjectedCall: one shm stream replayed into the unchanged grpc::Server
 // through its in-process channel.
 //
-// Unary calls (flagged by the client) take a fast path: once the request and
-// half-close are in, one batch made with gRPC's core API runs the handler
-// (one completion instead of seven), and its completion runs on the thread
-// that finishes the call, usually the handler's (core_unary_call.h), which
-// sends the whole reply at once if the client's ring has room and leaves it
-// to the CQ thread otherwise. Streams use the generic completion-queue
-// reader-writer, driven by the session's CQ thread.
+// Every call is made with gRPC's core API (core_call.h), so its completions
+// run on the thread that completes them, usually the handler's: a unary
+// call is one batch, whose completion sends the whole reply at once if the
+// client's ring has room; a stream's request is written into the handler
+// and its next one started the moment the handler takes it, and a response
+// the handler writes is sent to the client from the handler's own Write.
+// No thread hop is added to what gRPC's in-process call has. A completion
+// never waits (it may run on the handler's, the session's or gRPC's own
+// threads): a frame it cannot send at once (no ring slot, no single block)
+// is queued, with every later frame of the call behind it, for the
+// session's CQ thread, which may wait for room (`deferred_`).
 //
-// Requests enter zero-copy: each message is a grpc::Slice over the client's
+// Requests enter zero-copy: each message is a grpc_slice over the client's
 // arena (one slice per block of a chained message), released back to the
 // client when gRPC drops the slice (right after the handler parsed it).
 // Responses are copied once from gRPC's buffer into this side's arena, unless
@@ -24,11 +28,12 @@
 // read, until credit comes (sent from the CQ thread: the session thread never
 // waits for ring space).
 //
-// Thread-safety: frames arrive on the session thread, stream completions on
-// the CQ thread, a unary call's completion on any thread; all state is under
-// mu_, and no gRPC call is made under it except the non-blocking op starts
-// of streams (a unary call's start and cancel, which may run its completion
-// inline, are made after unlocking).
+// Thread-safety: frames arrive on the session thread, core completions on
+// any thread, alarms on the CQ thread; all state is under mu_. No gRPC op is
+// started or cancelled under it, since its completion may run inside the
+// start and takes mu_: ops are queued under the lock and started after it
+// by one thread at a time, in order (StartQueuedOps), which also keeps a
+// run of inline completions (each starting the next write) from recursing.
 #ifndef SHMGRPC_TRANSPORT_SERVER_CALL_H_
 #define SHMGRPC_TRANSPORT_SERVER_CALL_H_
 
@@ -44,12 +49,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/alarm.h"
-#include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "shm/endpoint.h"
-#include "transport/core_unary_call.h"
+#include "transport/core_call.h"
 #include "transport/flow_window.h"
 #include "transport/inbound_message.h"
 #include "transport/session.h"
@@ -69,13 +72,15 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     kSendStatus,       // send an unstarted call's status (an alarm)
     kDeadline,         // the call's deadline, once a response was held
     kSendReply,        // unary: a reply that could not go out at once
+    kSendDeferred,     // frames a completion could not send at once (alarm)
+    kUnaryDone,        // unary: the call's one batch
   };
   // A completion-queue tag: the call and which of its ops completed.
   struct Tag {
     InjectedCall* call;
     Op op;
   };
-  // Where unary calls are made, with gRPC's core API (core_unary_call.h).
+  // Where calls are made, with gRPC's core API (core_call.h).
   struct CoreTarget {
     grpc_channel* channel;
     grpc_completion_queue* cq;  // a callback queue
@@ -91,7 +96,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // given none (the client is past the limit) is refused
   // RESOURCE_EXHAUSTED without reaching the service.
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
-               grpc::GenericStub* stub, grpc::CompletionQueue* cq,
+               grpc::CompletionQueue* cq,
                const CoreTarget& core, const WindowLimits& send_limits,
                const WindowLimits& receive_limits, StreamSlot slot,
                std::function<void(uint64_t)> on_done);
@@ -99,22 +104,71 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
 
   // Session thread. Takes ownership of `message`.
   void OnFrame(const shm::ReceivedMessage& message);
-  // CQ thread.
+  // CQ thread: an alarm this call set went off.
   void OnCompletion(Op op, bool ok);
-  // Unary: the in-process call completed, on whichever thread completed it
-  // (the handler's, usually: core_unary_call.h).
-  void OnUnaryDone(bool ok);
   // The client is gone or asked to cancel.
   void Cancel();
   // One line of state, for shutdown diagnostics.
   std::string DebugString();
 
  private:
+  // A gRPC op this call starts or cancels, queued under mu_ and started
+  // after it (see the thread-safety note on top).
+  enum class OpStart {
+    kStartUnary,   // the unary call's one batch, with `message`
+    kStartStream,  // the stream's metadata
+    kReadInitialMetadata,
+    kRead,
+    kWrite,  // with `message`
+    kWritesDone,
+    kFinish,
+    kCancel,
+  };
+  struct QueuedOp {
+    OpStart op;
+    CoreCall::Slices message;
+  };
+  // A frame for the client. A completion that cannot send it at once (no
+  // ring slot, no single block) leaves it, prepared if it could be, to the
+  // CQ thread, and every later frame of the call goes behind it.
+  struct OutgoingFrame {
+    const char* what;  // for the log, should it not be sent
+    codec::FrameType type;
+    std::string bytes;         // a metadata frame's payload
+    grpc::ByteBuffer message;  // kMessage
+    uint16_t flags = 0;
+    uint64_t aux = 0;  // kWindowUpdate: the credit
+    std::optional<PreparedFrame> prepared;
+  };
+  // A core op's completion (core_call.h): any thread, never waits.
+  class OpDone : public CoreCall::Completion {
+   public:
+    OpDone(InjectedCall* call, Op op) : call_(call), op_(op) {}
+    void Run(bool ok) override;
+
+   private:
+    InjectedCall* const call_;
+    const Op op_;
+  };
+
+  // What an op's completion does. `on_cq_thread`: the CQ thread (an alarm),
+  // which may wait for ring space; any other thread must not.
+  void Complete(Op op, bool ok, bool on_cq_thread);
+  // Unary: the in-process call completed, on whichever thread completed it.
+  void OnUnaryDone(bool ok);
+  // Queues `op` to start after unlocking.
+  void QueueOpLocked(OpStart op, CoreCall::Slices message = {});
+  // After any change that may have queued ops: the reference that keeps this
+  // call alive while StartQueuedOps (which the caller runs after unlocking)
+  // starts them; null when there are none or another thread is starting
+  // them already (it starts these too).
+  std::shared_ptr<InjectedCall> TakeOpStarterLocked();
+  void StartQueuedOps();
+  void StartOp(QueuedOp& op);
   // False when the headers are malformed (status_ then says why).
   bool StartLocked(const shm::ReceivedMessage& headers);
-  // Unary: the request and half-close are in; prepares the call, which the
-  // caller starts as one batch (StartCall + Finish) after unlocking. False
-  // when there is no request (status_ then says why).
+  // Unary: the request and half-close are in; prepares the call and queues
+  // its one batch. False when there is no request (status_ then says why).
   bool PrepareUnaryLocked();
   // Unary: ends the call before it started (cancel, gone client).
   bool FinishUnstartedLocked(grpc::StatusCode code, const char* why);
@@ -123,14 +177,23 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // client's window is full is held (and no further read is made) until a
   // kWindowUpdate makes room or the call is cancelled.
   void ReadNextResponseLocked();
-  void SendResponseLocked(grpc::ByteBuffer* response);
+  void SendResponseLocked(grpc::ByteBuffer* response, bool on_cq_thread);
+  // Sends `frame` to the client after any deferred ones: at once, or left
+  // to the CQ thread (see OutgoingFrame); on the CQ thread, waiting for
+  // room until SendDeadline().
+  void SendToClientLocked(OutgoingFrame frame, bool on_cq_thread);
+  // CQ thread: sends the deferred frames, waiting for room; the first that
+  // is not sent ends the call (OnSendLocked) and the rest are dropped.
+  void SendDeferredLocked();
+  absl::Status SendWaitingLocked(OutgoingFrame& frame);
+  void DropDeferredLocked();
+  // Streams, not on the CQ thread: the status at once if nothing is
+  // deferred and the ring has room; else the CQ thread sends it (kSendStatus).
+  void SendStreamStatusLocked();
   // After a frame to the client (`what`, for the log) was sent: a frame that
   // was not ends the call (cancelled; marked stalled if the client's ring
   // stayed full, see client_stalled_).
   void OnSendLocked(absl::string_view what, const absl::Status& sent);
-  // Streams. A unary call is cancelled with core_unary_->Cancel() after
-  // unlocking instead: its completion may run inside the cancel, on the
-  // cancelling thread, and takes mu_.
   void CancelLocked();
   // A response is held for the client's window: at the call's deadline the
   // call ends (kDeadline), as over HTTP/2, where the server ends a stream
@@ -170,46 +233,43 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   codec::CallStatus EncodableStatus() const;
   // How long a send to the client may wait for a ring slot.
   absl::Time SendDeadline() const;
+  // Sets `alarm` to go off at once on the CQ thread with `tag`.
+  void AlarmNowLocked(std::unique_ptr<grpc::Alarm>* alarm, Tag* tag);
 
   const std::shared_ptr<Session> session_;
   const uint64_t stream_id_;
-  grpc::GenericStub* const stub_;
   grpc::CompletionQueue* const cq_;
   const CoreTarget core_;
   std::function<void(uint64_t)> on_done_;
 
-  Tag start_tag_{this, Op::kStart};
-  Tag metadata_tag_{this, Op::kInitialMetadata};
-  Tag read_tag_{this, Op::kRead};
-  Tag write_tag_{this, Op::kWrite};
-  Tag finish_tag_{this, Op::kFinish};
   Tag resume_tag_{this, Op::kResumeResponses};
   Tag status_tag_{this, Op::kSendStatus};
   Tag deadline_tag_{this, Op::kDeadline};
   Tag reply_tag_{this, Op::kSendReply};
+  Tag deferred_tag_{this, Op::kSendDeferred};
+  OpDone start_done_{this, Op::kStart};
+  OpDone metadata_done_{this, Op::kInitialMetadata};
+  OpDone read_done_{this, Op::kRead};
+  OpDone write_done_{this, Op::kWrite};
+  OpDone finish_done_{this, Op::kFinish};
+  OpDone unary_done_{this, Op::kUnaryDone};
 
   std::mutex mu_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
-  // Unary fast path.
+  bool headers_seen_ = false;
   bool unary_ = false;
+  std::unique_ptr<CoreCall> core_call_;  // once started
+  std::vector<QueuedOp> ops_to_start_;
+  bool starting_ops_ = false;  // a thread is in StartQueuedOps
+  std::deque<OutgoingFrame> deferred_;
+  bool deferred_pending_ = false;  // deferred_alarm_ is set
+  std::unique_ptr<grpc::Alarm> deferred_alarm_;
+  // Unary fast path.
   std::string method_;
   absl::Time deadline_ = absl::InfiniteFuture();  // the client's, if any
   bool have_unary_request_ = false;
   InboundMessage unary_request_;
   std::string authority_;  // the client's, if any
   std::vector<std::pair<std::string, std::string>> unary_metadata_;
-  CoreUnaryCall::Slices unary_request_slices_;  // until the call starts
-  std::unique_ptr<CoreUnaryCall> core_unary_;
-  class UnaryDone : public CoreUnaryCall::Completion {
-   public:
-    explicit UnaryDone(InjectedCall* call) : call_(call) {}
-    void Run(bool ok) override { call_->OnUnaryDone(ok); }
-
-   private:
-    InjectedCall* const call_;
-  };
-  UnaryDone unary_done_{this};
   // See TrySendUnaryReplyLocked: at most initial metadata, message, status.
   absl::InlinedVector<PreparedFrame, 3> unary_reply_;
   std::shared_ptr<InjectedCall> self_;  // alive until done
@@ -232,7 +292,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool holding_response_ = false;
   bool resume_pending_ = false;  // resume_alarm_ is set
   std::unique_ptr<grpc::Alarm> resume_alarm_;
-  std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame
+  std::unique_ptr<grpc::Alarm> status_alarm_;  // see OnFrame, kFinish
   std::unique_ptr<grpc::Alarm> reply_alarm_;   // see OnUnaryDone
   // Set at the call's deadline once a response is held (ArmDeadlineLocked);
   // cancelled when the call finishes first.
@@ -249,9 +309,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::optional<grpc::Status> status_override_;
   StreamSlot stream_slot_;     // until the status goes out or a kCancel
   bool busy_ = false;          // see SetBusyLocked
-  grpc::ByteBuffer response_;  // one read (stream) or the unary reply
+  grpc::ByteBuffer response_;  // the unary reply
   grpc::Status status_;
-  std::string trace_;
 };
 
 }  // namespace shmgrpc::transport

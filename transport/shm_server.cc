@@ -97,7 +97,6 @@ ShmServer::ShmServer(grpc::Server* server, std::string shm_path, int listen_fd,
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
   inproc_channel_ = server->InProcessChannel(args);
-  stub_ = std::make_unique<grpc::GenericStub>(inproc_channel_);
   core_cq_ = std::make_unique<transport::CoreCallbackQueue>();
 }
 
@@ -333,7 +332,7 @@ void ShmServer::OnFrame(const std::shared_ptr<ServerSession>& s,
         streams_over_limit_.fetch_add(1, std::memory_order_relaxed);
       }
       call = std::make_shared<InjectedCall>(
-          s->session, stream_id, stub_.get(), &s->cq,
+          s->session, stream_id, &s->cq,
           InjectedCall::CoreTarget{transport::CoreChannelOf(*inproc_channel_),
                                    core_cq_->get()},
           transport::SenderLimits(own_window, message.descriptor.aux),

@@ -42,10 +42,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/completion_queue.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/server.h"
 #include "shm/thread.h"
-#include "transport/core_unary_call.h"
+#include "transport/core_call.h"
 #include "transport/handshake.h"
 #include "transport/log_rate_limiter.h"
 #include "transport/options.h"
@@ -173,8 +172,7 @@ class ShmServer {
   // finished threads. Closed only after every thread that writes it ended.
   const int wake_fd_;
   std::shared_ptr<grpc::Channel> inproc_channel_;
-  std::unique_ptr<grpc::GenericStub> stub_;
-  // Where unary calls complete (core_unary_call.h); its destructor waits
+  // Where injected calls complete (core_call.h); its destructor waits
   // for the last one.
   std::unique_ptr<transport::CoreCallbackQueue> core_cq_;
   shm::Thread accept_thread_;  // started by Start()

@@ -1,4 +1,4 @@
-#include "transport/core_unary_call.h"
+#include "transport/core_call.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -92,22 +92,31 @@ CoreCallbackQueue::~CoreCallbackQueue() {
   grpc_completion_queue_destroy(cq_);
 }
 
-CoreUnaryCall::Completion::Completion() {
+CoreCall::Completion::Completion() {
   functor_run = &Completion::Dispatch;
   inlineable = 1;
   internal_success = 0;
   internal_next = nullptr;
 }
 
-void CoreUnaryCall::Completion::Dispatch(grpc_completion_queue_functor* functor,
-                                         int ok) {
+void CoreCall::Completion::Dispatch(grpc_completion_queue_functor* functor,
+                                    int ok) {
   static_cast<Completion*>(functor)->Run(ok != 0);
 }
 
-CoreUnaryCall::CoreUnaryCall(
-    grpc_channel* channel, grpc_completion_queue* cq, const std::string& method,
-    const std::string& authority, absl::Time deadline,
-    std::vector<std::pair<std::string, std::string>> metadata)
+CoreCall::OpCompletion::OpCompletion(
+    CoreCall* call, void (*run)(grpc_completion_queue_functor*, int))
+    : call(call) {
+  functor_run = run;
+  inlineable = 1;
+  internal_success = 0;
+  internal_next = nullptr;
+}
+
+CoreCall::CoreCall(grpc_channel* channel, grpc_completion_queue* cq,
+                   const std::string& method, const std::string& authority,
+                   absl::Time deadline,
+                   std::vector<std::pair<std::string, std::string>> metadata)
     : metadata_strings_(std::move(metadata)) {
   grpc_metadata_array_init(&initial_metadata_);
   grpc_metadata_array_init(&trailing_metadata_);
@@ -133,7 +142,7 @@ CoreUnaryCall::CoreUnaryCall(
   }
 }
 
-CoreUnaryCall::~CoreUnaryCall() {
+CoreCall::~CoreCall() {
   if (request_ != nullptr) grpc_byte_buffer_destroy(request_);
   if (response_ != nullptr) grpc_byte_buffer_destroy(response_);
   grpc_metadata_array_destroy(&initial_metadata_);
@@ -142,7 +151,22 @@ CoreUnaryCall::~CoreUnaryCall() {
   grpc_call_unref(call_);
 }
 
-void CoreUnaryCall::Start(Slices request, Completion* done) {
+void CoreCall::StartBatch(const grpc_op* ops, size_t count,
+                          grpc_completion_queue_functor* tag,
+                          Completion* done) {
+  if (grpc_call_start_batch(call_, ops, count, tag, nullptr) == GRPC_CALL_OK) {
+    return;
+  }
+  // Only a misuse of this class gets here (an op started twice): say so as
+  // the call's status rather than leave `done` never run.
+  status_code_ = GRPC_STATUS_INTERNAL;
+  grpc_slice_unref(status_message_);
+  status_message_ = grpc_slice_from_copied_string(
+      "shm injector: grpc_call_start_batch refused an op");
+  done->Run(false);
+}
+
+void CoreCall::StartUnary(Slices request, Completion* done) {
   request_ = grpc_raw_byte_buffer_create(request.data(), request.size());
   for (grpc_slice& slice : request) grpc_slice_unref(slice);
   grpc_op ops[6] = {};
@@ -162,31 +186,88 @@ void CoreUnaryCall::Start(Slices request, Completion* done) {
   ops[5].data.recv_status_on_client.status_details = &status_message_;
   // The tag is the functor itself: Completion's base, not its first byte
   // (its vtable pointer comes first).
-  grpc_completion_queue_functor* tag = done;
-  const grpc_call_error started =
-      grpc_call_start_batch(call_, ops, 6, tag, nullptr);
-  if (started != GRPC_CALL_OK) {
-    // Only a misuse of the API (a second Start) gets here: say so as the
-    // call's status rather than leave `done` never run.
-    status_code_ = GRPC_STATUS_INTERNAL;
-    grpc_slice_unref(status_message_);
-    status_message_ = grpc_slice_from_copied_string(
-        "shm injector: grpc_call_start_batch refused the call");
-    done->Run(false);
-  }
+  StartBatch(ops, 6, done, done);
 }
 
-void CoreUnaryCall::Cancel() { grpc_call_cancel(call_, nullptr); }
+void CoreCall::StartStream(Completion* done) {
+  grpc_op op = {};
+  op.op = GRPC_OP_SEND_INITIAL_METADATA;
+  op.data.send_initial_metadata.count = metadata_.size();
+  op.data.send_initial_metadata.metadata = metadata_.data();
+  StartBatch(&op, 1, done, done);
+}
 
-codec::Metadata CoreUnaryCall::InitialMetadata() const {
+void CoreCall::ReadInitialMetadata(Completion* done) {
+  grpc_op op = {};
+  op.op = GRPC_OP_RECV_INITIAL_METADATA;
+  op.data.recv_initial_metadata.recv_initial_metadata = &initial_metadata_;
+  StartBatch(&op, 1, done, done);
+}
+
+void CoreCall::Write(Slices message, Completion* done) {
+  request_ = grpc_raw_byte_buffer_create(message.data(), message.size());
+  for (grpc_slice& slice : message) grpc_slice_unref(slice);
+  written_.done = done;
+  grpc_op op = {};
+  op.op = GRPC_OP_SEND_MESSAGE;
+  op.data.send_message.send_message = request_;
+  StartBatch(&op, 1, &written_, done);
+}
+
+void CoreCall::OnWritten(grpc_completion_queue_functor* functor, int ok) {
+  auto* op = static_cast<OpCompletion*>(functor);
+  // gRPC holds its own references while it needs the message; ours go now,
+  // so that blocks the handler has parsed go back to the client.
+  grpc_byte_buffer_destroy(op->call->request_);
+  op->call->request_ = nullptr;
+  op->done->Run(ok != 0);
+}
+
+void CoreCall::WritesDone(Completion* done) {
+  grpc_op op = {};
+  op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  StartBatch(&op, 1, done, done);
+}
+
+void CoreCall::Read(Completion* done) {
+  if (response_ != nullptr) {  // not taken
+    grpc_byte_buffer_destroy(response_);
+    response_ = nullptr;
+  }
+  read_.done = done;
+  grpc_op op = {};
+  op.op = GRPC_OP_RECV_MESSAGE;
+  op.data.recv_message.recv_message = &response_;
+  StartBatch(&op, 1, &read_, done);
+}
+
+void CoreCall::OnRead(grpc_completion_queue_functor* functor, int ok) {
+  auto* op = static_cast<OpCompletion*>(functor);
+  // The core API completes a read at the end of the stream successfully,
+  // without a message; the C++ API (and our caller) calls that not ok.
+  op->done->Run(ok != 0 && op->call->response_ != nullptr);
+}
+
+void CoreCall::Finish(Completion* done) {
+  grpc_op op = {};
+  op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+  op.data.recv_status_on_client.trailing_metadata = &trailing_metadata_;
+  op.data.recv_status_on_client.status = &status_code_;
+  op.data.recv_status_on_client.status_details = &status_message_;
+  StartBatch(&op, 1, done, done);
+}
+
+void CoreCall::Cancel() { grpc_call_cancel(call_, nullptr); }
+
+codec::Metadata CoreCall::InitialMetadata() const {
   return Copy(initial_metadata_);
 }
 
-codec::Metadata CoreUnaryCall::TrailingMetadata() const {
+codec::Metadata CoreCall::TrailingMetadata() const {
   return Copy(trailing_metadata_);
 }
 
-grpc::Status CoreUnaryCall::status() const {
+grpc::Status CoreCall::status() const {
   std::string details;
   for (size_t i = 0; i < trailing_metadata_.count; ++i) {
     if (View(trailing_metadata_.metadata[i].key) == "grpc-status-details-bin") {
@@ -197,7 +278,7 @@ grpc::Status CoreUnaryCall::status() const {
                       std::string(View(status_message_)), std::move(details));
 }
 
-grpc::ByteBuffer CoreUnaryCall::TakeResponse() {
+grpc::ByteBuffer CoreCall::TakeResponse() {
   if (response_ == nullptr) return grpc::ByteBuffer();
   absl::InlinedVector<grpc::Slice, 1> slices;
   grpc_byte_buffer_reader reader;
