@@ -21,6 +21,9 @@
 //   server-stream  one server stream of endless --size replies, read
 //                forever; prints "in-call" after 100 (for tests that stop
 //                this process while the server keeps writing to it).
+//   server-stream-n  one server stream of N --size replies; prints
+//                "in-call" after the first; exits 0 only if all N came in
+//                order, intact, and the status is OK.
 //   unary-burst  N unary calls at once (a thread each), each answered after
 //                a 1 s delay; prints "calling" once all are started (for
 //                tests that stop this process while the replies come);
@@ -60,7 +63,8 @@ class CallContext : public grpc::ClientContext {
 
 constexpr char kUsage[] =
     "usage: %s --target=unix:/path [--calls=N] [--size=BYTES] "
-    "[--mode=unary|hang-unary|stream|server-stream|unary-burst] "
+    "[--mode=unary|hang-unary|stream|server-stream|server-stream-n|"
+    "unary-burst] "
     "[--expect=shm|plain] "
     "[--deadline_ms=N] [--stream_window_messages=N] "
     "[--stream_window_bytes=N] [--uid=N]\n"
@@ -162,6 +166,35 @@ int RunStreamForever(EchoService::Stub& stub, size_t size, int deadline_ms) {
   }
 }
 
+int RunServerStream(EchoService::Stub& stub, int replies, size_t size,
+                    int deadline_ms) {
+  CallContext context(deadline_ms);
+  EchoRequest request;
+  request.set_reply_count(replies);
+  request.set_reply_bytes(static_cast<uint32_t>(size));
+  auto stream = stub.ServerStream(&context, request);
+  EchoResponse response;
+  int read = 0;
+  for (; stream->Read(&response); ++read) {
+    if (read == 0) {
+      std::printf("in-call\n");
+      std::fflush(stdout);
+    }
+    if (response.seq() != read || !PayloadIntact(response)) {
+      std::fprintf(stderr, "reply %d: wrong or out of order (seq %ld)\n", read,
+                   static_cast<long>(response.seq()));
+      return 1;
+    }
+  }
+  const grpc::Status status = stream->Finish();
+  if (!status.ok() || read != replies) {
+    std::fprintf(stderr, "%d of %d replies, then: %s\n", read, replies,
+                 status.error_message().c_str());
+    return 1;
+  }
+  return 0;
+}
+
 int RunServerStreamForever(EchoService::Stub& stub, size_t size,
                            int deadline_ms) {
   CallContext context(deadline_ms);
@@ -202,7 +235,8 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--mode=")) {
       mode = arg.substr(7);
       ok = mode == "unary" || mode == "hang-unary" || mode == "stream" ||
-           mode == "server-stream" || mode == "unary-burst";
+           mode == "server-stream" || mode == "server-stream-n" ||
+           mode == "unary-burst";
     } else if (arg == "--expect=shm" || arg == "--expect=plain") {
       expect_shm = arg == "--expect=shm";
     } else if (absl::StartsWith(arg, "--deadline_ms=")) {
@@ -240,6 +274,9 @@ int Main(int argc, char** argv) {
   if (mode == "stream") return RunStreamForever(*stub, size, deadline_ms);
   if (mode == "server-stream") {
     return RunServerStreamForever(*stub, size, deadline_ms);
+  }
+  if (mode == "server-stream-n") {
+    return RunServerStream(*stub, calls, size, deadline_ms);
   }
   if (mode == "unary-burst") {
     return RunUnaryBurst(*stub, calls, size, deadline_ms);

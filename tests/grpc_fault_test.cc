@@ -378,6 +378,38 @@ TEST(StoppedClientTest, UnaryRepliesItHadNoRoomForArriveOnceResumed) {
   ExpectServerIdle(server);
 }
 
+// A stream's response goes out from the thread that produced it (the
+// handler's Write completes the injector's read) when the client's ring has
+// room; when it has none, it and every later frame of the stream wait, in
+// order, for the session's completion thread. Once resumed, the client gets
+// every response in order, intact, and the status.
+TEST(StoppedClientTest, StreamResponsesItHadNoRoomForArriveInOrderOnceResumed) {
+  // 8 ring slots and windows far larger: the ring fills, not the window.
+  ServerProcess server("sync", WithWideWindows({"--ring_slots=8"}));
+  ASSERT_TRUE(server.status().ok()) << server.status();
+  constexpr int kReplies = 200000;  // still streaming when it is stopped
+  ChildProcess client(
+      WithWideWindows({RunfilePath("tests/echo_client"),
+                       "--target=" + server.target(), "--mode=server-stream-n",
+                       "--calls=" + std::to_string(kReplies), "--size=64"}),
+      "in-call");
+  ASSERT_TRUE(client.status().ok()) << client.status();
+  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
+  absl::SleepFor(absl::Milliseconds(500));
+  const uint64_t deferred =
+      FetchServerStats(server.target()).replies_deferred();
+  std::printf("responses deferred while it was stopped: %lu\n",
+              static_cast<unsigned long>(deferred));
+  std::move(resume).Invoke();
+  const std::optional<int> exit_code = client.WaitFor(absl::Seconds(60));
+  ASSERT_TRUE(exit_code.has_value()) << "its stream did not end";
+  EXPECT_EQ(*exit_code, 0) << "a response was lost, reordered or damaged";
+  EXPECT_GE(deferred, 1u)
+      << "a response the stopped client had no room for was not deferred";
+  ExpectServerIdle(server);
+}
+
 // A stopped client's calls still end at the server while it stays stopped:
 // a send that finds the client's ring full waits until the call's deadline,
 // or 5 s for a call without one, and then the server cancels that call (its

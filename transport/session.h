@@ -56,9 +56,10 @@ struct SendPathStats {
   // Sent as arena slices, written there before gRPC carried them (never
   // copied; see Session::WriteArenaSlice).
   uint64_t arena_slices = 0;
-  // Unary replies that could not go out at once from the thread that
-  // finished the call (no room in the ring, or no single block) and were
-  // sent by the session's completion thread.
+  // Unary replies and stream responses that could not go out at once from
+  // the thread that produced them (no room in the ring, or no single block,
+  // or an earlier frame of the stream still waiting) and were sent by the
+  // session's completion thread.
   uint64_t replies_deferred = 0;
   SendPathStats& operator+=(const SendPathStats& other) {
     chained += other.chained;

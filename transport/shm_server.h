@@ -77,9 +77,10 @@ struct ServerStats {
   // Replies serialized straight into the arena (ArenaReplyInterceptorFactory)
   // and sent without a copy.
   uint64_t arena_replies = 0;
-  // Unary replies the handler's thread could not send at once (the
-  // client's ring full, or no single block free), sent by the session's
-  // completion thread instead, one thread hop later.
+  // Unary replies and stream responses the handler's thread could not send
+  // at once (the client's ring full, no single block free, or an earlier
+  // frame of the stream still waiting), sent by the session's completion
+  // thread instead, one thread hop later.
   uint64_t replies_deferred = 0;
   // Blocks of the server's arenas: held by open sessions' clients now, and
   // taken back from clients that went away.
