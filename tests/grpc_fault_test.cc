@@ -605,8 +605,15 @@ TEST(StoppedClientTest, StoppedPastTheTimeoutItsSessionIsClosed) {
 // stalled_peer_timeout (30 s by default).
 TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
   const std::string server_log = ::testing::TempDir() + "/no_memory.log";
+  // Every block must be held by a frame the client has not read when the
+  // status is posted. A frame that was never sent gives its block back as
+  // its send fails, so none may hold one: a ring larger than the arena
+  // (no frame waits for a slot with its block), and replies serialized by
+  // gRPC rather than into the arena (a handler's unsent arena reply is
+  // freed with the call: 1 in 16 runs left the status a block that way).
   ServerProcess server("sync",
-                       WithWideWindows({"--arena_bytes=262144", "--ring_slots=8"}),
+                       WithWideWindows({"--arena_bytes=262144", "--ring_slots=64",
+                                        "--no_arena_replies"}),
                        "", server_log);
   ASSERT_TRUE(server.status().ok()) << server.status();
   StoppedStreamingClient client(
