@@ -611,10 +611,11 @@ TEST(StoppedClientTest, NoMemoryLeftForItsStatusClosesTheSessionAtOnce) {
   // (no frame waits for a slot with its block), and replies serialized by
   // gRPC rather than into the arena (a handler's unsent arena reply is
   // freed with the call: 1 in 16 runs left the status a block that way).
-  ServerProcess server("sync",
-                       WithWideWindows({"--arena_bytes=262144", "--ring_slots=64",
-                                        "--no_arena_replies"}),
-                       "", server_log);
+  ServerProcess server(
+      "sync",
+      WithWideWindows(
+          {"--arena_bytes=262144", "--ring_slots=64", "--no_arena_replies"}),
+      "", server_log);
   ASSERT_TRUE(server.status().ok()) << server.status();
   StoppedStreamingClient client(
       server, WithWideWindows({"--size=32768", "--deadline_ms=1000"}),

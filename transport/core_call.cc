@@ -104,8 +104,9 @@ void CoreCall::Completion::Dispatch(grpc_completion_queue_functor* functor,
   static_cast<Completion*>(functor)->Run(ok != 0);
 }
 
-CoreCall::OpCompletion::OpCompletion(
-    CoreCall* call, void (*run)(grpc_completion_queue_functor*, int))
+CoreCall::OpCompletion::OpCompletion(CoreCall* call,
+                                     void (*run)(grpc_completion_queue_functor*,
+                                                 int))
     : call(call) {
   functor_run = run;
   inlineable = 1;

@@ -133,8 +133,8 @@ class CoreCall {
   // Forwards a stream op's completion after doing what the op needs done
   // on it (see Read and Write).
   struct OpCompletion : grpc_completion_queue_functor {
-    OpCompletion(CoreCall* call, void (*run)(grpc_completion_queue_functor*,
-                                             int));
+    OpCompletion(CoreCall* call,
+                 void (*run)(grpc_completion_queue_functor*, int));
     CoreCall* const call;
     Completion* done = nullptr;
   };

@@ -33,7 +33,7 @@ void ReleaseSlice(void* arg) {
 // One slice per frame (a chained message becomes several), each giving its
 // block back when gRPC drops it.
 CoreCall::Slices WrapRequestSlices(const std::shared_ptr<Session>& session,
-                                        const InboundMessage& message) {
+                                   const InboundMessage& message) {
   CoreCall::Slices slices;
   for (const shm::ReceivedMessage& frame : message.frames) {
     if (frame.descriptor.length == 0) {
@@ -61,8 +61,7 @@ absl::Time InjectedCall::SendDeadline() const {
 }
 
 InjectedCall::InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
-                           grpc::CompletionQueue* cq,
-                           const CoreTarget& core,
+                           grpc::CompletionQueue* cq, const CoreTarget& core,
                            const WindowLimits& send_limits,
                            const WindowLimits& receive_limits, StreamSlot slot,
                            std::function<void(uint64_t)> on_done)
@@ -104,8 +103,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
       const bool wanted =
           (unary_ && !have_unary_request_ && !half_closed_ && !finished_) ||
           (!unary_ && core_call_ != nullptr && !half_closed_ &&
-           !write_failed_ &&
-           !status_override_.has_value());
+           !write_failed_ && !status_override_.has_value());
       if (!wanted) {
         session_->Release(message);  // a protocol error, or after the end
         break;
@@ -213,9 +211,9 @@ bool InjectedCall::PrepareUnaryLocked() {
   }
   CoreCall::Slices request = WrapRequestSlices(session_, unary_request_);
   have_unary_request_ = false;
-  core_call_ = std::make_unique<CoreCall>(core_.channel, core_.cq, method_,
-                                          authority_, deadline_,
-                                          std::move(unary_metadata_));
+  core_call_ =
+      std::make_unique<CoreCall>(core_.channel, core_.cq, method_, authority_,
+                                 deadline_, std::move(unary_metadata_));
   ++outstanding_ops_;  // the call's one batch
   QueueOpLocked(OpStart::kStartUnary, std::move(request));
   return true;
@@ -390,8 +388,8 @@ absl::Status InjectedCall::SendWaitingLocked(OutgoingFrame& frame) {
   }
   switch (frame.type) {
     case codec::FrameType::kMessage:
-      return session_->SendByteBuffer(stream_id_, frame.message,
-                                      SendDeadline(), frame.flags);
+      return session_->SendByteBuffer(stream_id_, frame.message, SendDeadline(),
+                                      frame.flags);
     case codec::FrameType::kWindowUpdate:
       return session_->SendControl(frame.type, stream_id_, frame.aux,
                                    SendDeadline());
@@ -609,7 +607,7 @@ std::shared_ptr<InjectedCall> InjectedCall::TakeOpStarterLocked() {
 void InjectedCall::StartQueuedOps() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!ops_to_start_.empty()) {
-    std::vector<QueuedOp> ops;
+    QueuedOps ops;
     ops.swap(ops_to_start_);
     lock.unlock();
     for (QueuedOp& op : ops) StartOp(op);
@@ -846,8 +844,8 @@ void InjectedCall::Cancel() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (unary_ && core_call_ == nullptr && !finished_) {
-      send_status =
-          FinishUnstartedLocked(grpc::StatusCode::CANCELLED, "client went away");
+      send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
+                                          "client went away");
     } else {
       CancelLocked();
     }

@@ -96,8 +96,8 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // given none (the client is past the limit) is refused
   // RESOURCE_EXHAUSTED without reaching the service.
   InjectedCall(std::shared_ptr<Session> session, uint64_t stream_id,
-               grpc::CompletionQueue* cq,
-               const CoreTarget& core, const WindowLimits& send_limits,
+               grpc::CompletionQueue* cq, const CoreTarget& core,
+               const WindowLimits& send_limits,
                const WindowLimits& receive_limits, StreamSlot slot,
                std::function<void(uint64_t)> on_done);
   ~InjectedCall();
@@ -128,6 +128,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     OpStart op;
     CoreCall::Slices message;
   };
+  // Rarely more than a read, a write and a cancel at once: no heap
+  // allocation per op.
+  using QueuedOps = absl::InlinedVector<QueuedOp, 3>;
   // A frame for the client. A completion that cannot send it at once (no
   // ring slot, no single block) leaves it, prepared if it could be, to the
   // CQ thread, and every later frame of the call goes behind it.
@@ -258,7 +261,7 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   bool headers_seen_ = false;
   bool unary_ = false;
   std::unique_ptr<CoreCall> core_call_;  // once started
-  std::vector<QueuedOp> ops_to_start_;
+  QueuedOps ops_to_start_;
   bool starting_ops_ = false;  // a thread is in StartQueuedOps
   std::deque<OutgoingFrame> deferred_;
   bool deferred_pending_ = false;  // deferred_alarm_ is set
