@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -400,12 +401,14 @@ absl::Status InjectedCall::SendWaitingLocked(OutgoingFrame& frame) {
 }
 
 void InjectedCall::SendDeferredLocked() {
-  while (!deferred_.empty()) {
-    OutgoingFrame frame = std::move(deferred_.front());
-    deferred_.pop_front();
-    const absl::Status sent = SendWaitingLocked(frame);
+  std::vector<OutgoingFrame> frames;
+  frames.swap(deferred_);
+  for (size_t i = 0; i < frames.size(); ++i) {
+    const absl::Status sent = SendWaitingLocked(frames[i]);
     if (!sent.ok()) {
-      OnSendLocked(frame.what, sent);
+      OnSendLocked(frames[i].what, sent);
+      deferred_.assign(std::make_move_iterator(frames.begin() + i + 1),
+                       std::make_move_iterator(frames.end()));
       DropDeferredLocked();
       return;
     }

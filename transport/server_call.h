@@ -43,6 +43,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
@@ -263,7 +264,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::unique_ptr<CoreCall> core_call_;  // once started
   QueuedOps ops_to_start_;
   bool starting_ops_ = false;  // a thread is in StartQueuedOps
-  std::deque<OutgoingFrame> deferred_;
+  // A vector, not a deque: it is rarely used, and an empty deque costs two
+  // heap allocations per call.
+  std::vector<OutgoingFrame> deferred_;
   bool deferred_pending_ = false;  // deferred_alarm_ is set
   std::unique_ptr<grpc::Alarm> deferred_alarm_;
   // Unary fast path.
