@@ -8,10 +8,13 @@
 // and its next one started the moment the handler takes it, and a response
 // the handler writes is sent to the client from the handler's own Write.
 // No thread hop is added to what gRPC's in-process call has. A completion
-// never waits (it may run on the handler's, the session's or gRPC's own
-// threads): a frame it cannot send at once (no ring slot, no single block)
-// is queued, with every later frame of the call behind it, for the
-// session's CQ thread, which may wait for room (`deferred_`).
+// never waits for the client (it may run on the handler's, the session's
+// or gRPC's own threads): a frame it cannot send at once (no ring slot, no
+// single block) is queued, with every later frame of the call behind it,
+// for the session's CQ thread, which may wait for room (`deferred_`). A
+// completion may wait for mu_ while the CQ thread holds it waiting for
+// room, as the session thread may (ARCHITECTURE, "No reader waits on a
+// writer": the client's reader, which ends that wait, never waits).
 //
 // Requests enter zero-copy: each message is a grpc_slice over the client's
 // arena (one slice per block of a chained message), released back to the
