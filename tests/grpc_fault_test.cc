@@ -37,6 +37,7 @@ namespace {
 using testing::ChildProcess;
 using testing::RunfilePath;
 using testing::ServerProcess;
+using testing::StopProcess;
 
 // How long "promptly" is: far below every deadline used here (30 s).
 constexpr absl::Duration kPrompt = absl::Seconds(2);
@@ -312,7 +313,7 @@ TEST(StoppedClientTest, DoesNotStallTheServersOtherClients) {
        "--mode=server-stream", "--size=1024"},
       "in-call");
   ASSERT_TRUE(stopped.status().ok()) << stopped.status();
-  ASSERT_EQ(kill(stopped.pid(), SIGSTOP), 0) << strerror(errno);
+  ASSERT_EQ(StopProcess(stopped.pid()), absl::OkStatus());
   // Resumed however the test ends: a stopped process ignores the SIGTERM
   // that ends it, and the test would hang.
   absl::Cleanup resume = [&] { kill(stopped.pid(), SIGCONT); };
@@ -362,7 +363,7 @@ TEST(StoppedClientTest, UnaryRepliesItHadNoRoomForArriveOnceResumed) {
         return FetchServerStats(server.target()).calls_active() == kCalls;
       },
       absl::Seconds(5)));
-  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  ASSERT_EQ(StopProcess(client.pid()), absl::OkStatus());
   absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
   absl::SleepFor(absl::Milliseconds(1500));  // every reply is due by now
   const uint64_t deferred =
@@ -394,7 +395,7 @@ TEST(StoppedClientTest, StreamResponsesItHadNoRoomForArriveInOrderOnceResumed) {
                        "--calls=" + std::to_string(kReplies), "--size=64"}),
       "in-call");
   ASSERT_TRUE(client.status().ok()) << client.status();
-  ASSERT_EQ(kill(client.pid(), SIGSTOP), 0) << strerror(errno);
+  ASSERT_EQ(StopProcess(client.pid()), absl::OkStatus());
   absl::Cleanup resume = [&] { kill(client.pid(), SIGCONT); };
   absl::SleepFor(absl::Milliseconds(500));
   const uint64_t deferred =
@@ -444,7 +445,7 @@ TEST(StoppedClientTest, ServerEndsItsCallsAndTheClientHearsOnceResumed) {
   // a few ms before this.
   const absl::Time stopped = absl::Now();
   for (const auto* client : {with_deadline.get(), without_deadline.get()}) {
-    ASSERT_EQ(kill(client->pid(), SIGSTOP), 0) << strerror(errno);
+    ASSERT_EQ(StopProcess(client->pid()), absl::OkStatus());
   }
   absl::Cleanup resume = [&] {
     kill(with_deadline->pid(), SIGCONT);
@@ -497,14 +498,14 @@ class StoppedStreamingClient {
         process_(Args(server, flags), "in-call", stderr_path_) {
     if (!process_.status().ok()) return;
     stopped_at_ = absl::Now();
-    stopped_ = kill(process_.pid(), SIGSTOP) == 0;
+    stopped_ = StopProcess(process_.pid()).ok();
   }
   ~StoppedStreamingClient() { Resume(); }
 
   // OK once it is stopped mid-call.
   absl::Status status() const {
     if (!process_.status().ok()) return process_.status();
-    if (!stopped_) return absl::InternalError("SIGSTOP failed");
+    if (!stopped_) return absl::InternalError("it did not stop");
     return absl::OkStatus();
   }
   absl::Time stopped_at() const { return stopped_at_; }
@@ -728,7 +729,7 @@ void CancelACallWhileTheServerIsStopped(
   ASSERT_TRUE(WaitFor(
       [&] { return FetchServerStats(server.target()).handlers_hanging() == 1; },
       absl::Seconds(5)));
-  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
+  ASSERT_EQ(StopProcess(server.pid()), absl::OkStatus());
   for (int i = 0; i < 4; ++i) {
     EchoRequest request;
     FillRequest(&request, 64, i);
@@ -821,7 +822,7 @@ TEST(StoppedServerTest, AWriterWaitingForRoomHoldsNoOtherCallPastItsDeadline) {
   options.ring_slots = 8;
   auto channel = CreateChannelWithOwnSession(server.target(), options);
   auto stub = EchoService::NewStub(channel);
-  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0) << strerror(errno);
+  ASSERT_EQ(StopProcess(server.pid()), absl::OkStatus());
   // Resumed after 3 s whatever happens: a call held past its deadline
   // returns then.
   std::thread resumer([&] {

@@ -1,5 +1,6 @@
 #include "tests/server_process.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -12,9 +13,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "tests/peer_process.h"
 
 namespace shmgrpc::testing {
@@ -156,6 +159,50 @@ std::optional<int> ChildProcess::WaitFor(absl::Duration timeout) {
     if (absl::Now() >= give_up) return std::nullopt;
     absl::SleepFor(absl::Milliseconds(10));
   }
+}
+
+namespace {
+
+// Whether every thread of `pid` is stopped (or gone): state T, t, Z or X in
+// /proc/PID/task/TID/stat, the field after the command's closing ')'.
+bool AllThreadsStopped(pid_t pid) {
+  const std::string tasks = absl::StrCat("/proc/", pid, "/task");
+  DIR* dir = opendir(tasks.c_str());
+  if (dir == nullptr) return false;
+  bool stopped = true;
+  while (const dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::ifstream stat_file(absl::StrCat(tasks, "/", entry->d_name, "/stat"));
+    const std::string stat((std::istreambuf_iterator<char>(stat_file)),
+                           std::istreambuf_iterator<char>());
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= stat.size()) continue;
+    const char state = stat[paren + 2];  // gone meanwhile: empty, skipped
+    if (state != 'T' && state != 't' && state != 'Z' && state != 'X') {
+      stopped = false;
+      break;
+    }
+  }
+  closedir(dir);
+  return stopped;
+}
+
+}  // namespace
+
+absl::Status StopProcess(pid_t pid, absl::Duration timeout) {
+  if (kill(pid, SIGSTOP) != 0) {
+    return absl::InternalError(absl::StrCat("SIGSTOP: ", strerror(errno)));
+  }
+  const absl::Time give_up = absl::Now() + timeout;
+  while (!AllThreadsStopped(pid)) {
+    if (absl::Now() >= give_up) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("process ", pid, " did not stop within ",
+                       absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  return absl::OkStatus();
 }
 
 ServerProcess::ServerProcess(const std::string& style,

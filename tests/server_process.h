@@ -71,6 +71,14 @@ class ServerProcess {
   std::unique_ptr<ChildProcess> process_;
 };
 
+// Stops process `pid` (SIGSTOP) and returns once every thread of it has
+// stopped. kill() returns before that: the kernel wakes one thread to take
+// the signal, and only when that one runs does it stop the others, which
+// run on meanwhile (under load a "stopped" server answered a call 1.7 ms
+// after kill() returned, 1 run in 40). DeadlineExceeded if some thread
+// still runs after `timeout`.
+absl::Status StopProcess(pid_t pid, absl::Duration timeout = absl::Seconds(5));
+
 // A fresh unix socket path for this test process.
 std::string FreshSocketPath();
 
