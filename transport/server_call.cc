@@ -350,8 +350,10 @@ void InjectedCall::SendResponseLocked(grpc::ByteBuffer* response,
 }
 
 void InjectedCall::SendToClientLocked(OutgoingFrame frame, bool on_cq_thread) {
+  if (send_failed_) return;  // the call is ending; no frame waits again
   if (on_cq_thread) {
     SendDeferredLocked();
+    if (send_failed_) return;
     const absl::Status sent = SendWaitingLocked(frame);
     OnSendLocked(frame.what, sent);
     return;
@@ -446,6 +448,7 @@ void InjectedCall::OnSendLocked(absl::string_view what,
   if (sent.ok()) return;
   // Dropped, the frame would leave the client's stream silently short of
   // it (a credit its writer waits for, its metadata): the call ends.
+  send_failed_ = true;
   if (sent.code() == absl::StatusCode::kDeadlineExceeded) {
     client_stalled_ = true;
   }

@@ -311,6 +311,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // A send to the client waited until SendDeadline() for ring space (the
   // client stopped reading): the status is posted, not waited for again.
   bool client_stalled_ = false;
+  // A frame to the client was not sent (OnSendLocked): the call is being
+  // cancelled, and later frames (responses already read, credits) are
+  // dropped rather than each waiting for room again.
+  bool send_failed_ = false;
   // The status a stream ends with instead of gRPC's CANCELLED (applied when
   // Finish completes) once this side ended it: it refused a request (larger
   // than Session::max_received_message_bytes), or a response was still held
