@@ -9,11 +9,11 @@
 // usually the handler's own (its write completes our read, its read our
 // write, its status our call) or the thread that started the op (when the
 // other end was already waiting). gRPC's C++ callback API cannot do this:
-// it marks its own functors not inlineable. So a completion must never
-// block: it may run on a handler's thread, on gRPC's timer or executor
-// threads, or inside the call (Start*, Write, Read, Cancel...) that started
-// or cancelled the op, on the caller's thread, which must therefore hold no
-// lock the completion takes.
+// it marks its own functors not inlineable. So a completion must not wait
+// for anything that may take long: it may run on a handler's thread, on
+// gRPC's timer or executor threads, or inside the call (Start*, Write,
+// Read, Cancel...) that started or cancelled the op, on the caller's
+// thread, which must therefore hold no lock the completion takes.
 //
 // gRPC 1.51 keeps a grpc::Channel's core channel private; CoreChannelOf
 // reads it through the friend class gRPC declares for its tests and never
