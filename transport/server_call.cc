@@ -462,15 +462,11 @@ void InjectedCall::OpDone::Run(bool ok) {
   if (op_ == Op::kUnaryDone) {
     call_->OnUnaryDone(ok);
   } else {
-    call_->Complete(op_, ok, /*on_cq_thread=*/false);
+    call_->OnCompletion(op_, ok);
   }
 }
 
 void InjectedCall::OnCompletion(Op op, bool ok) {
-  Complete(op, ok, /*on_cq_thread=*/true);
-}
-
-void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
   bool send_status = false;
   std::shared_ptr<InjectedCall> op_starter;
   std::shared_ptr<InjectedCall> done;  // released after the lock
@@ -494,7 +490,7 @@ void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
           OutgoingFrame frame{"initial metadata",
                               codec::FrameType::kInitialMetadata};
           frame.bytes = codec::EncodeMetadata(core_call_->InitialMetadata());
-          SendToClientLocked(std::move(frame), on_cq_thread);
+          SendToClientLocked(std::move(frame), /*on_cq_thread=*/false);
           ReadNextResponseLocked();
         } else {
           ++outstanding_ops_;
@@ -517,7 +513,7 @@ void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
           holding_response_ = true;
           ArmDeadlineLocked();
         } else if (ok) {
-          SendResponseLocked(&response, on_cq_thread);
+          SendResponseLocked(&response, /*on_cq_thread=*/false);
           ReadNextResponseLocked();
         } else {
           ++outstanding_ops_;
@@ -534,7 +530,7 @@ void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
                   writing_bytes_, writing_sender_waits_)) {
             OutgoingFrame frame{"credit", codec::FrameType::kWindowUpdate};
             frame.aux = EncodeCredit(*credit);
-            SendToClientLocked(std::move(frame), on_cq_thread);
+            SendToClientLocked(std::move(frame), /*on_cq_thread=*/false);
           }
         }
         if (write_failed_) {
@@ -550,11 +546,7 @@ void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
                                                : core_call_->status();
         finished_ = true;
         if (deadline_alarm_pending_) deadline_alarm_->Cancel();
-        if (on_cq_thread) {
-          send_status = true;
-        } else {
-          SendStreamStatusLocked();
-        }
+        SendStreamStatusLocked();
         break;
       case Op::kSendStatus:
         SendDeferredLocked();
@@ -580,7 +572,7 @@ void InjectedCall::Complete(Op op, bool ok, bool on_cq_thread) {
         resume_pending_ = false;
         if (holding_response_ && send_window_.HasRoom()) {
           holding_response_ = false;
-          SendResponseLocked(&held_response_, on_cq_thread);
+          SendResponseLocked(&held_response_, /*on_cq_thread=*/true);
           ReadNextResponseLocked();
         }
         break;

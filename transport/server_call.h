@@ -108,7 +108,9 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
 
   // Session thread. Takes ownership of `message`.
   void OnFrame(const shm::ReceivedMessage& message);
-  // CQ thread: an alarm this call set went off.
+  // An op completed: an alarm this call set, on the CQ thread, which may
+  // wait for the client (kResumeResponses, kSendStatus, kDeadline,
+  // kSendReply, kSendDeferred); or a core op, on any thread, which must not.
   void OnCompletion(Op op, bool ok);
   // The client is gone or asked to cancel.
   void Cancel();
@@ -158,9 +160,6 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
     const Op op_;
   };
 
-  // What an op's completion does. `on_cq_thread`: the CQ thread (an alarm),
-  // which may wait for ring space; any other thread must not.
-  void Complete(Op op, bool ok, bool on_cq_thread);
   // Unary: the in-process call completed, on whichever thread completed it.
   void OnUnaryDone(bool ok);
   // Queues `op` to start after unlocking.
