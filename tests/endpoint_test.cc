@@ -363,18 +363,28 @@ TEST(EndpointTest, HostileDescriptorsAreRejectedAndTheRingKeepsWorking) {
   EXPECT_EQ(WaitPeer(peer->pid), 0);
 }
 
+// Timing tests judge what the scheduler lets a spinner see, and a burst of
+// load on this shared VM can change that for a moment (the target is
+// exclusive, but the machine is not: a CI run saw 9 sleeps where 0 is
+// usual). Each runs up to kTimingAttempts attempts, each a fresh sender
+// process and endpoint, prints every one, and passes when one shows the
+// effect.
+constexpr int kTimingAttempts = 3;
+
 // After a large message the receiver spins longer (WaitOptions::
 // spin_per_mib): a frame that follows a 2 MiB message by ~500 us, five
 // times the 100 us base spin, is caught without sleeping; with the
 // extension off the receiver sleeps and needs the doorbell. Counted over 20
-// such gaps, so a preempted sender or receiver does not decide the outcome
-// (with one core kept busy by another process: 0 vs 13-20 sleeps).
-class SizeSpinTest : public ::testing::TestWithParam<bool> {};
+// such gaps, so a preempted sender or receiver does not decide an attempt
+// (with one core kept busy by another process: 0 vs 20 sleeps, 15 of 15
+// runs; with both cores busy the premise goes: the receiver comes late to
+// most frames, 0-10 sleeps with the extension off).
+constexpr int kSizeSpinGaps = 20;
 
-TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
-  constexpr int kGaps = 20;
+// Sends kSizeSpinGaps pairs (a 2 MiB message, ~500 us later an empty frame)
+// from a child process and counts the empty frames the receiver slept for.
+void CountSleepsAfterLargeMessages(bool extended, int* slept) {
   constexpr size_t kLargeBytes = 2 << 20;
-  const bool extended = GetParam();
   EndpointConfig config;
   config.data_bytes = 16ull << 20;
   config.wait.spin_per_mib =
@@ -383,7 +393,7 @@ TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
     auto endpoint = ConnectEndpoint(sock, config, "sender");
     if (!endpoint.ok()) return 1;
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    for (int i = 0; i < kGaps; ++i) {
+    for (int i = 0; i < kSizeSpinGaps; ++i) {
       absl::StatusOr<Block> block;
       while (!(block = (*endpoint)->Allocate(kLargeBytes, i)).ok()) {
         usleep(50);
@@ -405,8 +415,8 @@ TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
   ASSERT_TRUE(peer.ok()) << peer.status();
   auto endpoint = ConnectEndpoint(peer->sock, config, "receiver");
   ASSERT_TRUE(endpoint.ok()) << endpoint.status();
-  int slept = 0;
-  for (int i = 0; i < kGaps; ++i) {
+  *slept = 0;
+  for (int i = 0; i < kSizeSpinGaps; ++i) {
     auto large = (*endpoint)->Receive(absl::Now() + absl::Seconds(60));
     ASSERT_TRUE(large.ok()) << large.status();
     ASSERT_EQ(large->descriptor.type, kDataType);
@@ -415,16 +425,26 @@ TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
     auto small = (*endpoint)->Receive(absl::Now() + absl::Seconds(60));
     ASSERT_TRUE(small.ok()) << small.status();
     ASSERT_EQ(small->descriptor.type, kSummaryType);
-    if ((*endpoint)->Stats().wakeups != wakeups_before) ++slept;
+    if ((*endpoint)->Stats().wakeups != wakeups_before) ++*slept;
   }
   EXPECT_EQ(WaitPeer(peer->pid), 0);
-  std::printf("extension %s: slept before %d of %d frames\n",
-              extended ? "on" : "off", slept, kGaps);
-  if (extended) {
-    EXPECT_LE(slept, kGaps / 4);
-  } else {
-    EXPECT_GE(slept, kGaps / 2);
+}
+
+class SizeSpinTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SizeSpinTest, FrameShortlyAfterALargeMessageIsCaughtBySpinning) {
+  const bool extended = GetParam();
+  const int bound = extended ? kSizeSpinGaps / 4 : kSizeSpinGaps / 2;
+  for (int attempt = 1; attempt <= kTimingAttempts; ++attempt) {
+    int slept = 0;
+    ASSERT_NO_FATAL_FAILURE(CountSleepsAfterLargeMessages(extended, &slept));
+    std::printf("extension %s, attempt %d: slept before %d of %d frames\n",
+                extended ? "on" : "off", attempt, slept, kSizeSpinGaps);
+    if (extended ? slept <= bound : slept >= bound) return;
   }
+  ADD_FAILURE() << "extension " << (extended ? "on" : "off") << ": no attempt"
+                << " slept " << (extended ? "at most " : "at least ") << bound
+                << " times";
 }
 
 INSTANTIATE_TEST_SUITE_P(OnAndOff, SizeSpinTest, ::testing::Bool());
@@ -454,10 +474,13 @@ bool PinThisThread(int cpu) {
   return sched_setaffinity(0, sizeof(one), &one) == 0;
 }
 
-TEST_P(BusyStreamsTest, ReceiverStopsSpinningOnlyWhenOverTheLimitAndCoreTaken) {
-  constexpr int kGaps = 20;
-  constexpr int kLimit = 2;
-  const BusyCase c = GetParam();
+constexpr int kBusyGaps = 20;
+constexpr int kBusyLimit = 2;
+
+// Sends kBusyGaps frames 20 ms apart from a child process pinned to one CPU
+// to a receiver pinned to another (where a busy loop runs if c.core_taken)
+// that reports c.busy_streams, and counts the receiver's sleeps.
+void CountSleepsWithBusyStreams(const BusyCase& c, uint64_t* slept) {
   cpu_set_t allowed;
   ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
   std::vector<int> cpus;
@@ -472,13 +495,13 @@ TEST_P(BusyStreamsTest, ReceiverStopsSpinningOnlyWhenOverTheLimitAndCoreTaken) {
 
   EndpointConfig config;
   config.wait.max_spin = absl::Milliseconds(50);
-  config.wait.max_busy_streams_for_spin = kLimit;
+  config.wait.max_busy_streams_for_spin = kBusyLimit;
   auto peer = ForkPeer([&](int sock) {
     if (!PinThisThread(cpus[1])) return 4;
     auto endpoint = ConnectEndpoint(sock, config, "sender");
     if (!endpoint.ok()) return 1;
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    for (int i = 0; i <= kGaps; ++i) {
+    for (int i = 0; i <= kBusyGaps; ++i) {
       usleep(20000);
       if (!(*endpoint)->Send(EmptyFrame(kSummaryType, i), deadline).ok()) {
         return 2;
@@ -501,28 +524,39 @@ TEST_P(BusyStreamsTest, ReceiverStopsSpinningOnlyWhenOverTheLimitAndCoreTaken) {
   // The first frame ends the handshake's idle time; the gaps come after.
   ASSERT_TRUE((*endpoint)->Receive(absl::Now() + absl::Seconds(60)).ok());
   const uint64_t wakeups_before = (*endpoint)->Stats().wakeups;
-  for (int i = 1; i <= kGaps; ++i) {
+  for (int i = 1; i <= kBusyGaps; ++i) {
     auto frame =
         (*endpoint)->Receive(absl::Now() + absl::Seconds(60), c.busy_streams);
     ASSERT_TRUE(frame.ok()) << frame.status();
     ASSERT_EQ(frame->descriptor.tag, static_cast<uint64_t>(i));
   }
-  const uint64_t slept = (*endpoint)->Stats().wakeups - wakeups_before;
+  *slept = (*endpoint)->Stats().wakeups - wakeups_before;
   stop = true;
   if (busy_loop.joinable()) busy_loop.join();
   EXPECT_EQ(WaitPeer(peer->pid), 0);
-  std::printf("%d busy streams (limit %d), core %s: slept before %lu of %d\n",
-              c.busy_streams, kLimit, c.core_taken ? "taken" : "idle",
-              static_cast<unsigned long>(slept), kGaps);
+}
+
+TEST_P(BusyStreamsTest, ReceiverStopsSpinningOnlyWhenOverTheLimitAndCoreTaken) {
+  const BusyCase c = GetParam();
   // Measured: 0-1 of 20 when it spins, 20 of 20 when it does not. Other
   // load on this shared machine takes turns on the "idle" core too, which
   // ends some spins (6 of 20 beside a compile), so the bounds leave room
   // on both sides of the middle.
-  if (c.spins) {
-    EXPECT_LE(slept, kGaps * 2 / 5);
-  } else {
-    EXPECT_GE(slept, kGaps * 3 / 5);
+  const uint64_t bound = c.spins ? kBusyGaps * 2 / 5 : kBusyGaps * 3 / 5;
+  for (int attempt = 1; attempt <= kTimingAttempts; ++attempt) {
+    uint64_t slept = 0;
+    ASSERT_NO_FATAL_FAILURE(CountSleepsWithBusyStreams(c, &slept));
+    if (IsSkipped()) return;
+    std::printf(
+        "%d busy streams (limit %d), core %s, attempt %d: slept before %lu "
+        "of %d\n",
+        c.busy_streams, kBusyLimit, c.core_taken ? "taken" : "idle", attempt,
+        static_cast<unsigned long>(slept), kBusyGaps);
+    if (c.spins ? slept <= bound : slept >= bound) return;
   }
+  ADD_FAILURE() << (c.spins ? "expected spinning" : "expected sleeping")
+                << ": no attempt slept " << (c.spins ? "at most " : "at least ")
+                << bound << " times";
 }
 
 INSTANTIATE_TEST_SUITE_P(
