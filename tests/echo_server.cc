@@ -7,6 +7,7 @@
 //               [--max_sessions=N] [--stream_window_messages=N]
 //               [--stream_window_bytes=N]
 //               [--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N]
+//               [--handshake_timeout_ms=N]
 //               [--max_receive_bytes=N]   (the server's limit; default none)
 //
 // Listens on unix:<socket> (plain gRPC), on 127.0.0.1:P too when given, and,
@@ -129,7 +130,9 @@ constexpr char kUsage[] =
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
     "[--max_block_bytes=N] [--ring_slots=N] [--max_receive_bytes=N] "
     "[--max_sessions=N] [--stream_window_messages=N] "
-    "[--stream_window_bytes=N] [--max_concurrent_streams=N] [--stalled_peer_timeout_ms=N] "
+    "[--stream_window_bytes=N] [--max_concurrent_streams=N] "
+    "[--stalled_peer_timeout_ms=N] "
+    "[--handshake_timeout_ms=N] "
     "[--local_credentials] [--server_interceptor] [--no_arena_replies] "
     "[--abstract] "
     "[--any_uid] [--allow_uid=N] [--uid=N] [--grpc_shutdown_first]\n"
@@ -191,6 +194,13 @@ int Main(int argc, char** argv) {
         return 2;
       }
       options.stalled_peer_timeout = absl::Milliseconds(timeout_ms);
+    } else if (absl::StartsWith(arg, "--handshake_timeout_ms=")) {
+      int64_t timeout_ms;
+      if (!absl::SimpleAtoi(arg.substr(23), &timeout_ms) || timeout_ms <= 0) {
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
+      options.handshake_timeout = absl::Milliseconds(timeout_ms);
     } else if (absl::StartsWith(arg, "--ring_slots=")) {
       if (!absl::SimpleAtoi(arg.substr(13), &options.ring_slots)) {
         std::fprintf(stderr, kUsage, argv[0]);
