@@ -279,6 +279,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   std::string authority_;  // the client's, if any
   std::vector<std::pair<std::string, std::string>> unary_metadata_;
   // See TrySendUnaryReplyLocked: at most initial metadata, message, status.
+  // Kept apart from deferred_ because a unary reply fails differently: it
+  // goes all or nothing, and a reply that cannot go out becomes the status
+  // the client sees (RESOURCE_EXHAUSTED, SendHeldUnaryReplyLocked), while a
+  // stream frame that cannot go out cancels the call (OnSendLocked).
   absl::InlinedVector<PreparedFrame, 3> unary_reply_;
   std::shared_ptr<InjectedCall> self_;  // alive until done
   int outstanding_ops_ = 0;
