@@ -125,6 +125,14 @@ class TaggingServerInterceptorFactory
   }
 };
 
+// A flag's value in milliseconds, which must be positive.
+bool ParsePositiveMillis(const std::string& value, absl::Duration* out) {
+  int64_t millis;
+  if (!absl::SimpleAtoi(value, &millis) || millis <= 0) return false;
+  *out = absl::Milliseconds(millis);
+  return true;
+}
+
 constexpr char kUsage[] =
     "usage: %s --socket=PATH [--style=sync|callback|async] [--no-shm] "
     "[--arena_bytes=N] [--wait=notify|poll|periodic] [--tcp_port=P] "
@@ -188,19 +196,15 @@ int Main(int argc, char** argv) {
         return 2;
       }
     } else if (absl::StartsWith(arg, "--stalled_peer_timeout_ms=")) {
-      int64_t timeout_ms;
-      if (!absl::SimpleAtoi(arg.substr(26), &timeout_ms) || timeout_ms <= 0) {
+      if (!ParsePositiveMillis(arg.substr(26), &options.stalled_peer_timeout)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }
-      options.stalled_peer_timeout = absl::Milliseconds(timeout_ms);
     } else if (absl::StartsWith(arg, "--handshake_timeout_ms=")) {
-      int64_t timeout_ms;
-      if (!absl::SimpleAtoi(arg.substr(23), &timeout_ms) || timeout_ms <= 0) {
+      if (!ParsePositiveMillis(arg.substr(23), &options.handshake_timeout)) {
         std::fprintf(stderr, kUsage, argv[0]);
         return 2;
       }
-      options.handshake_timeout = absl::Milliseconds(timeout_ms);
     } else if (absl::StartsWith(arg, "--ring_slots=")) {
       if (!absl::SimpleAtoi(arg.substr(13), &options.ring_slots)) {
         std::fprintf(stderr, kUsage, argv[0]);
