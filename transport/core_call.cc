@@ -60,6 +60,25 @@ gpr_timespec GprDeadline(absl::Time deadline) {
       .raw_time();
 }
 
+// Makes `functor` run `run` with each completion, inline on the completing
+// thread if `inlineable`.
+void InitFunctor(grpc_completion_queue_functor* functor,
+                 void (*run)(grpc_completion_queue_functor*, int),
+                 bool inlineable) {
+  functor->functor_run = run;
+  functor->inlineable = inlineable ? 1 : 0;
+  functor->internal_success = 0;
+  functor->internal_next = nullptr;
+}
+
+// A byte buffer over `slices`, whose references it takes over.
+grpc_byte_buffer* TakeIntoByteBuffer(CoreCall::Slices& slices) {
+  grpc_byte_buffer* buffer =
+      grpc_raw_byte_buffer_create(slices.data(), slices.size());
+  for (grpc_slice& slice : slices) grpc_slice_unref(slice);
+  return buffer;
+}
+
 }  // namespace
 
 grpc_channel* CoreChannelOf(grpc::Channel& channel) {
@@ -67,10 +86,8 @@ grpc_channel* CoreChannelOf(grpc::Channel& channel) {
 }
 
 CoreCallbackQueue::CoreCallbackQueue() {
-  shutdown_functor_.functor_run = &CoreCallbackQueue::OnShutdown;
-  shutdown_functor_.inlineable = 0;
-  shutdown_functor_.internal_success = 0;
-  shutdown_functor_.internal_next = nullptr;
+  InitFunctor(&shutdown_functor_, &CoreCallbackQueue::OnShutdown,
+              /*inlineable=*/false);
   shutdown_functor_.queue = this;
   cq_ = grpc_completion_queue_create_for_callback(&shutdown_functor_, nullptr);
 }
@@ -93,10 +110,7 @@ CoreCallbackQueue::~CoreCallbackQueue() {
 }
 
 CoreCall::Completion::Completion() {
-  functor_run = &Completion::Dispatch;
-  inlineable = 1;
-  internal_success = 0;
-  internal_next = nullptr;
+  InitFunctor(this, &Completion::Dispatch, /*inlineable=*/true);
 }
 
 void CoreCall::Completion::Dispatch(grpc_completion_queue_functor* functor,
@@ -108,10 +122,7 @@ CoreCall::OpCompletion::OpCompletion(CoreCall* call,
                                      void (*run)(grpc_completion_queue_functor*,
                                                  int))
     : call(call) {
-  functor_run = run;
-  inlineable = 1;
-  internal_success = 0;
-  internal_next = nullptr;
+  InitFunctor(this, run, /*inlineable=*/true);
 }
 
 CoreCall::CoreCall(grpc_channel* channel, grpc_completion_queue* cq,
@@ -168,8 +179,7 @@ void CoreCall::StartBatch(const grpc_op* ops, size_t count,
 }
 
 void CoreCall::StartUnary(Slices request, Completion* done) {
-  request_ = grpc_raw_byte_buffer_create(request.data(), request.size());
-  for (grpc_slice& slice : request) grpc_slice_unref(slice);
+  request_ = TakeIntoByteBuffer(request);
   grpc_op ops[6] = {};
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[0].data.send_initial_metadata.count = metadata_.size();
@@ -206,8 +216,7 @@ void CoreCall::ReadInitialMetadata(Completion* done) {
 }
 
 void CoreCall::Write(Slices message, Completion* done) {
-  request_ = grpc_raw_byte_buffer_create(message.data(), message.size());
-  for (grpc_slice& slice : message) grpc_slice_unref(slice);
+  request_ = TakeIntoByteBuffer(message);
   written_.done = done;
   grpc_op op = {};
   op.op = GRPC_OP_SEND_MESSAGE;
