@@ -166,12 +166,7 @@ void InjectedCall::OnFrame(const shm::ReceivedMessage& message) {
     case codec::FrameType::kCancel:
       // The client has closed the stream (and counts it so already).
       stream_slot_.Release();
-      if (unary_ && core_call_ == nullptr && !finished_) {
-        send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
-                                            "Cancelled by the client");
-      } else {
-        CancelLocked();
-      }
+      send_status = CancelForClientLocked("Cancelled by the client");
       break;
     default:
       session_->Release(message);
@@ -841,12 +836,7 @@ void InjectedCall::Cancel() {
   bool send_status = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (unary_ && core_call_ == nullptr && !finished_) {
-      send_status = FinishUnstartedLocked(grpc::StatusCode::CANCELLED,
-                                          "client went away");
-    } else {
-      CancelLocked();
-    }
+    send_status = CancelForClientLocked("client went away");
     op_starter = TakeOpStarterLocked();
   }
   if (send_status) SendStatusAndFinish();
@@ -861,6 +851,14 @@ void InjectedCall::ArmDeadlineLocked() {
   deadline_alarm_pending_ = true;
   deadline_alarm_ = std::make_unique<grpc::Alarm>();
   deadline_alarm_->Set(cq_, absl::ToChronoTime(deadline_), &deadline_tag_);
+}
+
+bool InjectedCall::CancelForClientLocked(const char* why) {
+  if (unary_ && core_call_ == nullptr && !finished_) {
+    return FinishUnstartedLocked(grpc::StatusCode::CANCELLED, why);
+  }
+  CancelLocked();
+  return false;
 }
 
 void InjectedCall::CancelLocked() {

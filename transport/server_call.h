@@ -201,6 +201,10 @@ class InjectedCall : public std::enable_shared_from_this<InjectedCall> {
   // stayed full, see client_stalled_).
   void OnSendLocked(absl::string_view what, const absl::Status& sent);
   void CancelLocked();
+  // The client cancelled or went away: a unary call not started yet is
+  // finished CANCELLED (`why`), and true says its status is still to be
+  // sent; anything started is cancelled.
+  bool CancelForClientLocked(const char* why);
   // A response is held for the client's window: at the call's deadline the
   // call ends (kDeadline), as over HTTP/2, where the server ends a stream
   // at its deadline whether or not its client reads. Without this the call
