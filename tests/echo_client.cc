@@ -4,7 +4,7 @@
 //   echo_client --target=unix:/path [--calls=N] [--size=BYTES] [--mode=M]
 //               [--expect=shm|plain] [--deadline_ms=N]
 //               [--stream_window_messages=N] [--stream_window_bytes=N]
-//               [--uid=N]
+//               [--uid=N] [--in_call_after=N] [--hold_ms=N]
 //
 // --deadline_ms gives every call that deadline (default: none);
 // --stream_window_messages and --stream_window_bytes set those Options.
@@ -19,8 +19,11 @@
 //   stream       bidi ping-pong forever; prints "in-call" after 100 round
 //                trips (for tests that kill this process mid-stream).
 //   server-stream  one server stream of endless --size replies, read
-//                forever; prints "in-call" after 100 (for tests that stop
-//                this process while the server keeps writing to it).
+//                forever; prints "in-call" after --in_call_after of them
+//                (default 100; 0: once the server's initial metadata came,
+//                before any reply is read), then reads none for --hold_ms
+//                (default 0) (for tests that stop this process while the
+//                server keeps writing to it).
 //   server-stream-n  one server stream of N --size replies; prints
 //                "in-call" after the first; exits 0 only if all N came in
 //                order, intact, and the status is OK.
@@ -42,6 +45,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "shmgrpc.h"
 #include "tests/echo.grpc.pb.h"
@@ -67,11 +72,14 @@ constexpr char kUsage[] =
     "unary-burst] "
     "[--expect=shm|plain] "
     "[--deadline_ms=N] [--stream_window_messages=N] "
-    "[--stream_window_bytes=N] [--uid=N]\n"
+    "[--stream_window_bytes=N] [--uid=N] [--in_call_after=N]\n"
     "  --deadline_ms=N: every call's deadline (default: none)\n"
     "  --stream_window_messages=N: Options::stream_window_messages\n"
     "  --stream_window_bytes=N: Options::stream_window_bytes\n"
-    "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n";
+    "  --uid=N: run as uid and gid N (needs root; exit 3 if it cannot)\n"
+    "  --in_call_after=N: server-stream: replies read before \"in-call\" "
+    "(default 100)\n"
+    "  --hold_ms=N: server-stream: then read none for N ms (default 0)\n";
 
 int RunUnary(EchoService::Stub& stub, grpc::Channel& channel, int calls,
              size_t size, bool expect_shm, int deadline_ms) {
@@ -196,18 +204,26 @@ int RunServerStream(EchoService::Stub& stub, int replies, size_t size,
 }
 
 int RunServerStreamForever(EchoService::Stub& stub, size_t size,
-                           int deadline_ms) {
+                           int deadline_ms, int64_t in_call_after,
+                           int hold_ms) {
   CallContext context(deadline_ms);
   EchoRequest request;
   request.set_reply_count(std::numeric_limits<int32_t>::max());
   request.set_reply_bytes(static_cast<uint32_t>(size));
   auto stream = stub.ServerStream(&context, request);
   EchoResponse response;
-  for (int64_t i = 0; stream->Read(&response); ++i) {
-    if (i == 100) {
-      std::printf("in-call\n");
-      std::fflush(stdout);
-    }
+  int64_t read = 0;
+  auto say_when_in_call = [&] {
+    if (read != in_call_after) return;
+    std::printf("in-call\n");
+    std::fflush(stdout);
+    absl::SleepFor(absl::Milliseconds(hold_ms));
+  };
+  if (in_call_after == 0) stream->WaitForInitialMetadata();
+  say_when_in_call();
+  while (stream->Read(&response)) {
+    ++read;
+    say_when_in_call();
   }
   std::fprintf(stderr, "stream ended: %s\n",
                stream->Finish().error_message().c_str());
@@ -222,6 +238,8 @@ int Main(int argc, char** argv) {
   bool expect_shm = true;
   int uid = -1;
   int deadline_ms = 0;
+  int64_t in_call_after = 100;
+  int hold_ms = 0;
   Options options;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -247,6 +265,11 @@ int Main(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--stream_window_bytes=")) {
       ok = absl::SimpleAtoi(arg.substr(22), &options.stream_window_bytes) &&
            options.stream_window_bytes > 0;
+    } else if (absl::StartsWith(arg, "--in_call_after=")) {
+      ok = absl::SimpleAtoi(arg.substr(16), &in_call_after) &&
+           in_call_after >= 0;
+    } else if (absl::StartsWith(arg, "--hold_ms=")) {
+      ok = absl::SimpleAtoi(arg.substr(10), &hold_ms) && hold_ms >= 0;
     } else if (absl::StartsWith(arg, "--uid=")) {
       ok = absl::SimpleAtoi(arg.substr(6), &uid);
     } else {
@@ -273,7 +296,8 @@ int Main(int argc, char** argv) {
   if (mode == "hang-unary") return RunHangingUnary(*stub, deadline_ms);
   if (mode == "stream") return RunStreamForever(*stub, size, deadline_ms);
   if (mode == "server-stream") {
-    return RunServerStreamForever(*stub, size, deadline_ms);
+    return RunServerStreamForever(*stub, size, deadline_ms, in_call_after,
+                                  hold_ms);
   }
   if (mode == "server-stream-n") {
     return RunServerStream(*stub, calls, size, deadline_ms);
