@@ -59,11 +59,15 @@ EchoResponse ReplyFor(grpc::ServerContextBase* context,
   EchoResponse response;
   if (request.reply_bytes() > 0) {
     response.set_payload(PayloadFor(request.reply_bytes(), request.seq()));
+    response.set_checksum(ChecksumOf(response.payload()));
   } else {
+    // The echo carries the client's own checksum, so the client's check of
+    // the reply covers the request's way too (a checksum of this copy would
+    // vouch only for the reply's way).
     response.set_payload(request.payload());
+    response.set_checksum(request.checksum());
   }
   response.set_seq(request.seq() + index);
-  response.set_checksum(ChecksumOf(response.payload()));
   for (const auto& [key, value] : context->client_metadata()) {
     const std::string k(key.data(), key.size());
     if (absl::StartsWith(k, ":")) continue;

@@ -20,8 +20,9 @@ namespace shmgrpc::test {
 grpc::Status HandleUnary(grpc::ServerContextBase* context,
                          const EchoRequest& request, EchoResponse* response);
 
-// The reply to one request: payload (echoed or reply_bytes long, with its
-// checksum), seq + index, and what the server saw (metadata, deadline, peer).
+// The reply to one request: payload (echoed with the request's checksum, or
+// reply_bytes long with its own), seq + index, and what the server saw
+// (metadata, deadline, peer).
 EchoResponse ReplyFor(grpc::ServerContextBase* context,
                       const EchoRequest& request, int index);
 
