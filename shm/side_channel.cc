@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "shm/deadline.h"
-#include "shm/thread_name.h"
 
 namespace shmgrpc::shm {
 namespace {
@@ -76,7 +75,8 @@ absl::Status SideChannel::QueueRecord(std::string bytes) {
       return absl::UnavailableError("connection closed: inline writer stopped");
     }
     if (!writer_.joinable()) {
-      absl::StatusOr<Thread> writer = Thread::Start([this] { WriterLoop(); });
+      absl::StatusOr<Thread> writer =
+          Thread::Start("shm-writer", [this] { WriterLoop(); });
       if (!writer.ok()) return writer.status();  // this record is not sent
       writer_ = *std::move(writer);
     }
@@ -120,7 +120,6 @@ uint64_t SideChannel::queued_bytes_peak() {
 }
 
 void SideChannel::WriterLoop() {
-  NameThisThread("shm-writer");
   std::unique_lock<std::mutex> lock(write_mu_);
   for (;;) {
     outbox_ready_.wait(lock, [&] { return stopping_ || !outbox_.empty(); });

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "shm/thread_name.h"
 
 namespace shmgrpc::shm {
 namespace {
@@ -36,7 +37,8 @@ Thread::~Thread() {
   if (started_) std::abort();  // neither joined nor detached
 }
 
-absl::StatusOr<Thread> Thread::Start(std::function<void()> body) {
+absl::StatusOr<Thread> Thread::Start(const char* name,
+                                     std::function<void()> body) {
   auto owned = std::make_unique<std::function<void()>>(std::move(body));
   Thread thread;
   const int err =
@@ -47,6 +49,7 @@ absl::StatusOr<Thread> Thread::Start(std::function<void()> body) {
   }
   owned.release();  // RunBody owns it now
   thread.started_ = true;
+  thread.Name(name);
   return thread;
 }
 
@@ -66,6 +69,10 @@ bool Thread::IsCurrent() const {
   return started_ && pthread_equal(handle_, pthread_self()) != 0;
 }
 
+void Thread::Name(const char* name) {
+  if (started_) NameThread(handle_, name);
+}
+
 struct ReservedThread::Handoff {
   std::mutex mu;
   std::condition_variable given;
@@ -75,7 +82,7 @@ struct ReservedThread::Handoff {
 
 absl::StatusOr<ReservedThread> ReservedThread::Start() {
   auto handoff = std::make_shared<Handoff>();
-  absl::StatusOr<Thread> thread = Thread::Start([handoff] {
+  absl::StatusOr<Thread> thread = Thread::Start("shm-reserved", [handoff] {
     std::function<void()> body;
     {
       std::unique_lock<std::mutex> lock(handoff->mu);
@@ -89,7 +96,8 @@ absl::StatusOr<ReservedThread> ReservedThread::Start() {
   return ReservedThread(std::move(handoff), *std::move(thread));
 }
 
-Thread ReservedThread::Run(std::function<void()> body) {
+Thread ReservedThread::Run(const char* name, std::function<void()> body) {
+  thread_.Name(name);
   {
     std::lock_guard<std::mutex> lock(handoff_->mu);
     handoff_->body = std::move(body);

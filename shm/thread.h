@@ -31,15 +31,20 @@ class Thread {
   Thread& operator=(Thread&& other) noexcept;
   ~Thread();
 
-  // Runs `body` on a new thread. ResourceExhausted (saying what failed)
-  // when none can be started; `body` is then destroyed without running.
-  static absl::StatusOr<Thread> Start(std::function<void()> body);
+  // Runs `body` on a new thread, named `name` (thread_name.h) before this
+  // returns, whether or not the thread has run yet. ResourceExhausted
+  // (saying what failed) when none can be started; `body` is then destroyed
+  // without running.
+  static absl::StatusOr<Thread> Start(const char* name,
+                                      std::function<void()> body);
 
   bool joinable() const { return started_; }
   void join();
   void detach();
   // True when called on this thread.
   bool IsCurrent() const;
+  // Names the thread (thread_name.h); nothing once joined or detached.
+  void Name(const char* name);
 
  private:
   pthread_t handle_{};
@@ -60,9 +65,9 @@ class ReservedThread {
   ReservedThread& operator=(ReservedThread&&) = delete;
   ~ReservedThread() { Release(); }
 
-  // Runs `body` on the reserved thread; returns that thread, for the caller
-  // to join or detach. Once.
-  Thread Run(std::function<void()> body);
+  // Names the reserved thread `name` and runs `body` on it; returns that
+  // thread, for the caller to join or detach. Once.
+  Thread Run(const char* name, std::function<void()> body);
   // Ends the thread without running anything and joins it. Idempotent.
   void Release();
 

@@ -6,11 +6,11 @@
 
 namespace shmgrpc::shm {
 
-void NameThisThread(const char* name) {
+void NameThread(pthread_t thread, const char* name) {
   char truncated[16];
   std::strncpy(truncated, name, sizeof(truncated) - 1);
   truncated[sizeof(truncated) - 1] = '\0';
-  pthread_setname_np(pthread_self(), truncated);
+  pthread_setname_np(thread, truncated);
 }
 
 }  // namespace shmgrpc::shm

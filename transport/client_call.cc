@@ -185,8 +185,8 @@ void ClientCall::ResumeParkedSends() {
   // Not on this thread: it may be the session thread, and sending may wait
   // for ring space. Rare: once per window's worth of messages that a writer
   // gets ahead of its reader.
-  absl::StatusOr<shm::Thread> resumer =
-      shm::Thread::Start([self = shared_from_this()] { self->SendParked(); });
+  absl::StatusOr<shm::Thread> resumer = shm::Thread::Start(
+      "shm-resume", [self = shared_from_this()] { self->SendParked(); });
   if (resumer.ok()) {
     resumer->detach();
     return;
@@ -556,8 +556,8 @@ bool ClientCall::ScheduleRetryLocked(const codec::CallStatus& status) {
       DeadlineTimer::Process().ScheduleAfter(delay, [weak] {
         // Not on the timer thread: sending may wait for ring space.
         if (auto call = weak.lock()) {
-          absl::StatusOr<shm::Thread> attempt =
-              shm::Thread::Start([call] { call->StartNextAttempt(); });
+          absl::StatusOr<shm::Thread> attempt = shm::Thread::Start(
+              "shm-retry", [call] { call->StartNextAttempt(); });
           if (attempt.ok()) {
             attempt->detach();
           } else {

@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include "absl/time/clock.h"
-#include "shm/thread_name.h"
 
 namespace shmgrpc::transport {
 
@@ -39,7 +38,8 @@ absl::StatusOr<DeadlineTimer::Handle> DeadlineTimer::ScheduleAfter(
                           std::max(delay, absl::ZeroDuration())));
   std::lock_guard<std::mutex> lock(mu_);
   if (!thread_.joinable()) {
-    absl::StatusOr<shm::Thread> thread = shm::Thread::Start([this] { Run(); });
+    absl::StatusOr<shm::Thread> thread =
+        shm::Thread::Start("shm-deadlines", [this] { Run(); });
     if (!thread.ok()) return thread.status();
     thread_ = *std::move(thread);
   }
@@ -63,7 +63,6 @@ uint64_t DeadlineTimer::wake_ups() const {
 }
 
 void DeadlineTimer::Run() {
-  shm::NameThisThread("shm-deadlines");
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     const Clock::time_point now = Clock::now();

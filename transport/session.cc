@@ -13,11 +13,12 @@
 #include "absl/strings/str_cat.h"
 #include "codec/message_codec.h"
 #include "grpc/slice.h"
-#include "shm/thread_name.h"
 #include "transport/log.h"
 
 namespace shmgrpc::transport {
 namespace {
+
+constexpr char kThreadName[] = "shm-session";
 
 // 0 when the kernel gives no randomness: such a session makes no arena
 // replies (arena_replies.h never matches token 0).
@@ -52,15 +53,16 @@ std::shared_ptr<Session> Session::Create(Handshaken handshaken,
 absl::Status Session::Start() {
   // The thread keeps the session alive until it has left Run(); owners stop
   // it with Shutdown().
-  absl::StatusOr<shm::Thread> thread =
-      shm::Thread::Start([self = shared_from_this()] { self->Run(); });
+  absl::StatusOr<shm::Thread> thread = shm::Thread::Start(
+      kThreadName, [self = shared_from_this()] { self->Run(); });
   if (!thread.ok()) return thread.status();
   thread_ = *std::move(thread);
   return absl::OkStatus();
 }
 
 void Session::Start(shm::ReservedThread thread) {
-  thread_ = thread.Run([self = shared_from_this()] { self->Run(); });
+  thread_ =
+      thread.Run(kThreadName, [self = shared_from_this()] { self->Run(); });
 }
 
 Session::Session(Handshaken handshaken, FrameHandler on_frame,
@@ -110,7 +112,6 @@ void Session::LogPeerError(const std::string& kind, absl::string_view what) {
 }
 
 void Session::Run() {
-  shm::NameThisThread("shm-session");
   absl::Status closed;
   for (;;) {
     absl::StatusOr<shm::ReceivedMessage> message = endpoint_->Receive(
@@ -316,8 +317,7 @@ void Session::Post(PostedFrame posted) {
   posted_.push_back(std::move(posted));
   if (poster_running_) return;  // it sends this too
   absl::StatusOr<shm::Thread> poster =
-      shm::Thread::Start([self = shared_from_this()] {
-        shm::NameThisThread("shm-poster");
+      shm::Thread::Start("shm-poster", [self = shared_from_this()] {
         for (;;) {
           PostedFrame next;
           {

@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "codec/frame_type.h"
-#include "shm/thread_name.h"
 #include "transport/client_call.h"
 #include "transport/deadline_timer.h"
 #include "transport/handshake.h"
@@ -122,11 +121,8 @@ void SessionLink::OnLingerEnd(std::shared_ptr<SessionLink> self) {
   }
   // Usually the last reference: the destructor closes the session and
   // joins threads, which the timer thread must not wait for.
-  absl::StatusOr<shm::Thread> closer =
-      shm::Thread::Start([self = std::move(self)]() mutable {
-        shm::NameThisThread("shm-linger-end");
-        self.reset();
-      });
+  absl::StatusOr<shm::Thread> closer = shm::Thread::Start(
+      "shm-linger-end", [self = std::move(self)]() mutable { self.reset(); });
   if (closer.ok()) closer->detach();  // else `self` went inside Start
 }
 
@@ -162,7 +158,7 @@ void SessionLink::StartOnce() {
 
 void SessionLink::StartReconnectThreadLocked() {
   absl::StatusOr<shm::Thread> thread =
-      shm::Thread::Start([this] { ReconnectLoop(); });
+      shm::Thread::Start("shm-reconnect", [this] { ReconnectLoop(); });
   if (thread.ok()) {
     reconnect_thread_ = *std::move(thread);
     return;
@@ -176,7 +172,6 @@ void SessionLink::StartReconnectThreadLocked() {
 }
 
 void SessionLink::ReconnectLoop() {
-  shm::NameThisThread("shm-reconnect");
   absl::Duration backoff = options_.reconnect_backoff_initial;
   std::unique_lock<std::mutex> lock(session_mu_);
   while (!stopping_) {

@@ -15,7 +15,6 @@
 #include "absl/strings/str_cat.h"
 #include "codec/frame_type.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "shm/thread_name.h"
 #include "transport/arena_replies.h"
 #include "transport/flow_window.h"
 #include "transport/handshake.h"
@@ -74,8 +73,8 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(
   }
   auto shm_server = std::unique_ptr<ShmServer>(
       new ShmServer(server, shm_path, *fd, wake_fd, options));
-  absl::StatusOr<shm::Thread> accept =
-      shm::Thread::Start([raw = shm_server.get()] { raw->AcceptLoop(); });
+  absl::StatusOr<shm::Thread> accept = shm::Thread::Start(
+      "shm-accept", [raw = shm_server.get()] { raw->AcceptLoop(); });
   if (!accept.ok()) return accept.status();  // the destructor cleans up
   shm_server->accept_thread_ = *std::move(accept);
   return shm_server;
@@ -106,9 +105,8 @@ absl::Status ShmServer::StartCompletionThreadLocked(
     std::shared_ptr<ServerSession> session) {
   auto worker = std::make_unique<ReapableThread>();
   ReapableThread* raw = worker.get();
-  absl::StatusOr<shm::Thread> thread =
-      shm::Thread::Start([this, s = std::move(session), raw]() mutable {
-        shm::NameThisThread("shm-completion");
+  absl::StatusOr<shm::Thread> thread = shm::Thread::Start(
+      "shm-completion", [this, s = std::move(session), raw]() mutable {
         void* tag;
         bool ok;
         while (s->cq.Next(&tag, &ok)) {
@@ -147,7 +145,6 @@ void ShmServer::JoinFinishedThreadsLocked() {
 }
 
 void ShmServer::AcceptLoop() {
-  shm::NameThisThread("shm-accept");
   for (;;) {
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
@@ -184,11 +181,11 @@ void ShmServer::AcceptLoop() {
     }
     auto handshake = std::make_unique<ReapableThread>();
     ReapableThread* raw = handshake.get();
-    absl::StatusOr<shm::Thread> thread = shm::Thread::Start([this, sock, raw] {
-      shm::NameThisThread("shm-handshake");
-      Handshake(sock);
-      MarkFinished(raw);
-    });
+    absl::StatusOr<shm::Thread> thread =
+        shm::Thread::Start("shm-handshake", [this, sock, raw] {
+          Handshake(sock);
+          MarkFinished(raw);
+        });
     if (!thread.ok()) {
       RefuseConnection(
           sock, transport::kNoThread, "no thread",
