@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdint>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -18,7 +20,13 @@ namespace shmgrpc::transport {
 namespace {
 
 std::string FreshPath(const char* name) {
-  return absl::StrCat("/tmp/shmgrpc-nosock-", getpid(), "-", name);
+  // Not the pid alone: sandboxed tests run in their own pid namespaces and
+  // share /tmp, so two runs of this test at once (--runs_per_test) had the
+  // same path, and one's server waited forever for a client the other took.
+  static const uint64_t run_id =
+      (uint64_t{std::random_device()()} << 32) | std::random_device()();
+  return absl::StrCat("/tmp/shmgrpc-nosock-", getpid(), "-", absl::Hex(run_id),
+                      "-", name);
 }
 
 TEST(NoShmSocketTest, NothingListeningIsTheOrdinaryPlainCase) {
