@@ -5,32 +5,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstdint>
-#include <random>
 #include <string>
 #include <thread>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/server_process.h"
 #include "transport/handshake.h"
 #include "transport/options.h"
 
 namespace shmgrpc::transport {
 namespace {
 
-std::string FreshPath(const char* name) {
-  // Not the pid alone: sandboxed tests run in their own pid namespaces and
-  // share /tmp, so two runs of this test at once (--runs_per_test) had the
-  // same path, and one's server waited forever for a client the other took.
-  static const uint64_t run_id =
-      (uint64_t{std::random_device()()} << 32) | std::random_device()();
-  return absl::StrCat("/tmp/shmgrpc-nosock-", getpid(), "-", absl::Hex(run_id),
-                      "-", name);
-}
-
 TEST(NoShmSocketTest, NothingListeningIsTheOrdinaryPlainCase) {
-  const std::string path = FreshPath("absent.shm");
+  const std::string path = testing::FreshSocketPath();
   unlink(path.c_str());
   const absl::StatusOr<Handshaken> handshaken =
       ClientHandshake(path, Options());
@@ -40,7 +28,7 @@ TEST(NoShmSocketTest, NothingListeningIsTheOrdinaryPlainCase) {
 }
 
 TEST(NoShmSocketTest, AServerThatRefusesIsNotThePlainCase) {
-  const std::string path = FreshPath("busy.shm");
+  const std::string path = testing::FreshSocketPath();
   absl::StatusOr<int> listener = ListenUnix(path);
   ASSERT_TRUE(listener.ok()) << listener.status();
   std::thread server([fd = *listener] {
